@@ -1,0 +1,259 @@
+//! The one place that decides whether a failed write is worth retrying.
+//!
+//! Transient: the database is away, restarting, overloaded or asked us to try
+//! again; the same batch is retried with backoff. Fatal: retrying cannot help
+//! (missing table or column, no privilege, bad credentials, unknown database)
+//! and so is anything unrecognised, which stops the application rather than
+//! retrying forever.
+
+use std::error::Error as _;
+use std::fmt::Write as _;
+
+use deadpool_postgres::PoolError;
+
+use crate::report::FatalError;
+
+/// Why writing a batch failed.
+#[derive(Debug)]
+pub(crate) enum WriteError {
+    /// No connection could be had from the pool.
+    Pool(PoolError),
+    /// The driver or the server reported an error.
+    Postgres(tokio_postgres::Error),
+    /// The server committed a different number of rows than we sent.
+    RowCount { sent: u64, committed: u64 },
+}
+
+impl From<PoolError> for WriteError {
+    fn from(e: PoolError) -> WriteError {
+        WriteError::Pool(e)
+    }
+}
+
+impl From<tokio_postgres::Error> for WriteError {
+    fn from(e: tokio_postgres::Error) -> WriteError {
+        WriteError::Postgres(e)
+    }
+}
+
+impl WriteError {
+    pub(crate) fn sqlstate(&self) -> Option<&str> {
+        match self {
+            WriteError::Postgres(e) | WriteError::Pool(PoolError::Backend(e)) => {
+                e.code().map(|c| c.code())
+            }
+            _ => None,
+        }
+    }
+}
+
+impl std::fmt::Display for WriteError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            WriteError::Pool(PoolError::Backend(e)) | WriteError::Postgres(e) => {
+                f.write_str(&describe(e))
+            }
+            WriteError::Pool(PoolError::Timeout(_)) => {
+                f.write_str("timed out waiting for a database connection")
+            }
+            WriteError::Pool(e) => write!(f, "connection pool: {e}"),
+            WriteError::RowCount { sent, committed } => write!(
+                f,
+                "COPY committed {committed} rows but {sent} were sent"
+            ),
+        }
+    }
+}
+
+/// What to do about a failed write.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Class {
+    /// Retry the same batch after a backoff; the string is the reason, for
+    /// logs and metrics.
+    Transient(&'static str),
+    /// Stop the application.
+    Fatal,
+}
+
+/// Classify a failed write.
+pub(crate) fn classify(err: &WriteError) -> Class {
+    match err {
+        WriteError::Pool(PoolError::Timeout(_)) => Class::Transient("pool timeout"),
+        WriteError::Pool(PoolError::Backend(e)) | WriteError::Postgres(e) => classify_postgres(e),
+        WriteError::Pool(_) | WriteError::RowCount { .. } => Class::Fatal,
+    }
+}
+
+fn classify_postgres(e: &tokio_postgres::Error) -> Class {
+    if let Some(code) = e.code() {
+        return classify_sqlstate(code.code());
+    }
+    // No SQLSTATE: the connection itself failed (refused, reset, closed,
+    // timed out). Anything else (bad configuration, protocol errors) is fatal.
+    if e.is_closed() {
+        return Class::Transient("connection closed");
+    }
+    let mut source = e.source();
+    while let Some(s) = source {
+        if s.is::<std::io::Error>() {
+            return Class::Transient("connection failed");
+        }
+        source = s.source();
+    }
+    Class::Fatal
+}
+
+/// Classify by SQLSTATE (five characters, class first).
+pub(crate) fn classify_sqlstate(code: &str) -> Class {
+    match code {
+        "57P01" | "57P02" | "57P03" => Class::Transient("server restarting"),
+        "57014" => Class::Transient("statement cancelled"),
+        "40001" | "40P01" => Class::Transient("serialization failure or deadlock"),
+        "55P03" | "55006" => Class::Transient("lock not available"),
+        "25006" => Class::Transient("server is read-only"),
+        _ => match code.get(..2) {
+            Some("08") => Class::Transient("connection failed"),
+            Some("53") => Class::Transient("server out of resources"),
+            Some("58") => Class::Transient("server system error"),
+            _ => Class::Fatal,
+        },
+    }
+}
+
+/// What to do about a fatal SQLSTATE, as an instruction to the operator.
+fn hint(code: Option<&str>, table: &str) -> String {
+    let code = code.unwrap_or("");
+    match code {
+        "42P01" | "42704" | "3F000" => format!(
+            "create it with `pglogsink migrate --table {table}` (or psql -f sql/schema.sql), then restart"
+        ),
+        "42703" | "42804" | "42P10" => format!(
+            "the columns of {table} do not match what pglogsink writes; apply sql/schema.sql to a new table or fix the columns"
+        ),
+        "42501" => format!(
+            "grant the role INSERT on the table (GRANT INSERT ON {table} TO <role>), then restart"
+        ),
+        "28P01" | "28000" => {
+            "check the user name and password in DATABASE_URL / --database-url".to_owned()
+        }
+        "3D000" => {
+            "create the database, or fix the database name in DATABASE_URL / --database-url"
+                .to_owned()
+        }
+        _ if code.starts_with("22") || code.starts_with("23") => format!(
+            "a record was rejected by a type or constraint check on {table}; check constraints added to the table"
+        ),
+        _ => "see the PostgreSQL server log for details".to_owned(),
+    }
+}
+
+/// Build the report of a fatal write error.
+pub(crate) fn fatal_error(err: &WriteError, table: &str) -> FatalError {
+    let sqlstate = err.sqlstate().map(str::to_owned);
+    FatalError {
+        hint: hint(sqlstate.as_deref(), table),
+        table: table.to_owned(),
+        message: err.to_string(),
+        sqlstate,
+    }
+}
+
+/// Render a driver error with the server's message, detail and hint, or
+/// with the chain of causes for connection errors. tokio-postgres's own
+/// `Display` says only "db error" for server errors.
+pub(crate) fn describe(e: &tokio_postgres::Error) -> String {
+    if let Some(db) = e.as_db_error() {
+        let mut s = db.message().to_owned();
+        if let Some(detail) = db.detail() {
+            let _ = write!(s, " ({detail})");
+        }
+        return s;
+    }
+    let mut s = e.to_string();
+    let mut source = e.source();
+    while let Some(cause) = source {
+        let _ = write!(s, ": {cause}");
+        source = cause.source();
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// One row per SQLSTATE class the sink can meet, plus the special codes.
+    #[test]
+    fn sqlstates_classify_as_documented() {
+        let table: &[(&str, &str, bool)] = &[
+            // (code, name, transient?)
+            ("08000", "connection_exception", true),
+            ("08003", "connection_does_not_exist", true),
+            ("08006", "connection_failure", true),
+            ("08001", "sqlclient_unable_to_establish_sqlconnection", true),
+            ("57P01", "admin_shutdown", true),
+            ("57P02", "crash_shutdown", true),
+            ("57P03", "cannot_connect_now (starting up / shutting down)", true),
+            ("57014", "query_canceled", true),
+            ("53300", "too_many_connections", true),
+            ("53100", "disk_full", true),
+            ("53200", "out_of_memory", true),
+            ("58030", "io_error", true),
+            ("40001", "serialization_failure", true),
+            ("40P01", "deadlock_detected", true),
+            ("55P03", "lock_not_available", true),
+            ("25006", "read_only_sql_transaction (failover to a standby)", true),
+            ("42P01", "undefined_table", false),
+            ("42703", "undefined_column", false),
+            ("42704", "undefined_object (the level type)", false),
+            ("42501", "insufficient_privilege", false),
+            ("42601", "syntax_error", false),
+            ("28P01", "invalid_password", false),
+            ("28000", "invalid_authorization_specification", false),
+            ("3D000", "invalid_catalog_name (unknown database)", false),
+            ("3F000", "invalid_schema_name", false),
+            ("22021", "character_not_in_repertoire", false),
+            ("22001", "string_data_right_truncation", false),
+            ("23514", "check_violation", false),
+            ("23502", "not_null_violation", false),
+            ("0A000", "feature_not_supported", false),
+            ("XX000", "internal_error", false),
+            ("P0001", "raise_exception (a trigger refused the row)", false),
+            ("99999", "unknown", false),
+            ("", "empty", false),
+        ];
+        for &(code, name, transient) in table {
+            let class = classify_sqlstate(code);
+            assert_eq!(
+                matches!(class, Class::Transient(_)),
+                transient,
+                "{code} {name} classified as {class:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn fatal_hints_tell_the_operator_what_to_do() {
+        assert!(hint(Some("42P01"), "public.log").contains("pglogsink migrate --table public.log"));
+        assert!(hint(Some("42501"), "log").contains("GRANT INSERT ON log"));
+        assert!(hint(Some("28P01"), "log").contains("password"));
+        assert!(hint(None, "log").contains("server log"));
+    }
+
+    #[test]
+    fn pool_errors_without_a_database_error() {
+        use deadpool_postgres::TimeoutType;
+        assert_eq!(
+            classify(&WriteError::Pool(PoolError::Timeout(TimeoutType::Wait))),
+            Class::Transient("pool timeout")
+        );
+        assert_eq!(classify(&WriteError::Pool(PoolError::Closed)), Class::Fatal);
+        assert_eq!(
+            classify(&WriteError::RowCount {
+                sent: 2,
+                committed: 1
+            }),
+            Class::Fatal
+        );
+    }
+}

@@ -1,0 +1,78 @@
+//! Command-line interface of the `pglogsink` binary: one module per
+//! subcommand, plus how a subcommand finds its database.
+
+pub(crate) mod db;
+pub(crate) mod load;
+pub(crate) mod logs;
+pub(crate) mod serve;
+pub(crate) mod signal;
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+use pglogsink::TableName;
+
+const ABOUT: &str = "Application logs into PostgreSQL, fast, without slowing the code that logs.";
+const LONG_ABOUT: &str = "\
+Application logs into PostgreSQL, fast, without slowing the code that logs.
+
+Without --database-url (or DATABASE_URL), every subcommand uses a private \
+PostgreSQL cluster kept in --data-dir (default ./.pglogsink): `serve` and \
+`migrate` create and start it, `load` and `logs` use the one `serve` started \
+(or start it for as long as they run).";
+
+#[derive(Debug, Parser)]
+#[command(name = "pglogsink", version, about = ABOUT, long_about = LONG_ABOUT)]
+pub(crate) struct Cli {
+    #[command(subcommand)]
+    pub(crate) command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum Command {
+    /// Run the demo web service; every request writes one log row through the sink.
+    Serve(serve::ServeArgs),
+    /// Fire concurrent requests at `serve`, report throughput and latency, optionally verify every row arrived.
+    Load(load::LoadArgs),
+    /// Show the newest rows of the Log table.
+    Logs(logs::LogsArgs),
+    /// Create the Log table (idempotent).
+    Migrate(MigrateArgs),
+}
+
+/// Where the Log table lives. Shared by every subcommand.
+#[derive(Debug, Clone, Args)]
+pub(crate) struct DatabaseArgs {
+    /// PostgreSQL to use, e.g. postgres://user:password@127.0.0.1:5432/db. Without it, a private
+    /// cluster in --data-dir is used.
+    #[arg(long, env = "DATABASE_URL", hide_env_values = true, value_name = "URL")]
+    pub(crate) database_url: Option<String>,
+
+    /// Directory of the private PostgreSQL cluster used when no database URL is given
+    /// [default: ./.pglogsink]. When run as root, the server runs as the `postgres` OS user, which
+    /// must be able to reach this directory.
+    #[arg(long, env = "PGLOGSINK_DATA_DIR", value_name = "DIR")]
+    pub(crate) data_dir: Option<PathBuf>,
+
+    /// The Log table, optionally schema-qualified (lowercase letters, digits, underscores).
+    #[arg(long, env = "PGLOGSINK_TABLE", default_value = pglogsink::DEFAULT_TABLE, value_name = "NAME")]
+    pub(crate) table: TableName,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct MigrateArgs {
+    #[command(flatten)]
+    pub(crate) db: DatabaseArgs,
+}
+
+/// The error of a subcommand: printed as one line by `main`.
+pub(crate) type Failure = Box<dyn std::error::Error + Send + Sync>;
+
+/// `pglogsink migrate`.
+pub(crate) async fn migrate(args: MigrateArgs) -> Result<(), Failure> {
+    let db = db::Database::open(&args.db, db::Mode::CreateIfMissing).await?;
+    pglogsink::migrate(&db.pool, &args.db.table).await?;
+    println!("table {} is ready in {}", args.db.table, db.description);
+    db.close();
+    Ok(())
+}

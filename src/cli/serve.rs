@@ -1,0 +1,237 @@
+//! `pglogsink serve`: the demo web service. Its handlers log through the
+//! sink, like the seed article's RecipesController.
+//!
+//! Shutdown order: a signal (or the sink's fatal error) cancels one token;
+//! the HTTP server stops taking connections and finishes in-flight requests
+//! (they may still log); then the sink drains its queue within
+//! `--shutdown-timeout`; then the private PostgreSQL, if we started it, stops.
+
+use std::net::SocketAddr;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use pglogsink::{CancellationToken, Level, Logger, Record, Report, SinkConfig};
+use tokio::net::TcpListener;
+
+use super::db::{Database, Mode};
+use super::signal::shutdown_signal;
+use super::{DatabaseArgs, Failure};
+
+#[derive(Debug, clap::Args)]
+pub(crate) struct ServeArgs {
+    /// Address to listen on.
+    #[arg(long, env = "PGLOGSINK_LISTEN", default_value = "127.0.0.1:8080", value_name = "ADDR")]
+    pub(crate) listen: SocketAddr,
+
+    #[command(flatten)]
+    pub(crate) db: DatabaseArgs,
+
+    /// Most records written per COPY. The sink never waits to fill a batch: it writes what is
+    /// queued, up to this many.
+    #[arg(long, env = "PGLOGSINK_BATCH_SIZE", default_value_t = pglogsink::DEFAULT_BATCH_SIZE,
+          value_parser = parse_batch_size, value_name = "N")]
+    pub(crate) batch_size: usize,
+
+    /// Seconds to wait at shutdown for in-flight requests to finish and, separately, for the
+    /// queue to be written; what is not written by then is reported.
+    #[arg(long, env = "PGLOGSINK_SHUTDOWN_TIMEOUT", default_value = "10",
+          value_parser = parse_seconds, value_name = "SECS")]
+    pub(crate) shutdown_timeout: Duration,
+}
+
+fn parse_batch_size(s: &str) -> Result<usize, String> {
+    let max = pglogsink::MAX_BATCH_SIZE;
+    match s.parse::<usize>() {
+        Ok(n) if (1..=max).contains(&n) => Ok(n),
+        _ => Err(format!("expected a whole number from 1 to {max}")),
+    }
+}
+
+/// Seconds, whole or fractional, from 0 to one day.
+pub(crate) fn parse_seconds(s: &str) -> Result<Duration, String> {
+    match s.parse::<f64>() {
+        Ok(secs) if (0.0..=86_400.0).contains(&secs) => Ok(Duration::from_secs_f64(secs)),
+        _ => Err("expected a number of seconds from 0 to 86400, e.g. 10 or 2.5".to_owned()),
+    }
+}
+
+#[derive(Clone)]
+pub(crate) struct AppState {
+    pub(crate) logger: Logger,
+}
+
+/// The routes, separate from `run` so tests can call them without a socket.
+pub(crate) fn app(state: AppState) -> Router {
+    Router::new()
+        .route("/recipes/{id}", get(recipe))
+        .route("/healthz", get(healthz))
+        .with_state(state)
+}
+
+/// Answers like the seed's RecipesController and writes exactly one log row.
+async fn recipe(State(state): State<AppState>, Path(id): Path<String>, headers: HeaderMap) -> Response {
+    let mut record = Record::new(Level::Debug, format!("GET /recipes/{id}")).target("recipes");
+    if let Some(run_id) = headers.get("x-run-id").and_then(|v| v.to_str().ok()) {
+        record = record.field("run_id", run_id);
+    }
+    match state.logger.send(record) {
+        Ok(()) => "recipe".into_response(),
+        // The sink has stopped (shutdown or fatal error): say so rather than
+        // answer a request whose log line would be lost.
+        Err(_) => (StatusCode::SERVICE_UNAVAILABLE, "logging has stopped; the service is shutting down\n")
+            .into_response(),
+    }
+}
+
+async fn healthz(State(state): State<AppState>) -> Json<serde_json::Value> {
+    let stats = state.logger.stats();
+    Json(serde_json::json!({
+        "status": "ok",
+        "sink": {
+            "running": !stats.closed,
+            "queued": stats.queued,
+            "written": stats.written,
+            "retries": stats.retries,
+        }
+    }))
+}
+
+pub(crate) async fn run(args: ServeArgs) -> Result<ExitCode, Failure> {
+    let config = SinkConfig {
+        table: args.db.table.to_string(),
+        batch_size: args.batch_size,
+        ..SinkConfig::default()
+    };
+    config.validate()?;
+    // Bind first: a taken port should fail before a database is started.
+    let listener = TcpListener::bind(args.listen)
+        .await
+        .map_err(|e| format!("cannot listen on {}: {e}", args.listen))?;
+    let db = Database::open(&args.db, Mode::CreateIfMissing).await?;
+    pglogsink::migrate(&db.pool, &args.db.table).await?;
+
+    let token = CancellationToken::new();
+    let (logger, worker) = pglogsink::spawn(db.pool.clone(), &config, token.clone())?;
+    tracing::info!(
+        "listening on http://{}; logging to table {} in {}",
+        args.listen,
+        args.db.table,
+        db.description
+    );
+
+    let signal_token = token.clone();
+    tokio::spawn(async move {
+        shutdown_signal().await;
+        tracing::info!("shutdown requested; finishing requests and draining the log queue");
+        signal_token.cancel();
+    });
+
+    let server = axum::serve(listener, app(AppState { logger }))
+        .with_graceful_shutdown(token.clone().cancelled_owned());
+    let http_grace = async {
+        token.cancelled().await;
+        tokio::time::sleep(args.shutdown_timeout).await;
+    };
+    tokio::select! {
+        served = server => if let Err(e) = served {
+            tracing::error!("the HTTP server failed: {e}");
+        },
+        () = http_grace => tracing::warn!(
+            "HTTP connections still open after {:?}; closing them", args.shutdown_timeout
+        ),
+    }
+
+    let report = worker.shutdown(args.shutdown_timeout).await;
+    db.close();
+    Ok(print_report(&report))
+}
+
+/// One line for the operator; the exit code says whether anything was lost.
+fn print_report(report: &Report) -> ExitCode {
+    if let Some(fatal) = &report.fatal {
+        eprintln!(
+            "pglogsink: fatal: {fatal}. {} records were not written ({} written before the stop).",
+            report.not_written + report.in_doubt,
+            report.written
+        );
+        return ExitCode::FAILURE;
+    }
+    eprintln!("pglogsink: stopped: {report}");
+    if report.is_complete() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::body::Body;
+    use axum::http::Request;
+    use http_body_util::BodyExt;
+    use tower::ServiceExt;
+
+    /// A sink whose database refuses connections: records queue up (and are
+    /// retried), which is all the handlers need.
+    fn unreachable_sink() -> (Logger, pglogsink::Worker) {
+        let config = pglogsink::parse_url("postgres://nobody@127.0.0.1:1/none").unwrap();
+        let pool = pglogsink::pool(config, 1).unwrap();
+        pglogsink::spawn(pool, &SinkConfig::default(), CancellationToken::new()).unwrap()
+    }
+
+    async fn get(app: Router, uri: &str, run_id: Option<&str>) -> (StatusCode, String) {
+        let mut request = Request::get(uri);
+        if let Some(run_id) = run_id {
+            request = request.header("x-run-id", run_id);
+        }
+        let response = app.oneshot(request.body(Body::empty()).unwrap()).await.unwrap();
+        let status = response.status();
+        let body = response.into_body().collect().await.unwrap().to_bytes();
+        (status, String::from_utf8_lossy(&body).into_owned())
+    }
+
+    #[tokio::test]
+    async fn a_recipe_request_answers_and_queues_exactly_one_record() {
+        let (logger, worker) = unreachable_sink();
+        let app = app(AppState { logger: logger.clone() });
+        let (status, body) = get(app, "/recipes/7", Some("run-1")).await;
+        assert_eq!((status, body.as_str()), (StatusCode::OK, "recipe"));
+        let report = worker.shutdown(Duration::from_millis(200)).await;
+        assert_eq!(report.written + report.not_written + report.in_doubt, 1, "{report:?}");
+    }
+
+    #[tokio::test]
+    async fn after_the_sink_stops_requests_get_503() {
+        let (logger, worker) = unreachable_sink();
+        let report = worker.shutdown(Duration::from_millis(50)).await;
+        assert_eq!(report.written, 0);
+        let (status, _) = get(app(AppState { logger }), "/recipes/1", None).await;
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+    }
+
+    #[tokio::test]
+    async fn healthz_reports_the_sink() {
+        let (logger, _worker) = unreachable_sink();
+        let (status, body) = get(app(AppState { logger }), "/healthz", None).await;
+        assert_eq!(status, StatusCode::OK);
+        let json: serde_json::Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(json["status"], "ok");
+        assert_eq!(json["sink"]["running"], true);
+    }
+
+    #[test]
+    fn bad_option_values_are_rejected_with_the_accepted_form() {
+        assert!(parse_batch_size("0").unwrap_err().contains("from 1 to"));
+        assert!(parse_batch_size("ten").is_err());
+        assert_eq!(parse_batch_size("512"), Ok(512));
+        assert_eq!(parse_seconds("2.5"), Ok(Duration::from_millis(2500)));
+        assert!(parse_seconds("-1").is_err());
+        assert!(parse_seconds("soon").is_err());
+    }
+}

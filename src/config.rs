@@ -1,0 +1,105 @@
+//! The sink's settings: one struct with defaults, validated in one place.
+
+use std::time::Duration;
+
+use crate::table::TableName;
+use crate::Error;
+
+/// Records per COPY batch unless configured otherwise: the most the consumer
+/// takes from the queue at once. It never waits to fill a batch.
+pub const DEFAULT_BATCH_SIZE: usize = 1024;
+/// Largest accepted `batch_size`.
+pub const MAX_BATCH_SIZE: usize = 1 << 20;
+/// How long shutdown waits for the queue to drain, by default.
+pub const DEFAULT_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(10);
+/// The Log table's default name.
+pub const DEFAULT_TABLE: &str = "log";
+
+/// Settings of a sink. Start from `Default` and change what you need.
+///
+/// ```
+/// let config = pglogsink::SinkConfig {
+///     table: "app_log".into(),
+///     batch_size: 500,
+///     ..Default::default()
+/// };
+/// config.validate()?;
+/// # Ok::<(), pglogsink::Error>(())
+/// ```
+#[derive(Debug, Clone)]
+pub struct SinkConfig {
+    /// The Log table, optionally schema-qualified (default `log`).
+    pub table: String,
+    /// Most records per COPY (default [`DEFAULT_BATCH_SIZE`]).
+    pub batch_size: usize,
+    /// Target stored for records that do not set one (default `app`).
+    pub default_target: String,
+    /// First retry delay after a transient error (default 100 ms).
+    pub retry_initial: Duration,
+    /// Longest retry delay (default 5 s). Transient errors are retried until
+    /// they clear or the shutdown deadline passes.
+    pub retry_max: Duration,
+}
+
+impl Default for SinkConfig {
+    fn default() -> SinkConfig {
+        SinkConfig {
+            table: DEFAULT_TABLE.to_owned(),
+            batch_size: DEFAULT_BATCH_SIZE,
+            default_target: "app".to_owned(),
+            retry_initial: Duration::from_millis(100),
+            retry_max: Duration::from_secs(5),
+        }
+    }
+}
+
+impl SinkConfig {
+    /// Check every setting; the error names the option and what it accepts.
+    pub fn validate(&self) -> Result<(), Error> {
+        self.table_name().map(|_| ())?;
+        if !(1..=MAX_BATCH_SIZE).contains(&self.batch_size) {
+            return Err(Error::config(
+                "batch size",
+                format!(
+                    "{} is out of range: use a whole number from 1 to {MAX_BATCH_SIZE}",
+                    self.batch_size
+                ),
+            ));
+        }
+        if self.retry_initial.is_zero() || self.retry_max < self.retry_initial {
+            return Err(Error::config(
+                "retry delays",
+                "the initial delay must be above zero and at most the maximum delay",
+            ));
+        }
+        Ok(())
+    }
+
+    pub(crate) fn table_name(&self) -> Result<TableName, Error> {
+        TableName::parse(&self.table)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_valid_and_bad_values_name_their_option() {
+        SinkConfig::default().validate().unwrap();
+        let err = SinkConfig {
+            batch_size: 0,
+            ..Default::default()
+        }
+        .validate()
+        .unwrap_err();
+        assert!(err.to_string().contains("batch size"), "{err}");
+        let err = SinkConfig {
+            table: "Bad Name".into(),
+            ..Default::default()
+        }
+        .validate()
+        .unwrap_err();
+        assert!(err.to_string().contains("table"), "{err}");
+    }
+}

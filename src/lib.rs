@@ -1,0 +1,65 @@
+//! pglogsink: application logs into PostgreSQL, fast, without slowing the
+//! code that logs and without losing a line.
+//!
+//! Producers call [`Logger::log`], which never blocks and never touches the
+//! network: it stamps the record and pushes it onto an unbounded channel. One
+//! consumer task drains what is queued (up to the batch size, no timer wait)
+//! and writes each batch with one binary `COPY`. Transient database errors
+//! are retried with backoff; a fatal one cancels the application's shutdown
+//! token. [`Worker::shutdown`] drains the queue within a deadline and returns
+//! a [`Report`] of what was and was not written.
+//!
+//! ```no_run
+//! use std::time::Duration;
+//! use pglogsink::{Level, Record, SinkConfig, TableName};
+//! use tokio_util::sync::CancellationToken;
+//!
+//! # async fn demo() -> Result<(), pglogsink::Error> {
+//! let pool = pglogsink::pool(pglogsink::parse_url("postgres://app:pw@127.0.0.1/app")?, 4)?;
+//! pglogsink::migrate(&pool, &TableName::parse("log")?).await?;
+//!
+//! let shutdown = CancellationToken::new();
+//! let (logger, worker) = pglogsink::spawn(pool, &SinkConfig::default(), shutdown.clone())?;
+//! logger.log(Level::Info, "hello").ok();
+//! logger.send(Record::new(Level::Warn, "slow request").field("ms", 840)).ok();
+//!
+//! let report = worker.shutdown(Duration::from_secs(10)).await;
+//! assert!(report.is_complete(), "{report}");
+//! # Ok(()) }
+//! ```
+#![warn(missing_docs)]
+
+mod backoff;
+mod classify;
+mod config;
+mod consumer;
+mod copy;
+mod database;
+pub mod embedded;
+mod encode;
+mod error;
+mod logger;
+mod record;
+mod report;
+mod schema;
+mod sink;
+mod stats;
+mod table;
+
+pub use config::{
+    SinkConfig, DEFAULT_BATCH_SIZE, DEFAULT_SHUTDOWN_TIMEOUT, DEFAULT_TABLE, MAX_BATCH_SIZE,
+};
+pub use database::{parse_url, pool, DEFAULT_POOL_SIZE};
+pub use error::{Error, ErrorKind};
+pub use logger::{Closed, Logger};
+pub use record::{Fields, Level, ParseLevelError, Record};
+pub use report::{FatalError, Report};
+pub use schema::{migrate, SCHEMA_SQL};
+pub use sink::{spawn, Worker};
+pub use stats::Stats;
+pub use table::TableName;
+
+/// Re-exported so that users name the same versions pglogsink uses.
+pub use deadpool_postgres;
+pub use tokio_postgres;
+pub use tokio_util::sync::CancellationToken;

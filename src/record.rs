@@ -1,0 +1,244 @@
+//! One log record: what a producer hands to [`Logger`](crate::Logger), and
+//! what becomes one row of the Log table.
+//!
+//! This is the producer side: no database types appear here.
+
+use std::borrow::Cow;
+use std::cell::Cell;
+use std::fmt;
+use std::str::FromStr;
+use std::time::SystemTime;
+
+/// Severity of a record, stored in the `level` column as its lowercase name.
+///
+/// Ordered from least to most severe, so `level >= Level::Warn` means
+/// "warnings and errors" in Rust as it does in SQL.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Level {
+    /// Very verbose diagnostics.
+    Trace,
+    /// Diagnostics for developers.
+    Debug,
+    /// Normal operation.
+    Info,
+    /// Something unexpected that the program survived.
+    Warn,
+    /// A failure.
+    Error,
+}
+
+impl Level {
+    /// Every level, least severe first.
+    pub const ALL: [Level; 5] = [
+        Level::Trace,
+        Level::Debug,
+        Level::Info,
+        Level::Warn,
+        Level::Error,
+    ];
+
+    /// The lowercase name stored in the database (`"info"`...).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Level::Trace => "trace",
+            Level::Debug => "debug",
+            Level::Info => "info",
+            Level::Warn => "warn",
+            Level::Error => "error",
+        }
+    }
+}
+
+impl fmt::Display for Level {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The error of parsing a [`Level`] from text.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ParseLevelError(String);
+
+impl fmt::Display for ParseLevelError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "unknown level {:?}: expected one of trace, debug, info, warn, error",
+            self.0
+        )
+    }
+}
+
+impl std::error::Error for ParseLevelError {}
+
+impl FromStr for Level {
+    type Err = ParseLevelError;
+
+    /// Case-insensitive; `warning` is accepted for `warn`.
+    fn from_str(s: &str) -> Result<Level, ParseLevelError> {
+        match s.to_ascii_lowercase().as_str() {
+            "trace" => Ok(Level::Trace),
+            "debug" => Ok(Level::Debug),
+            "info" => Ok(Level::Info),
+            "warn" | "warning" => Ok(Level::Warn),
+            "error" => Ok(Level::Error),
+            _ => Err(ParseLevelError(s.to_owned())),
+        }
+    }
+}
+
+/// Structured fields of a record: key and JSON value, in the order added.
+///
+/// Stored as one jsonb object; when a key repeats, the last value wins.
+pub type Fields = Vec<(Cow<'static, str>, serde_json::Value)>;
+
+/// A log record on its way to the Log table.
+///
+/// Build one with [`Record::new`] and the chained setters, then hand it to
+/// [`Logger::send`](crate::Logger::send). The timestamp and producing thread
+/// are stamped when it is sent.
+///
+/// ```
+/// use pglogsink::{Level, Record};
+///
+/// let record = Record::new(Level::Info, "order shipped")
+///     .target("shop::orders")
+///     .field("order_id", 1042)
+///     .field("express", true);
+/// assert_eq!(record.message(), "order shipped");
+/// ```
+#[derive(Debug, Clone)]
+pub struct Record {
+    pub(crate) timestamp: SystemTime,
+    pub(crate) thread_id: i64,
+    pub(crate) level: Level,
+    pub(crate) target: Option<Cow<'static, str>>,
+    pub(crate) message: Cow<'static, str>,
+    pub(crate) fields: Fields,
+}
+
+impl Record {
+    /// A record with a level and a message, no target and no fields.
+    pub fn new(level: Level, message: impl Into<Cow<'static, str>>) -> Record {
+        Record {
+            timestamp: SystemTime::UNIX_EPOCH,
+            thread_id: 0,
+            level,
+            target: None,
+            message: message.into(),
+            fields: Vec::new(),
+        }
+    }
+
+    /// Set the target (the component that logs, such as a module path).
+    /// Without one, the logger's target is used.
+    pub fn target(mut self, target: impl Into<Cow<'static, str>>) -> Record {
+        self.target = Some(target.into());
+        self
+    }
+
+    /// Add a structured field.
+    pub fn field(
+        mut self,
+        key: impl Into<Cow<'static, str>>,
+        value: impl Into<serde_json::Value>,
+    ) -> Record {
+        self.fields.push((key.into(), value.into()));
+        self
+    }
+
+    /// Replace all fields at once.
+    pub fn fields(mut self, fields: Fields) -> Record {
+        self.fields = fields;
+        self
+    }
+
+    /// The level.
+    pub fn level(&self) -> Level {
+        self.level
+    }
+
+    /// The message.
+    pub fn message(&self) -> &str {
+        &self.message
+    }
+
+    /// The fields, in the order they were added.
+    pub fn field_list(&self) -> &[(Cow<'static, str>, serde_json::Value)] {
+        &self.fields
+    }
+
+    /// When the record was sent (the Unix epoch before it is sent).
+    pub fn timestamp(&self) -> SystemTime {
+        self.timestamp
+    }
+
+    /// Stamp time and thread: done by the logger at the moment of `log()`.
+    #[inline]
+    pub(crate) fn stamp(&mut self) {
+        self.timestamp = SystemTime::now();
+        self.thread_id = current_thread_id();
+    }
+}
+
+thread_local! {
+    static THREAD_ID: Cell<i64> = const { Cell::new(0) };
+}
+
+/// The OS thread id of the caller (what `top -H` and debuggers show), cached
+/// per thread so that `log()` makes no system call after the first.
+#[inline]
+pub(crate) fn current_thread_id() -> i64 {
+    THREAD_ID.with(|cell| {
+        let cached = cell.get();
+        if cached != 0 {
+            return cached;
+        }
+        let id = os_thread_id();
+        cell.set(id);
+        id
+    })
+}
+
+#[cfg(target_os = "linux")]
+fn os_thread_id() -> i64 {
+    // SAFETY: gettid has no preconditions and cannot fail.
+    i64::from(unsafe { libc::gettid() })
+}
+
+#[cfg(not(target_os = "linux"))]
+fn os_thread_id() -> i64 {
+    use std::sync::atomic::{AtomicI64, Ordering};
+    static NEXT: AtomicI64 = AtomicI64::new(1);
+    NEXT.fetch_add(1, Ordering::Relaxed)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn levels_parse_case_insensitively_and_order_by_severity() {
+        assert_eq!("WARN".parse::<Level>(), Ok(Level::Warn));
+        assert_eq!("warning".parse::<Level>(), Ok(Level::Warn));
+        assert_eq!("Error".parse::<Level>(), Ok(Level::Error));
+        assert!("loud".parse::<Level>().is_err());
+        assert!(Level::Trace < Level::Debug && Level::Warn < Level::Error);
+        for level in Level::ALL {
+            assert_eq!(level.as_str().parse::<Level>(), Ok(level));
+        }
+    }
+
+    #[test]
+    fn stamping_sets_time_and_a_stable_thread_id() {
+        let mut a = Record::new(Level::Info, "a");
+        let mut b = Record::new(Level::Info, "b");
+        a.stamp();
+        b.stamp();
+        assert!(a.timestamp > SystemTime::UNIX_EPOCH);
+        assert!(a.thread_id > 0);
+        assert_eq!(a.thread_id, b.thread_id);
+        let other = std::thread::spawn(current_thread_id).join().unwrap();
+        assert_ne!(other, a.thread_id);
+    }
+}

@@ -1,0 +1,154 @@
+//! Wiring: one channel, one consumer task, the producer handle and the
+//! worker handle that shuts it down.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use deadpool_postgres::Pool;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use crate::backoff::Backoff;
+use crate::config::SinkConfig;
+use crate::consumer::Consumer;
+use crate::copy::copy_statement;
+use crate::logger::Logger;
+use crate::report::{FatalError, Report};
+use crate::stats::Shared;
+use crate::Error;
+
+/// Start a sink: returns the [`Logger`] producers log through and the
+/// [`Worker`] that owns the consumer task.
+///
+/// `app_token` is the host application's shutdown token: the sink cancels it
+/// when it meets a fatal database error (wrong schema, no permission, bad
+/// credentials), so that the whole application stops instead of running on
+/// with a dead logger. Must be called inside a Tokio runtime.
+///
+/// ```no_run
+/// # async fn demo(pool: deadpool_postgres::Pool) -> Result<(), pglogsink::Error> {
+/// use std::time::Duration;
+/// use pglogsink::{Level, SinkConfig};
+/// use tokio_util::sync::CancellationToken;
+///
+/// let shutdown = CancellationToken::new();
+/// let (logger, worker) = pglogsink::spawn(pool, &SinkConfig::default(), shutdown.clone())?;
+/// logger.log(Level::Info, "service started").ok();
+///
+/// // ... run until Ctrl-C or until the sink cancels `shutdown` ...
+///
+/// let report = worker.shutdown(Duration::from_secs(10)).await;
+/// println!("{report}");
+/// # Ok(()) }
+/// ```
+pub fn spawn(
+    pool: Pool,
+    config: &SinkConfig,
+    app_token: CancellationToken,
+) -> Result<(Logger, Worker), Error> {
+    config.validate()?;
+    let table = config.table_name()?;
+    let runtime = tokio::runtime::Handle::try_current().map_err(|_| {
+        Error::config(
+            "runtime",
+            "pglogsink::spawn must be called from inside a Tokio runtime",
+        )
+    })?;
+    let (tx, rx) = flume::unbounded();
+    let shared = Arc::new(Shared::default());
+    let stop = CancellationToken::new();
+    let abort = CancellationToken::new();
+    let consumer = Consumer {
+        rx,
+        pool,
+        table: table.to_string(),
+        copy_statement: copy_statement(&table),
+        batch_size: config.batch_size,
+        backoff: Backoff::new(config.retry_initial, config.retry_max),
+        shared: shared.clone(),
+        app_token,
+        stop: stop.clone(),
+        abort: abort.clone(),
+    };
+    let task = runtime.spawn(consumer.run());
+    let logger = Logger::new(tx, shared.clone(), config.default_target.clone().into());
+    let worker = Worker {
+        task,
+        shared,
+        stop,
+        abort,
+    };
+    Ok((logger, worker))
+}
+
+/// Owns the sink's consumer task. Call [`shutdown`](Worker::shutdown) when
+/// the application stops, after the last producer (the web server) is done.
+///
+/// Dropping it without `shutdown` leaves the consumer running until every
+/// [`Logger`] is dropped, with no report.
+#[must_use = "call `shutdown` to drain the queue and learn what was written"]
+pub struct Worker {
+    task: JoinHandle<Report>,
+    shared: Arc<Shared>,
+    stop: CancellationToken,
+    abort: CancellationToken,
+}
+
+impl Worker {
+    /// Stop intake, write what is queued, and report.
+    ///
+    /// `log()` returns [`Closed`](crate::Closed) from now on. The queue is
+    /// drained (retrying transient errors) until it is empty or `timeout`
+    /// passes; then the sink gives up and the report counts what was not
+    /// written.
+    pub async fn shutdown(mut self, timeout: Duration) -> Report {
+        self.shared.closed.store(true, Ordering::Release);
+        self.stop.cancel();
+        match tokio::time::timeout(timeout, &mut self.task).await {
+            Ok(joined) => self.joined(joined),
+            Err(_) => {
+                self.abort.cancel();
+                let joined = (&mut self.task).await;
+                self.joined(joined)
+            }
+        }
+    }
+
+    /// The fatal error the sink stopped on, if it did.
+    pub fn fatal_error(&self) -> Option<FatalError> {
+        self.shared.fatal.lock().ok().and_then(|f| f.clone())
+    }
+
+    /// True once the consumer task has ended (fatal error, or every logger
+    /// dropped).
+    pub fn is_finished(&self) -> bool {
+        self.task.is_finished()
+    }
+
+    fn joined(&self, joined: Result<Report, tokio::task::JoinError>) -> Report {
+        joined.unwrap_or_else(|e| {
+            // The consumer does not panic by design; if it ever does, account
+            // for every record taken rather than reporting nothing.
+            tracing::error!(target: "pglogsink", error = %e, "the sink's consumer task failed");
+            let stats = self.shared.snapshot(0);
+            Report {
+                written: stats.written,
+                not_written: stats.received.saturating_sub(stats.written),
+                batches: stats.batches,
+                retries: stats.retries,
+                nul_replaced: stats.nul_replaced,
+                fatal: self.fatal_error(),
+                ..Report::default()
+            }
+        })
+    }
+}
+
+impl std::fmt::Debug for Worker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Worker")
+            .field("finished", &self.task.is_finished())
+            .finish()
+    }
+}

@@ -1,13 +1,772 @@
-//! `pglogsink load` (being written).
+//! `pglogsink load`: a bundled concurrent HTTP load client for local tests.
+//!
+//! `concurrency` workers each keep one HTTP/1.1 keep-alive connection to
+//! `serve` and send `GET <url>/recipes/<n>` one after another, every request
+//! tagged with the same fresh run id in `x-run-id`. With `--verify` it then
+//! counts the rows carrying that run id in the Log table until every
+//! successful request has its row.
+
+use std::io::IsTerminal;
+use std::net::{IpAddr, SocketAddr};
 use std::process::ExitCode;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use hdrhistogram::Histogram;
+use http_body_util::{BodyExt, Empty};
+use hyper::client::conn::http1::{self, SendRequest};
+use hyper::{header, Request, StatusCode, Uri};
+use hyper_util::rt::TokioIo;
+use indicatif::{ProgressBar, ProgressStyle};
+use pglogsink::CancellationToken;
+use tokio::net::TcpStream;
+
+use super::db::{Database, Mode};
+use super::Failure;
+
+const DEFAULT_REQUESTS: u64 = 1000;
+const MAX_CONCURRENCY: u32 = 10_000;
+const MAX_DURATION_SECS: f64 = 3600.0;
+/// A request (or connect) taking longer than this counts as a connection error.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+/// Pause after a failed connect, so that a dead server is not hammered.
+const RECONNECT_PAUSE: Duration = Duration::from_millis(100);
+const VERIFY_POLL: Duration = Duration::from_millis(250);
+/// Highest latency the histograms track exactly (one hour, in microseconds).
+const MAX_LATENCY_US: u64 = 3_600_000_000;
 
 #[derive(Debug, clap::Args)]
 pub(crate) struct LoadArgs {
+    /// Base URL of the running `pglogsink serve`; requests go to <URL>/recipes/<n>. Must be
+    /// http:// on a loopback address (127.0.0.0/8, [::1] or localhost): this bundled client is
+    /// for local load tests only.
+    #[arg(long, env = "PGLOGSINK_URL", default_value = "http://127.0.0.1:8080",
+          value_name = "URL", value_parser = parse_target)]
+    pub(crate) url: Target,
+
+    /// Number of concurrent workers, each with one keep-alive connection sending its requests
+    /// one after another (1..=10000).
+    #[arg(long, env = "PGLOGSINK_CONCURRENCY", default_value = "77", value_name = "N",
+          value_parser = parse_concurrency)]
+    pub(crate) concurrency: u32,
+
+    /// Total number of requests, shared by all workers [default: 1000 unless --duration is given].
+    #[arg(long, env = "PGLOGSINK_REQUESTS", value_name = "N", value_parser = parse_requests,
+          conflicts_with = "duration")]
+    pub(crate) requests: Option<u64>,
+
+    /// Send requests for this many seconds instead of a fixed number (fractions allowed, at most
+    /// 3600).
+    #[arg(long, env = "PGLOGSINK_DURATION", value_name = "SECS", value_parser = parse_duration)]
+    pub(crate) duration: Option<Duration>,
+
+    /// After the run, check in the database that every successful request wrote exactly one
+    /// row tagged with this run's id (needs the same --database-url or --data-dir as `serve`).
+    #[arg(long, env = "PGLOGSINK_VERIFY",
+          value_parser = clap::builder::BoolishValueParser::new())]
+    pub(crate) verify: bool,
+
+    /// With --verify: how long to wait for the rows to arrive before failing.
+    #[arg(long, env = "PGLOGSINK_VERIFY_TIMEOUT", default_value = "30", value_name = "SECS",
+          value_parser = parse_verify_timeout)]
+    pub(crate) verify_timeout: Duration,
+
     #[command(flatten)]
     pub(crate) db: super::DatabaseArgs,
 }
 
-pub(crate) async fn run(args: LoadArgs) -> Result<ExitCode, super::Failure> {
-    let _ = args;
-    Ok(ExitCode::SUCCESS)
+/// A validated `--url`: plain HTTP to a loopback host.
+#[derive(Debug, Clone)]
+pub(crate) struct Target {
+    /// `http://authority/prefix`, for messages.
+    display: String,
+    /// Host without IPv6 brackets, for name resolution.
+    host: String,
+    port: u16,
+    /// The `Host` header.
+    authority: String,
+    /// Path of the URL without trailing slash (`""` for `http://127.0.0.1:8080`).
+    prefix: String,
+}
+
+impl Target {
+    fn path(&self, n: u64) -> String {
+        format!("{}/recipes/{n}", self.prefix)
+    }
+}
+
+fn parse_target(s: &str) -> Result<Target, String> {
+    let uri: Uri = s
+        .trim()
+        .parse()
+        .map_err(|e| format!("not a valid URL: {e}"))?;
+    match uri.scheme_str() {
+        Some("http") => {}
+        Some(other) => {
+            return Err(format!(
+                "only http:// URLs are supported, not {other}://: this bundled client is for \
+                 local load tests only"
+            ))
+        }
+        None => return Err("expected a URL like http://127.0.0.1:8080".to_owned()),
+    }
+    let authority = uri.authority().ok_or("the URL has no host")?;
+    if authority.as_str().contains('@') {
+        return Err("the URL must not contain a user name or password".to_owned());
+    }
+    let host = authority
+        .host()
+        .trim_start_matches('[')
+        .trim_end_matches(']');
+    if !is_loopback_host(host) {
+        return Err(format!(
+            "{} is not a loopback address: this bundled client only sends load to the local \
+             machine (127.0.0.0/8, [::1] or localhost)",
+            authority.host()
+        ));
+    }
+    if uri.query().is_some() {
+        return Err("the URL must not have a query string".to_owned());
+    }
+    let prefix = uri.path().trim_end_matches('/').to_owned();
+    Ok(Target {
+        display: format!("http://{authority}{prefix}"),
+        host: host.to_owned(),
+        port: authority.port_u16().unwrap_or(80),
+        authority: authority.as_str().to_owned(),
+        prefix,
+    })
+}
+
+fn is_loopback_host(host: &str) -> bool {
+    host.eq_ignore_ascii_case("localhost")
+        || host.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback())
+}
+
+fn parse_concurrency(s: &str) -> Result<u32, String> {
+    match s.trim().parse::<u32>() {
+        Ok(n) if (1..=MAX_CONCURRENCY).contains(&n) => Ok(n),
+        _ => Err(format!(
+            "must be a whole number from 1 to {MAX_CONCURRENCY}"
+        )),
+    }
+}
+
+fn parse_requests(s: &str) -> Result<u64, String> {
+    match s.trim().parse::<u64>() {
+        Ok(n) if n >= 1 => Ok(n),
+        _ => Err("must be a whole number, at least 1".to_owned()),
+    }
+}
+
+fn parse_seconds(s: &str, max: f64) -> Result<Duration, String> {
+    match s.trim().parse::<f64>() {
+        Ok(secs) if secs > 0.0 && secs <= max => Ok(Duration::from_secs_f64(secs)),
+        _ => Err(format!(
+            "must be a number of seconds, more than 0 and at most {max}"
+        )),
+    }
+}
+
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    parse_seconds(s, MAX_DURATION_SECS)
+}
+
+fn parse_verify_timeout(s: &str) -> Result<Duration, String> {
+    parse_seconds(s, 86_400.0)
+}
+
+/// `load-<unix millis>-<pid>`: unique per run on this machine.
+fn run_id(unix_millis: u128, pid: u32) -> String {
+    format!("load-{unix_millis}-{pid}")
+}
+
+/// What the workers share.
+struct Shared {
+    target: Target,
+    addrs: Vec<SocketAddr>,
+    run_id: String,
+    /// With --requests, the total; with --duration, when to stop starting requests.
+    limit: Result<u64, Instant>,
+    next: AtomicU64,
+    ok: AtomicU64,
+    non_2xx: AtomicU64,
+    conn_errors: AtomicU64,
+    first_error: Mutex<Option<String>>,
+    cancel: CancellationToken,
+}
+
+impl Shared {
+    /// The sequence number (from 1) of the next request to send, if any.
+    fn next_slot(&self) -> Option<u64> {
+        if self.cancel.is_cancelled() {
+            return None;
+        }
+        if let Err(deadline) = self.limit {
+            if Instant::now() >= deadline {
+                return None;
+            }
+        }
+        let slot = self.next.fetch_add(1, Ordering::Relaxed);
+        match self.limit {
+            Ok(total) if slot >= total => None,
+            _ => Some(slot + 1),
+        }
+    }
+
+    fn failed(&self, counter: &AtomicU64, error: String) {
+        counter.fetch_add(1, Ordering::Relaxed);
+        if let Ok(mut first) = self.first_error.lock() {
+            first.get_or_insert(error);
+        }
+    }
+
+    /// (ok, failed).
+    fn counts(&self) -> (u64, u64) {
+        let failed =
+            self.non_2xx.load(Ordering::Relaxed) + self.conn_errors.load(Ordering::Relaxed);
+        (self.ok.load(Ordering::Relaxed), failed)
+    }
+}
+
+/// Connects and does the HTTP/1.1 handshake; the connection runs in its own task.
+async fn connect(
+    shared: &Shared,
+    stream: Option<TcpStream>,
+) -> Result<SendRequest<Empty<Bytes>>, String> {
+    let connecting = async {
+        let stream = match stream {
+            Some(stream) => stream,
+            None => TcpStream::connect(&shared.addrs[..])
+                .await
+                .map_err(|e| format!("connect: {e}"))?,
+        };
+        stream.set_nodelay(true).ok();
+        let (sender, connection) = http1::handshake(TokioIo::new(stream))
+            .await
+            .map_err(|e| format!("handshake: {}", describe(&e)))?;
+        tokio::spawn(connection);
+        Ok(sender)
+    };
+    tokio::time::timeout(REQUEST_TIMEOUT, connecting)
+        .await
+        .unwrap_or_else(|_| Err("connect: timed out".to_owned()))
+}
+
+async fn send(
+    sender: &mut SendRequest<Empty<Bytes>>,
+    shared: &Shared,
+    n: u64,
+) -> Result<StatusCode, String> {
+    sender.ready().await.map_err(|e| describe(&e))?;
+    let request = Request::get(shared.target.path(n))
+        .header(header::HOST, &shared.target.authority)
+        .header("x-run-id", &shared.run_id)
+        .body(Empty::<Bytes>::new())
+        .map_err(|e| e.to_string())?;
+    let response = sender
+        .send_request(request)
+        .await
+        .map_err(|e| describe(&e))?;
+    let status = response.status();
+    response
+        .into_body()
+        .collect()
+        .await
+        .map_err(|e| format!("reading the body: {}", describe(&e)))?;
+    Ok(status)
+}
+
+/// One worker: sequential requests over one keep-alive connection, reconnecting after errors.
+async fn worker(
+    shared: Arc<Shared>,
+    mut first: Option<TcpStream>,
+    mut hist: Histogram<u64>,
+) -> Histogram<u64> {
+    let mut conn: Option<SendRequest<Empty<Bytes>>> = None;
+    while let Some(n) = shared.next_slot() {
+        if conn.as_ref().is_some_and(|c| c.is_closed()) {
+            conn = None;
+        }
+        let sender = match conn {
+            Some(ref mut sender) => sender,
+            None => {
+                let connected = tokio::select! {
+                    connected = connect(&shared, first.take()) => connected,
+                    _ = shared.cancel.cancelled() => break,
+                };
+                match connected {
+                    Ok(sender) => conn.insert(sender),
+                    Err(e) => {
+                        shared.failed(&shared.conn_errors, e);
+                        tokio::select! {
+                            _ = tokio::time::sleep(RECONNECT_PAUSE) => continue,
+                            _ = shared.cancel.cancelled() => break,
+                        }
+                    }
+                }
+            }
+        };
+        let started = Instant::now();
+        let result = tokio::select! {
+            result = tokio::time::timeout(REQUEST_TIMEOUT, send(sender, &shared, n)) => result,
+            _ = shared.cancel.cancelled() => break,
+        };
+        match result {
+            Ok(Ok(status)) => {
+                hist.saturating_record((started.elapsed().as_micros() as u64).max(1));
+                if status.is_success() {
+                    shared.ok.fetch_add(1, Ordering::Relaxed);
+                } else {
+                    shared.failed(&shared.non_2xx, format!("HTTP {status}"));
+                }
+            }
+            Ok(Err(e)) => {
+                conn = None;
+                shared.failed(&shared.conn_errors, e);
+            }
+            Err(_) => {
+                conn = None;
+                shared.failed(
+                    &shared.conn_errors,
+                    format!("no response within {} s", REQUEST_TIMEOUT.as_secs()),
+                );
+            }
+        }
+    }
+    hist
+}
+
+/// A progress bar on a terminal; otherwise (indicatif would draw nothing) a plain line about
+/// once per second.
+struct Progress {
+    bar: ProgressBar,
+    plain: bool,
+    last_plain: Instant,
+}
+
+impl Progress {
+    fn new(len: Option<u64>, template: &str) -> Progress {
+        let plain = !std::io::stderr().is_terminal();
+        let bar = match (plain, len) {
+            (true, _) => ProgressBar::hidden(),
+            (false, Some(len)) => ProgressBar::new(len),
+            (false, None) => ProgressBar::new_spinner(),
+        };
+        bar.set_style(
+            ProgressStyle::with_template(template).unwrap_or_else(|_| ProgressStyle::default_bar()),
+        );
+        bar.enable_steady_tick(Duration::from_millis(100));
+        Progress {
+            bar,
+            plain,
+            last_plain: Instant::now(),
+        }
+    }
+
+    fn update(&mut self, pos: u64, message: String, plain_line: impl FnOnce() -> String) {
+        self.bar.set_position(pos);
+        self.bar.set_message(message);
+        if self.plain && self.last_plain.elapsed() >= Duration::from_secs(1) {
+            self.last_plain = Instant::now();
+            eprintln!("{}", plain_line());
+        }
+    }
+}
+
+async fn report_progress(
+    shared: Arc<Shared>,
+    total: Option<u64>,
+    started: Instant,
+    done: CancellationToken,
+) {
+    let template = match total {
+        Some(_) => "{spinner} load [{elapsed_precise}] {wide_bar} {pos}/{len} {msg}",
+        None => "{spinner} load [{elapsed_precise}] {pos} requests, {msg}",
+    };
+    let mut progress = Progress::new(total, template);
+    let mut tick = tokio::time::interval(Duration::from_millis(100));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = done.cancelled() => break,
+        }
+        let (ok, failed) = shared.counts();
+        let elapsed = started.elapsed().as_secs_f64();
+        let rate = (ok + failed) as f64 / elapsed.max(1e-3);
+        let of = total.map(|t| format!("/{t}")).unwrap_or_default();
+        progress.update(
+            ok + failed,
+            format!("{rate:.0} req/s, {failed} errors"),
+            || {
+                format!(
+                    "load: {}{of} requests, {rate:.0} req/s, {failed} errors, {elapsed:.1} s",
+                    ok + failed
+                )
+            },
+        );
+    }
+    progress.bar.finish_and_clear();
+}
+
+/// Latency in microseconds as milliseconds with two decimals.
+fn ms(us: u64) -> String {
+    format!("{:.2} ms", us as f64 / 1000.0)
+}
+
+fn latency_line(hist: &Histogram<u64>) -> String {
+    if hist.is_empty() {
+        return "no responses".to_owned();
+    }
+    format!(
+        "p50 {}, p99 {}, max {}",
+        ms(hist.value_at_quantile(0.5)),
+        ms(hist.value_at_quantile(0.99)),
+        ms(hist.max())
+    )
+}
+
+/// How the row count compares with the number of successful requests.
+#[derive(Debug, PartialEq, Eq)]
+enum Verdict {
+    Complete,
+    Missing(u64),
+    Duplicated(u64),
+}
+
+fn verdict(expected: u64, found: u64) -> Verdict {
+    match found.cmp(&expected) {
+        std::cmp::Ordering::Equal => Verdict::Complete,
+        std::cmp::Ordering::Less => Verdict::Missing(expected - found),
+        std::cmp::Ordering::Greater => Verdict::Duplicated(found - expected),
+    }
+}
+
+/// `serve` side of --verify: polls the row count; `Ok(true)` when it matches exactly.
+async fn verify(
+    args: &LoadArgs,
+    run_id: &str,
+    expected: u64,
+    cancel: &CancellationToken,
+) -> Result<bool, Failure> {
+    let started = Instant::now();
+    let db = Database::open(&args.db, Mode::Existing).await?;
+    let deadline = started + args.verify_timeout;
+    let sql = format!(
+        "SELECT count(*) FROM {} WHERE fields->>'run_id' = $1",
+        args.db.table.quoted()
+    );
+    let mut progress = Progress::new(
+        Some(expected),
+        "{spinner} verify [{elapsed_precise}] {wide_bar} {pos}/{len} rows",
+    );
+    let mut found = None;
+    let mut last_error: Option<String>;
+    loop {
+        let remaining = deadline
+            .saturating_duration_since(Instant::now())
+            .max(VERIFY_POLL);
+        let query = async {
+            let client = db.pool.get().await.map_err(|e| describe(&e))?;
+            let row = client
+                .query_one(sql.as_str(), &[&run_id])
+                .await
+                .map_err(|e| describe(&e))?;
+            let count: i64 = row.try_get(0).map_err(|e| describe(&e))?;
+            Ok::<u64, String>(u64::try_from(count).unwrap_or(0))
+        };
+        match tokio::time::timeout(remaining, query).await {
+            Ok(Ok(count)) => {
+                found = Some(count);
+                last_error = None;
+                progress.update(count, String::new(), || {
+                    format!("verify: {count} of {expected} rows")
+                });
+                if count >= expected {
+                    break;
+                }
+            }
+            Ok(Err(e)) => last_error = Some(e),
+            Err(_) => last_error = Some("the query timed out".to_owned()),
+        }
+        if Instant::now() >= deadline {
+            break;
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(VERIFY_POLL) => {}
+            _ = cancel.cancelled() => {
+                last_error = Some("interrupted".to_owned());
+                break;
+            }
+        }
+    }
+    progress.bar.finish_and_clear();
+    db.close();
+    let secs = started.elapsed().as_secs_f64();
+    let line = match (found.map(|f| verdict(expected, f)), last_error) {
+        (Some(Verdict::Complete), _) => {
+            println!("verify:      {expected} of {expected} rows for run {run_id} arrived in {secs:.2} s: OK");
+            return Ok(true);
+        }
+        (None, Some(e)) => format!("could not count the rows after {secs:.2} s: {e}"),
+        (None, None) => format!("no answer from the database after {secs:.2} s"),
+        (Some(Verdict::Missing(n)), e) => format!(
+            "expected {expected} rows, found {} after {secs:.2} s: {n} missing{}",
+            expected - n,
+            e.map(|e| format!(" (last error: {e})")).unwrap_or_default()
+        ),
+        (Some(Verdict::Duplicated(n)), _) => format!(
+            "expected {expected} rows, found {}: {n} more than successful requests (duplicated)",
+            expected + n
+        ),
+    };
+    println!("verify:      FAILED for run {run_id}: {line}");
+    Ok(false)
+}
+
+/// An error with its sources, e.g. "db error: ERROR: relation \"x\" does not exist".
+fn describe(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(e) = source {
+        let more = e.to_string();
+        if !text.contains(&more) {
+            text = format!("{text}: {more}");
+        }
+        source = e.source();
+    }
+    text
+}
+
+pub(crate) async fn run(args: LoadArgs) -> Result<ExitCode, Failure> {
+    let target = args.url.clone();
+    let addrs: Vec<SocketAddr> = tokio::net::lookup_host((target.host.as_str(), target.port))
+        .await
+        .map_err(|e| format!("cannot resolve {}: {e}", target.host))?
+        .filter(|a| a.ip().is_loopback())
+        .collect();
+    if addrs.is_empty() {
+        return Err(format!("{} does not resolve to a loopback address", target.host).into());
+    }
+    let first = match tokio::time::timeout(REQUEST_TIMEOUT, TcpStream::connect(&addrs[..])).await {
+        Ok(Ok(stream)) => stream,
+        Ok(Err(e)) if e.kind() == std::io::ErrorKind::ConnectionRefused => {
+            return Err(format!(
+                "cannot connect to {}: connection refused — is `pglogsink serve` running?",
+                target.display
+            )
+            .into())
+        }
+        Ok(Err(e)) => return Err(format!("cannot connect to {}: {e}", target.display).into()),
+        Err(_) => return Err(format!("cannot connect to {}: timed out", target.display).into()),
+    };
+
+    let millis = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis());
+    let run_id = run_id(millis, std::process::id());
+    let total = match args.duration {
+        Some(_) => None,
+        None => Some(args.requests.unwrap_or(DEFAULT_REQUESTS)),
+    };
+    let started = Instant::now();
+    let cancel = CancellationToken::new();
+    let shared = Arc::new(Shared {
+        target,
+        addrs,
+        run_id: run_id.clone(),
+        limit: total.ok_or(started + args.duration.unwrap_or_default()),
+        next: AtomicU64::new(0),
+        ok: AtomicU64::new(0),
+        non_2xx: AtomicU64::new(0),
+        conn_errors: AtomicU64::new(0),
+        first_error: Mutex::new(None),
+        cancel: cancel.clone(),
+    });
+    let on_signal = cancel.clone();
+    let signal_task = tokio::spawn(async move {
+        super::signal::shutdown_signal().await;
+        on_signal.cancel();
+    });
+    let done = CancellationToken::new();
+    let progress = tokio::spawn(report_progress(
+        shared.clone(),
+        total,
+        started,
+        done.clone(),
+    ));
+
+    let template = Histogram::<u64>::new_with_bounds(1, MAX_LATENCY_US, 3)?;
+    let mut workers = tokio::task::JoinSet::new();
+    let mut first = Some(first);
+    for _ in 0..args.concurrency {
+        workers.spawn(worker(
+            shared.clone(),
+            first.take(),
+            Histogram::new_from(&template),
+        ));
+    }
+    let mut latency = Histogram::new_from(&template);
+    while let Some(joined) = workers.join_next().await {
+        latency.add(joined?)?;
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    done.cancel();
+    progress.await.ok();
+
+    let (ok, failed) = shared.counts();
+    let interrupted = cancel.is_cancelled();
+    println!("run id:      {run_id}");
+    println!(
+        "requests:    {ok} ok, {failed} failed ({} non-2xx, {} connection errors) in {elapsed:.2} s{}",
+        shared.non_2xx.load(Ordering::Relaxed),
+        shared.conn_errors.load(Ordering::Relaxed),
+        if interrupted { " (interrupted)" } else { "" }
+    );
+    println!(
+        "throughput:  {:.0} requests/s",
+        (ok + failed) as f64 / elapsed.max(1e-3)
+    );
+    println!("latency:     {}", latency_line(&latency));
+    if let Some(e) = shared.first_error.lock().ok().and_then(|e| e.clone()) {
+        println!("first error: {e}");
+    }
+    let verified = match (args.verify, interrupted) {
+        (false, _) => true,
+        (true, true) => {
+            println!("verify:      skipped (interrupted)");
+            false
+        }
+        (true, false) => verify(&args, &run_id, ok, &cancel).await?,
+    };
+    signal_task.abort();
+    let success = failed == 0 && !interrupted && verified;
+    Ok(if success {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn accepts_loopback_http_urls() {
+        for url in [
+            "http://127.0.0.1:8080",
+            "http://127.1.2.3",
+            "http://localhost:9000/",
+            "http://LOCALHOST",
+            "http://[::1]:8080",
+        ] {
+            assert!(parse_target(url).is_ok(), "{url} should be accepted");
+        }
+        let t = parse_target("http://[::1]:8080").expect("valid");
+        assert_eq!(
+            (t.host.as_str(), t.port, t.authority.as_str()),
+            ("::1", 8080, "[::1]:8080")
+        );
+        assert_eq!(parse_target("http://localhost").expect("valid").port, 80);
+    }
+
+    #[test]
+    fn rejects_remote_and_non_http_urls() {
+        for url in [
+            "http://10.0.0.1:8080",
+            "http://example.com",
+            "http://[2001:db8::1]/",
+            "http://0.0.0.0:8080",
+            "http://localhost.example.com",
+        ] {
+            let e = parse_target(url).expect_err(url);
+            assert!(e.contains("not a loopback address"), "{url}: {e}");
+        }
+        assert!(parse_target("https://127.0.0.1:8443")
+            .expect_err("https")
+            .contains("only http://"));
+        assert!(parse_target("127.0.0.1:8080").is_err());
+        assert!(parse_target("http://user:pw@127.0.0.1/").is_err());
+        assert!(parse_target("http://127.0.0.1/?a=b").is_err());
+        assert!(parse_target("http://127.0.0.1 :80").is_err());
+        assert!(parse_target("").is_err());
+    }
+
+    #[test]
+    fn request_paths_keep_the_url_prefix() {
+        let t = parse_target("http://127.0.0.1:8080").expect("valid");
+        assert_eq!(t.path(17), "/recipes/17");
+        assert_eq!(t.display, "http://127.0.0.1:8080");
+        let t = parse_target("http://localhost:8080/api/").expect("valid");
+        assert_eq!(t.path(1), "/api/recipes/1");
+        assert_eq!(t.authority, "localhost:8080");
+    }
+
+    #[test]
+    fn numeric_flags_are_validated() {
+        assert_eq!(parse_concurrency("1"), Ok(1));
+        assert_eq!(parse_concurrency("10000"), Ok(10_000));
+        for bad in ["0", "10001", "-3", "x", ""] {
+            assert!(parse_concurrency(bad).is_err(), "{bad}");
+        }
+        assert_eq!(parse_requests("1"), Ok(1));
+        assert!(parse_requests("0").is_err());
+        assert!(parse_requests("-1").is_err());
+        assert_eq!(parse_duration("0.5"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_duration("3600"), Ok(Duration::from_secs(3600)));
+        for bad in ["0", "-1", "3600.5", "NaN", "inf", "1e400", "soon"] {
+            assert!(parse_duration(bad).is_err(), "{bad}");
+        }
+        assert_eq!(parse_verify_timeout("30"), Ok(Duration::from_secs(30)));
+    }
+
+    #[test]
+    fn run_ids_name_time_and_process() {
+        assert_eq!(run_id(1_732_370_000_000, 4242), "load-1732370000000-4242");
+        assert_ne!(run_id(1, 2), run_id(1, 3));
+    }
+
+    #[test]
+    fn latency_is_reported_in_milliseconds() {
+        let mut h = Histogram::<u64>::new_with_bounds(1, MAX_LATENCY_US, 3).expect("bounds");
+        assert_eq!(latency_line(&h), "no responses");
+        for _ in 0..98 {
+            h.saturating_record(1_200);
+        }
+        h.saturating_record(4_500);
+        h.saturating_record(12_300);
+        assert_eq!(latency_line(&h), "p50 1.20 ms, p99 4.50 ms, max 12.30 ms");
+        assert_eq!(ms(1_200), "1.20 ms");
+    }
+
+    #[test]
+    fn verdict_tells_missing_from_duplicated() {
+        assert_eq!(verdict(20, 20), Verdict::Complete);
+        assert_eq!(verdict(20, 18), Verdict::Missing(2));
+        assert_eq!(verdict(20, 21), Verdict::Duplicated(1));
+        assert_eq!(verdict(0, 0), Verdict::Complete);
+    }
+
+    #[test]
+    fn request_slots_are_handed_out_exactly_once() {
+        let shared = Shared {
+            target: parse_target("http://127.0.0.1:1").expect("valid"),
+            addrs: Vec::new(),
+            run_id: run_id(0, 0),
+            limit: Ok(3),
+            next: AtomicU64::new(0),
+            ok: AtomicU64::new(0),
+            non_2xx: AtomicU64::new(0),
+            conn_errors: AtomicU64::new(0),
+            first_error: Mutex::new(None),
+            cancel: CancellationToken::new(),
+        };
+        let slots: Vec<_> = std::iter::from_fn(|| shared.next_slot()).collect();
+        assert_eq!(slots, [1, 2, 3]);
+        assert_eq!(shared.next_slot(), None);
+    }
 }

@@ -1,0 +1,107 @@
+//! The shared test database and small helpers.
+
+use std::future::Future;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Mutex, OnceLock};
+
+use libtest_mimic::{Failed, Trial};
+use pglogsink::embedded::EmbeddedPostgres;
+use pglogsink::tokio_postgres;
+use pglogsink::TableName;
+
+struct TestDb {
+    config: tokio_postgres::Config,
+    url: String,
+    server: Mutex<Option<EmbeddedPostgres>>,
+}
+
+static DB: OnceLock<Result<TestDb, String>> = OnceLock::new();
+
+fn db() -> Result<&'static TestDb, Failed> {
+    DB.get_or_init(|| match std::env::var("DATABASE_URL") {
+        Ok(url) => Ok(TestDb {
+            config: pglogsink::parse_url(&url).map_err(|e| e.to_string())?,
+            url,
+            server: Mutex::new(None),
+        }),
+        Err(_) => {
+            let server = EmbeddedPostgres::temporary().map_err(|e| e.to_string())?;
+            Ok(TestDb {
+                config: server.config(),
+                url: server.url(),
+                server: Mutex::new(Some(server)),
+            })
+        }
+    })
+    .as_ref()
+    .map_err(|e| Failed::from(format!("no test database: {e}")))
+}
+
+/// Stop the shared cluster, if one was started.
+pub fn shutdown() {
+    if let Some(Ok(db)) = DB.get() {
+        if let Some(server) = db.server.lock().ok().and_then(|mut s| s.take()) {
+            if let Err(e) = server.stop() {
+                eprintln!("stopping the test cluster: {e}");
+            }
+        }
+    }
+}
+
+/// Connection settings of the shared test database.
+pub fn config() -> Result<tokio_postgres::Config, Failed> {
+    Ok(db()?.config.clone())
+}
+
+/// URL of the shared test database (for child processes).
+pub fn url() -> Result<String, Failed> {
+    Ok(db()?.url.clone())
+}
+
+/// A pool on the shared test database.
+pub fn pool() -> Result<pglogsink::deadpool_postgres::Pool, Failed> {
+    Ok(pglogsink::pool(config()?, 4)?)
+}
+
+/// A table name no other test uses.
+pub fn fresh_table(prefix: &str) -> TableName {
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let n = NEXT.fetch_add(1, Ordering::Relaxed);
+    TableName::parse(&format!("{prefix}_{}_{n}", std::process::id())).expect("valid table name")
+}
+
+/// Run an async test body on a runtime of its own.
+pub fn block_on<F: Future<Output = Result<(), Failed>>>(f: F) -> Result<(), Failed> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?
+        .block_on(f)
+}
+
+/// A trial whose body is async.
+pub fn async_trial<F, Fut>(name: &str, body: F) -> Trial
+where
+    F: FnOnce() -> Fut + Send + 'static,
+    Fut: Future<Output = Result<(), Failed>>,
+{
+    Trial::test(name, move || block_on(body()))
+}
+
+/// Fail with a message unless `cond`.
+pub fn check(cond: bool, message: impl FnOnce() -> String) -> Result<(), Failed> {
+    if cond {
+        Ok(())
+    } else {
+        Err(message().into())
+    }
+}
+
+/// Rows in a table.
+pub async fn count(pool: &pglogsink::deadpool_postgres::Pool, table: &TableName) -> Result<i64, Failed> {
+    let client = pool.get().await?;
+    let row = client
+        .query_one(&format!("SELECT count(*) FROM {}", table.quoted()), &[])
+        .await?;
+    Ok(row.get(0))
+}

@@ -1,0 +1,237 @@
+//! The `pglogsink` binary end to end: `serve`, `load --verify`, `logs`,
+//! Ctrl-C, and a fatal stop when the Log table is dropped under load.
+
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::Path;
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use libtest_mimic::{Failed, Trial};
+use pglogsink::TableName;
+
+use crate::common::{check, fresh_table, url};
+
+const BIN: &str = env!("CARGO_BIN_EXE_pglogsink");
+
+pub fn trials() -> Vec<Trial> {
+    vec![
+        Trial::test("service::load_verify_then_ctrl_c_exits_cleanly", load_verify_then_ctrl_c),
+        Trial::test("service::dropping_the_table_under_load_stops_the_service", dropping_the_table_stops_the_service),
+        Trial::test("service::embedded_default_starts_and_stops_its_own_postgres", embedded_default),
+        Trial::test("service::help_lists_every_flag_with_its_env_var", help_lists_flags),
+    ]
+}
+
+fn free_port() -> Result<u16, Failed> {
+    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+/// A running `pglogsink serve`, killed if the test fails before it stops it.
+struct Serve {
+    child: Option<Child>,
+    addr: String,
+}
+
+impl Serve {
+    fn start(db_args: &[&str], extra: &[&str]) -> Result<Serve, Failed> {
+        let addr = format!("127.0.0.1:{}", free_port()?);
+        let child = Command::new(BIN)
+            .arg("serve")
+            .args(["--listen", &addr])
+            .args(db_args)
+            .args(extra)
+            .env_remove("DATABASE_URL")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()?;
+        let mut serve = Serve {
+            child: Some(child),
+            addr,
+        };
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while http_get(&serve.addr, "/healthz").is_err() {
+            if let Some(status) = serve.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
+                let out = serve.wait()?;
+                return Err(format!("serve exited early ({status}): {}", String::from_utf8_lossy(&out.stderr)).into());
+            }
+            if Instant::now() > deadline {
+                return Err("serve did not answer /healthz within 60 s".into());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Ok(serve)
+    }
+
+    fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    fn signal(&self, sig: &str) -> Result<(), Failed> {
+        let pid = self.child.as_ref().ok_or("not running")?.id();
+        let status = Command::new("kill").args([sig, &pid.to_string()]).status()?;
+        check(status.success(), || format!("kill {sig} failed"))
+    }
+
+    /// Wait (at most 30 s) for the process to exit and collect its output.
+    fn wait(&mut self) -> Result<Output, Failed> {
+        let mut child = self.child.take().ok_or("not running")?;
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while child.try_wait()?.is_none() {
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                let out = child.wait_with_output()?;
+                return Err(format!(
+                    "serve did not exit within 30 s: {}",
+                    String::from_utf8_lossy(&out.stderr)
+                )
+                .into());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Ok(child.wait_with_output()?)
+    }
+}
+
+impl Drop for Serve {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = Command::new("kill").args(["-INT", &child.id().to_string()]).status();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// A minimal HTTP/1.0 GET: status code and body.
+fn http_get(addr: &str, path: &str) -> Result<(u16, String), Failed> {
+    let mut stream = TcpStream::connect(addr)?;
+    stream.set_read_timeout(Some(Duration::from_secs(5)))?;
+    write!(stream, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n")?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response)?;
+    let status = response
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .ok_or("no status line")?;
+    let body = response.split("\r\n\r\n").nth(1).unwrap_or("").to_owned();
+    Ok((status, body))
+}
+
+fn run(args: &[&str]) -> Result<Output, Failed> {
+    Ok(Command::new(BIN).args(args).env_remove("DATABASE_URL").output()?)
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+fn load_verify_then_ctrl_c() -> Result<(), Failed> {
+    let db = url()?;
+    let table = fresh_table("svc").to_string();
+    let db_args = ["--database-url", &db, "--table", &table];
+    let mut serve = Serve::start(&db_args, &["--batch-size", "100"])?;
+    let (status, body) = http_get(&serve.addr, "/recipes/42")?;
+    check(status == 200 && body == "recipe", || format!("{status} {body:?}"))?;
+
+    let load = run(&[
+        "load", "--url", &serve.url(), "--requests", "3000", "--concurrency", "20", "--verify",
+        "--database-url", &db, "--table", &table,
+    ])?;
+    let stdout = text(&load.stdout);
+    check(load.status.success(), || format!("load failed: {stdout}\n{}", text(&load.stderr)))?;
+    check(stdout.contains("3000 ok") && stdout.contains("OK"), || stdout.clone())?;
+
+    let logs = run(&["logs", "--database-url", &db, "--table", &table, "--limit", "5"])?;
+    let shown = text(&logs.stdout);
+    check(logs.status.success() && shown.lines().count() == 5, || format!("logs: {shown}{}", text(&logs.stderr)))?;
+    check(shown.lines().all(|l| l.contains("GET /recipes/") && l.contains("run_id")), || shown.clone())?;
+
+    serve.signal("-INT")?;
+    let out = serve.wait()?;
+    let stderr = text(&out.stderr);
+    check(out.status.success(), || format!("serve exit {:?}: {stderr}", out.status))?;
+    check(stderr.contains("wrote 3001 records") && stderr.contains("nothing left unwritten"), || stderr.clone())
+}
+
+fn dropping_the_table_stops_the_service() -> Result<(), Failed> {
+    let db = url()?;
+    let table = fresh_table("drop");
+    let table_arg = table.to_string();
+    let mut serve = Serve::start(&["--database-url", &db, "--table", &table_arg], &[])?;
+    let mut load = Command::new(BIN)
+        .args(["load", "--url", &serve.url(), "--duration", "20", "--concurrency", "8"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()?;
+    std::thread::sleep(Duration::from_millis(1500));
+    drop_table(&db, &table)?;
+    let dropped = Instant::now();
+    let out = serve.wait();
+    let _ = load.kill();
+    let _ = load.wait();
+    let out = out?;
+    let took = dropped.elapsed();
+    let stderr = text(&out.stderr);
+    check(!out.status.success(), || format!("serve exited 0 after the table was dropped: {stderr}"))?;
+    check(took < Duration::from_secs(10), || format!("serve took {took:?} to stop"))?;
+    let fatal = stderr.lines().find(|l| l.starts_with("pglogsink: fatal:")).ok_or_else(|| stderr.clone())?;
+    check(
+        fatal.contains("42P01") && fatal.contains(&table_arg) && fatal.contains("migrate") && fatal.contains("not written"),
+        || fatal.to_owned(),
+    )
+}
+
+fn drop_table(db: &str, table: &TableName) -> Result<(), Failed> {
+    crate::common::block_on(async {
+        let pool = pglogsink::pool(pglogsink::parse_url(db)?, 1)?;
+        pool.get().await?.batch_execute(&format!("DROP TABLE {}", table.quoted())).await?;
+        Ok(())
+    })
+}
+
+fn embedded_default() -> Result<(), Failed> {
+    let dir = std::env::temp_dir().join(format!("pglogsink-svc-{}", std::process::id()));
+    let data_dir = dir.to_string_lossy().into_owned();
+    let result = (|| {
+        let mut serve = Serve::start(&["--data-dir", &data_dir], &[])?;
+        for i in 0..10 {
+            http_get(&serve.addr, &format!("/recipes/{i}"))?;
+        }
+        let logs = run(&["logs", "--data-dir", &data_dir, "--limit", "3"])?;
+        check(text(&logs.stdout).lines().count() == 3, || text(&logs.stdout) + &text(&logs.stderr))?;
+        serve.signal("-TERM")?;
+        let out = serve.wait()?;
+        check(out.status.success(), || text(&out.stderr))?;
+        check(no_postgres_for(&dir), || "a postgres process for the data dir survived".into())?;
+        // `logs` starts the stopped cluster for as long as it runs.
+        let logs = run(&["logs", "--data-dir", &data_dir, "--limit", "100"])?;
+        check(text(&logs.stdout).lines().count() == 10, || text(&logs.stdout) + &text(&logs.stderr))?;
+        check(no_postgres_for(&dir), || "`logs` left its postgres running".into())
+    })();
+    let _ = std::fs::remove_dir_all(&dir);
+    result
+}
+
+fn no_postgres_for(dir: &Path) -> bool {
+    let pid_file = dir.join("pgdata").join("postmaster.pid");
+    !pid_file.exists()
+}
+
+fn help_lists_flags() -> Result<(), Failed> {
+    for (sub, flags) in [
+        ("serve", &["--listen", "--database-url", "--data-dir", "--table", "--batch-size", "--shutdown-timeout"][..]),
+        ("load", &["--url", "--concurrency", "--requests", "--duration", "--verify"][..]),
+        ("logs", &["--limit", "--database-url", "--data-dir"][..]),
+        ("migrate", &["--database-url", "--table"][..]),
+    ] {
+        let out = run(&[sub, "--help"])?;
+        let help = text(&out.stdout);
+        for flag in flags {
+            check(help.contains(flag), || format!("`{sub} --help` does not mention {flag}"))?;
+        }
+        check(help.contains("[env: "), || format!("`{sub} --help` names no environment variable"))?;
+    }
+    let bad = run(&["serve", "--batch-size", "0"])?;
+    check(!bad.status.success() && text(&bad.stderr).contains("from 1 to"), || text(&bad.stderr))
+}

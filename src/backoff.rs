@@ -62,7 +62,11 @@ mod tests {
         for cap in expected_caps {
             let d = b.next_delay();
             let cap = Duration::from_millis(cap);
-            assert!(d >= cap / 2 && d <= cap, "{d:?} not in [{:?}, {cap:?}]", cap / 2);
+            assert!(
+                d >= cap / 2 && d <= cap,
+                "{d:?} not in [{:?}, {cap:?}]",
+                cap / 2
+            );
         }
         for _ in 0..100 {
             assert!(b.next_delay() <= Duration::from_secs(5));
@@ -75,6 +79,10 @@ mod tests {
     fn jitter_spreads_delays() {
         let mut b = Backoff::new(Duration::from_secs(1), Duration::from_secs(1));
         let delays: std::collections::HashSet<_> = (0..20).map(|_| b.next_delay()).collect();
-        assert!(delays.len() > 10, "jitter produced only {} distinct delays", delays.len());
+        assert!(
+            delays.len() > 10,
+            "jitter produced only {} distinct delays",
+            delays.len()
+        );
     }
 }

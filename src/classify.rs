@@ -57,10 +57,9 @@ impl std::fmt::Display for WriteError {
                 f.write_str("timed out waiting for a database connection")
             }
             WriteError::Pool(e) => write!(f, "connection pool: {e}"),
-            WriteError::RowCount { sent, committed } => write!(
-                f,
-                "COPY committed {committed} rows but {sent} were sent"
-            ),
+            WriteError::RowCount { sent, committed } => {
+                write!(f, "COPY committed {committed} rows but {sent} were sent")
+            }
         }
     }
 }
@@ -193,7 +192,11 @@ mod tests {
             ("08001", "sqlclient_unable_to_establish_sqlconnection", true),
             ("57P01", "admin_shutdown", true),
             ("57P02", "crash_shutdown", true),
-            ("57P03", "cannot_connect_now (starting up / shutting down)", true),
+            (
+                "57P03",
+                "cannot_connect_now (starting up / shutting down)",
+                true,
+            ),
             ("57014", "query_canceled", true),
             ("53300", "too_many_connections", true),
             ("53100", "disk_full", true),
@@ -202,7 +205,11 @@ mod tests {
             ("40001", "serialization_failure", true),
             ("40P01", "deadlock_detected", true),
             ("55P03", "lock_not_available", true),
-            ("25006", "read_only_sql_transaction (failover to a standby)", true),
+            (
+                "25006",
+                "read_only_sql_transaction (failover to a standby)",
+                true,
+            ),
             ("42P01", "undefined_table", false),
             ("42703", "undefined_column", false),
             ("42704", "undefined_object (the level type)", false),
@@ -218,7 +225,11 @@ mod tests {
             ("23502", "not_null_violation", false),
             ("0A000", "feature_not_supported", false),
             ("XX000", "internal_error", false),
-            ("P0001", "raise_exception (a trigger refused the row)", false),
+            (
+                "P0001",
+                "raise_exception (a trigger refused the row)",
+                false,
+            ),
             ("99999", "unknown", false),
             ("", "empty", false),
         ];

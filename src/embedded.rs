@@ -710,7 +710,7 @@ impl Runner {
              fix the problem shown in the last lines of {} below, or set DATABASE_URL to use an \
              existing server:\n{}",
             pgdata.display(),
-            flatten(&output.stderr),
+            pg_ctl_said(&output.stderr),
             log.display(),
             if tail.is_empty() {
                 "(the log is empty)"
@@ -757,7 +757,7 @@ impl Runner {
             "stopping the embedded PostgreSQL server in {} failed (pg_ctl: {}); see {}, and stop \
              it by hand with `pg_ctl -D {} stop` if it is still running.",
             pgdata.display(),
-            flatten(&output.stderr),
+            pg_ctl_said(&output.stderr),
             pgdata.join(SERVER_LOG).display(),
             pgdata.display()
         )))
@@ -1281,6 +1281,11 @@ fn flatten(bytes: &[u8]) -> String {
     } else {
         joined
     }
+}
+
+/// `pg_ctl`'s stderr as one line, without its `pg_ctl: ` prefixes.
+fn pg_ctl_said(bytes: &[u8]) -> String {
+    flatten(bytes).replace("pg_ctl: ", "")
 }
 
 fn quote_ident(name: &str) -> String {

@@ -98,7 +98,11 @@ fn put_text(buf: &mut BytesMut, s: &str) -> bool {
 
 /// Write the jsonb column (NULL when there are no fields); returns true if
 /// NULs had to be replaced.
-fn put_fields(buf: &mut BytesMut, scratch: &mut Vec<u8>, fields: &[(std::borrow::Cow<'static, str>, Value)]) -> bool {
+fn put_fields(
+    buf: &mut BytesMut,
+    scratch: &mut Vec<u8>,
+    fields: &[(std::borrow::Cow<'static, str>, Value)],
+) -> bool {
     if fields.is_empty() {
         buf.put_i32(-1);
         return false;
@@ -212,7 +216,8 @@ mod tests {
 
     fn stamped(level: Level, message: &'static str) -> Record {
         let mut r = Record::new(level, message).target("t");
-        r.timestamp = UNIX_EPOCH + Duration::from_secs(946_684_800) + Duration::from_micros(1_500_000);
+        r.timestamp =
+            UNIX_EPOCH + Duration::from_secs(946_684_800) + Duration::from_micros(1_500_000);
         r.thread_id = 42;
         r
     }
@@ -220,7 +225,9 @@ mod tests {
     #[test]
     fn rows_round_trip_through_the_binary_format() {
         let records = vec![
-            stamped(Level::Warn, "disk almost full").field("free_mb", 12).field("ok", false),
+            stamped(Level::Warn, "disk almost full")
+                .field("free_mb", 12)
+                .field("ok", false),
             stamped(Level::Info, ""),
         ];
         let encoded = CopyEncoder::default().encode(&records);
@@ -232,8 +239,15 @@ mod tests {
         assert_eq!(row[2].as_deref(), Some(&b"t"[..]));
         assert_eq!(row[3].as_deref(), Some(&b"disk almost full"[..]));
         assert_eq!(row[4].as_deref(), Some(&42i64.to_be_bytes()[..]));
-        assert_eq!(row[5].as_deref(), Some(&b"\x01{\"free_mb\":12,\"ok\":false}"[..]));
-        assert_eq!(rows[1][3].as_deref(), Some(&b""[..]), "empty message is empty, not NULL");
+        assert_eq!(
+            row[5].as_deref(),
+            Some(&b"\x01{\"free_mb\":12,\"ok\":false}"[..])
+        );
+        assert_eq!(
+            rows[1][3].as_deref(),
+            Some(&b""[..]),
+            "empty message is empty, not NULL"
+        );
         assert_eq!(rows[1][5], None, "no fields is NULL");
         assert_eq!(encoded.nul_replaced, 0);
     }
@@ -241,7 +255,9 @@ mod tests {
     #[test]
     fn nul_bytes_are_replaced_everywhere_and_counted_once_per_record() {
         let records = vec![
-            stamped(Level::Info, "a\0b\0").field("k\0", "v\0").field("n", serde_json::json!([{"x": "\0"}])),
+            stamped(Level::Info, "a\0b\0")
+                .field("k\0", "v\0")
+                .field("n", serde_json::json!([{"x": "\0"}])),
             stamped(Level::Info, "clean"),
         ];
         let encoded = CopyEncoder::default().encode(&records);
@@ -250,14 +266,20 @@ mod tests {
         assert_eq!(rows[0][3].as_deref(), Some("a\u{FFFD}b\u{FFFD}".as_bytes()));
         let json = &rows[0][5].as_ref().unwrap()[1..];
         let parsed: Value = serde_json::from_slice(json).unwrap();
-        assert_eq!(parsed, serde_json::json!({"k\u{FFFD}": "v\u{FFFD}", "n": [{"x": "\u{FFFD}"}]}));
+        assert_eq!(
+            parsed,
+            serde_json::json!({"k\u{FFFD}": "v\u{FFFD}", "n": [{"x": "\u{FFFD}"}]})
+        );
         assert!(!json.windows(6).any(|w| w == b"\\u0000"));
     }
 
     #[test]
     fn timestamps_before_2000_and_before_1970_are_negative() {
         assert_eq!(pg_timestamp(UNIX_EPOCH), -PG_EPOCH_OFFSET_MICROS);
-        assert_eq!(pg_timestamp(UNIX_EPOCH - Duration::from_micros(1)), -PG_EPOCH_OFFSET_MICROS - 1);
+        assert_eq!(
+            pg_timestamp(UNIX_EPOCH - Duration::from_micros(1)),
+            -PG_EPOCH_OFFSET_MICROS - 1
+        );
     }
 
     #[test]
@@ -269,6 +291,10 @@ mod tests {
         drop(first);
         let second = encoder.encode(&records);
         assert_eq!(second.data.len(), len);
-        assert_eq!(second.data.as_ptr(), ptr, "the second batch reused the first one's allocation");
+        assert_eq!(
+            second.data.as_ptr(),
+            ptr,
+            "the second batch reused the first one's allocation"
+        );
     }
 }

@@ -112,8 +112,18 @@ mod tests {
             assert!(TableName::parse(ok).is_ok(), "{ok} should be valid");
         }
         for bad in [
-            "", "Log", "2log", "log-x", "a.b.c", ".log", "log.", "lo g", "log\"", "a;b",
-            "\u{e9}t\u{e9}", &"a".repeat(64),
+            "",
+            "Log",
+            "2log",
+            "log-x",
+            "a.b.c",
+            ".log",
+            "log.",
+            "lo g",
+            "log\"",
+            "a;b",
+            "\u{e9}t\u{e9}",
+            &"a".repeat(64),
         ] {
             let err = TableName::parse(bad).unwrap_err().to_string();
             assert!(err.starts_with("invalid table:"), "{bad:?}: {err}");

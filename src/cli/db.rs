@@ -45,7 +45,11 @@ impl Database {
             "the private PostgreSQL in {} (127.0.0.1:{}{})",
             server.data_dir().display(),
             server.port(),
-            if server.owns_server() { "" } else { ", started by another pglogsink process" }
+            if server.owns_server() {
+                ""
+            } else {
+                ", started by another pglogsink process"
+            }
         );
         let pool = pglogsink::pool(server.config(), pglogsink::DEFAULT_POOL_SIZE)?;
         Ok(Database {
@@ -91,7 +95,10 @@ pub(crate) fn resolve_data_dir(explicit: Option<&Path>) -> PathBuf {
     if embedded::server_user_can_reach(&cwd.join(&default)) {
         return default;
     }
-    let fallback = std::env::temp_dir().join(format!("pglogsink-{:016x}", fnv1a(cwd.as_os_str().as_encoded_bytes())));
+    let fallback = std::env::temp_dir().join(format!(
+        "pglogsink-{:016x}",
+        fnv1a(cwd.as_os_str().as_encoded_bytes())
+    ));
     eprintln!(
         "pglogsink: the postgres OS user cannot reach {}; using data dir {} instead (set --data-dir to choose)",
         cwd.join(&default).display(),

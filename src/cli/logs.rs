@@ -23,7 +23,11 @@ pub(crate) async fn run(args: LogsArgs) -> Result<(), Failure> {
 }
 
 async fn print_newest(db: &Database, args: &LogsArgs) -> Result<(), Failure> {
-    let client = db.pool.get().await.map_err(|e| format!("connecting to {}: {e}", db.description))?;
+    let client = db
+        .pool
+        .get()
+        .await
+        .map_err(|e| format!("connecting to {}: {e}", db.description))?;
     // Newest first through the "timestamp" index, then shown oldest first.
     let sql = format!(
         r#"SELECT to_char("timestamp", 'YYYY-MM-DD HH24:MI:SS.US TZH:TZM'), level::text, target,
@@ -40,7 +44,12 @@ async fn print_newest(db: &Database, args: &LogsArgs) -> Result<(), Failure> {
                 args.db.table, db.description
             )
         } else {
-            format!("reading table {}: {}", args.db.table, e.as_db_error().map_or(e.to_string(), |d| d.message().to_owned()))
+            format!(
+                "reading table {}: {}",
+                args.db.table,
+                e.as_db_error()
+                    .map_or(e.to_string(), |d| d.message().to_owned())
+            )
         }
     })?;
     if rows.is_empty() {

@@ -25,7 +25,12 @@ use super::{DatabaseArgs, Failure};
 #[derive(Debug, clap::Args)]
 pub(crate) struct ServeArgs {
     /// Address to listen on.
-    #[arg(long, env = "PGLOGSINK_LISTEN", default_value = "127.0.0.1:8080", value_name = "ADDR")]
+    #[arg(
+        long,
+        env = "PGLOGSINK_LISTEN",
+        default_value = "127.0.0.1:8080",
+        value_name = "ADDR"
+    )]
     pub(crate) listen: SocketAddr,
 
     #[command(flatten)]
@@ -74,7 +79,11 @@ pub(crate) fn app(state: AppState) -> Router {
 }
 
 /// Answers like the seed's RecipesController and writes exactly one log row.
-async fn recipe(State(state): State<AppState>, Path(id): Path<String>, headers: HeaderMap) -> Response {
+async fn recipe(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+) -> Response {
     let mut record = Record::new(Level::Debug, format!("GET /recipes/{id}")).target("recipes");
     if let Some(run_id) = headers.get("x-run-id").and_then(|v| v.to_str().ok()) {
         record = record.field("run_id", run_id);
@@ -83,7 +92,10 @@ async fn recipe(State(state): State<AppState>, Path(id): Path<String>, headers: 
         Ok(()) => "recipe".into_response(),
         // The sink has stopped (shutdown or fatal error): say so rather than
         // answer a request whose log line would be lost.
-        Err(_) => (StatusCode::SERVICE_UNAVAILABLE, "logging has stopped; the service is shutting down\n")
+        Err(_) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "logging has stopped; the service is shutting down\n",
+        )
             .into_response(),
     }
 }
@@ -190,7 +202,10 @@ mod tests {
         if let Some(run_id) = run_id {
             request = request.header("x-run-id", run_id);
         }
-        let response = app.oneshot(request.body(Body::empty()).unwrap()).await.unwrap();
+        let response = app
+            .oneshot(request.body(Body::empty()).unwrap())
+            .await
+            .unwrap();
         let status = response.status();
         let body = response.into_body().collect().await.unwrap().to_bytes();
         (status, String::from_utf8_lossy(&body).into_owned())
@@ -199,11 +214,17 @@ mod tests {
     #[tokio::test]
     async fn a_recipe_request_answers_and_queues_exactly_one_record() {
         let (logger, worker) = unreachable_sink();
-        let app = app(AppState { logger: logger.clone() });
+        let app = app(AppState {
+            logger: logger.clone(),
+        });
         let (status, body) = get(app, "/recipes/7", Some("run-1")).await;
         assert_eq!((status, body.as_str()), (StatusCode::OK, "recipe"));
         let report = worker.shutdown(Duration::from_millis(200)).await;
-        assert_eq!(report.written + report.not_written + report.in_doubt, 1, "{report:?}");
+        assert_eq!(
+            report.written + report.not_written + report.in_doubt,
+            1,
+            "{report:?}"
+        );
     }
 
     #[tokio::test]

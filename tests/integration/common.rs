@@ -98,7 +98,10 @@ pub fn check(cond: bool, message: impl FnOnce() -> String) -> Result<(), Failed>
 }
 
 /// Rows in a table.
-pub async fn count(pool: &pglogsink::deadpool_postgres::Pool, table: &TableName) -> Result<i64, Failed> {
+pub async fn count(
+    pool: &pglogsink::deadpool_postgres::Pool,
+    table: &TableName,
+) -> Result<i64, Failed> {
     let client = pool.get().await?;
     let row = client
         .query_one(&format!("SELECT count(*) FROM {}", table.quoted()), &[])

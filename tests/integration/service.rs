@@ -16,10 +16,22 @@ const BIN: &str = env!("CARGO_BIN_EXE_pglogsink");
 
 pub fn trials() -> Vec<Trial> {
     vec![
-        Trial::test("service::load_verify_then_ctrl_c_exits_cleanly", load_verify_then_ctrl_c),
-        Trial::test("service::dropping_the_table_under_load_stops_the_service", dropping_the_table_stops_the_service),
-        Trial::test("service::embedded_default_starts_and_stops_its_own_postgres", embedded_default),
-        Trial::test("service::help_lists_every_flag_with_its_env_var", help_lists_flags),
+        Trial::test(
+            "service::load_verify_then_ctrl_c_exits_cleanly",
+            load_verify_then_ctrl_c,
+        ),
+        Trial::test(
+            "service::dropping_the_table_under_load_stops_the_service",
+            dropping_the_table_stops_the_service,
+        ),
+        Trial::test(
+            "service::embedded_default_starts_and_stops_its_own_postgres",
+            embedded_default,
+        ),
+        Trial::test(
+            "service::help_lists_every_flag_with_its_env_var",
+            help_lists_flags,
+        ),
     ]
 }
 
@@ -51,9 +63,17 @@ impl Serve {
         };
         let deadline = Instant::now() + Duration::from_secs(60);
         while http_get(&serve.addr, "/healthz").is_err() {
-            if let Some(status) = serve.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
+            if let Some(status) = serve
+                .child
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten())
+            {
                 let out = serve.wait()?;
-                return Err(format!("serve exited early ({status}): {}", String::from_utf8_lossy(&out.stderr)).into());
+                return Err(format!(
+                    "serve exited early ({status}): {}",
+                    String::from_utf8_lossy(&out.stderr)
+                )
+                .into());
             }
             if Instant::now() > deadline {
                 return Err("serve did not answer /healthz within 60 s".into());
@@ -69,7 +89,9 @@ impl Serve {
 
     fn signal(&self, sig: &str) -> Result<(), Failed> {
         let pid = self.child.as_ref().ok_or("not running")?.id();
-        let status = Command::new("kill").args([sig, &pid.to_string()]).status()?;
+        let status = Command::new("kill")
+            .args([sig, &pid.to_string()])
+            .status()?;
         check(status.success(), || format!("kill {sig} failed"))
     }
 
@@ -96,7 +118,9 @@ impl Serve {
 impl Drop for Serve {
     fn drop(&mut self) {
         if let Some(mut child) = self.child.take() {
-            let _ = Command::new("kill").args(["-INT", &child.id().to_string()]).status();
+            let _ = Command::new("kill")
+                .args(["-INT", &child.id().to_string()])
+                .status();
             let _ = child.wait();
         }
     }
@@ -119,7 +143,10 @@ fn http_get(addr: &str, path: &str) -> Result<(u16, String), Failed> {
 }
 
 fn run(args: &[&str]) -> Result<Output, Failed> {
-    Ok(Command::new(BIN).args(args).env_remove("DATABASE_URL").output()?)
+    Ok(Command::new(BIN)
+        .args(args)
+        .env_remove("DATABASE_URL")
+        .output()?)
 }
 
 fn text(bytes: &[u8]) -> String {
@@ -132,26 +159,62 @@ fn load_verify_then_ctrl_c() -> Result<(), Failed> {
     let db_args = ["--database-url", &db, "--table", &table];
     let mut serve = Serve::start(&db_args, &["--batch-size", "100"])?;
     let (status, body) = http_get(&serve.addr, "/recipes/42")?;
-    check(status == 200 && body == "recipe", || format!("{status} {body:?}"))?;
+    check(status == 200 && body == "recipe", || {
+        format!("{status} {body:?}")
+    })?;
 
     let load = run(&[
-        "load", "--url", &serve.url(), "--requests", "3000", "--concurrency", "20", "--verify",
-        "--database-url", &db, "--table", &table,
+        "load",
+        "--url",
+        &serve.url(),
+        "--requests",
+        "3000",
+        "--concurrency",
+        "20",
+        "--verify",
+        "--database-url",
+        &db,
+        "--table",
+        &table,
     ])?;
     let stdout = text(&load.stdout);
-    check(load.status.success(), || format!("load failed: {stdout}\n{}", text(&load.stderr)))?;
-    check(stdout.contains("3000 ok") && stdout.contains("OK"), || stdout.clone())?;
+    check(load.status.success(), || {
+        format!("load failed: {stdout}\n{}", text(&load.stderr))
+    })?;
+    check(stdout.contains("3000 ok") && stdout.contains("OK"), || {
+        stdout.clone()
+    })?;
 
-    let logs = run(&["logs", "--database-url", &db, "--table", &table, "--limit", "5"])?;
+    let logs = run(&[
+        "logs",
+        "--database-url",
+        &db,
+        "--table",
+        &table,
+        "--limit",
+        "5",
+    ])?;
     let shown = text(&logs.stdout);
-    check(logs.status.success() && shown.lines().count() == 5, || format!("logs: {shown}{}", text(&logs.stderr)))?;
-    check(shown.lines().all(|l| l.contains("GET /recipes/") && l.contains("run_id")), || shown.clone())?;
+    check(logs.status.success() && shown.lines().count() == 5, || {
+        format!("logs: {shown}{}", text(&logs.stderr))
+    })?;
+    check(
+        shown
+            .lines()
+            .all(|l| l.contains("GET /recipes/") && l.contains("run_id")),
+        || shown.clone(),
+    )?;
 
     serve.signal("-INT")?;
     let out = serve.wait()?;
     let stderr = text(&out.stderr);
-    check(out.status.success(), || format!("serve exit {:?}: {stderr}", out.status))?;
-    check(stderr.contains("wrote 3001 records") && stderr.contains("nothing left unwritten"), || stderr.clone())
+    check(out.status.success(), || {
+        format!("serve exit {:?}: {stderr}", out.status)
+    })?;
+    check(
+        stderr.contains("wrote 3001 records") && stderr.contains("nothing left unwritten"),
+        || stderr.clone(),
+    )
 }
 
 fn dropping_the_table_stops_the_service() -> Result<(), Failed> {
@@ -160,7 +223,15 @@ fn dropping_the_table_stops_the_service() -> Result<(), Failed> {
     let table_arg = table.to_string();
     let mut serve = Serve::start(&["--database-url", &db, "--table", &table_arg], &[])?;
     let mut load = Command::new(BIN)
-        .args(["load", "--url", &serve.url(), "--duration", "20", "--concurrency", "8"])
+        .args([
+            "load",
+            "--url",
+            &serve.url(),
+            "--duration",
+            "20",
+            "--concurrency",
+            "8",
+        ])
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()?;
@@ -173,11 +244,21 @@ fn dropping_the_table_stops_the_service() -> Result<(), Failed> {
     let out = out?;
     let took = dropped.elapsed();
     let stderr = text(&out.stderr);
-    check(!out.status.success(), || format!("serve exited 0 after the table was dropped: {stderr}"))?;
-    check(took < Duration::from_secs(10), || format!("serve took {took:?} to stop"))?;
-    let fatal = stderr.lines().find(|l| l.starts_with("pglogsink: fatal:")).ok_or_else(|| stderr.clone())?;
+    check(!out.status.success(), || {
+        format!("serve exited 0 after the table was dropped: {stderr}")
+    })?;
+    check(took < Duration::from_secs(10), || {
+        format!("serve took {took:?} to stop")
+    })?;
+    let fatal = stderr
+        .lines()
+        .find(|l| l.starts_with("pglogsink: fatal:"))
+        .ok_or_else(|| stderr.clone())?;
     check(
-        fatal.contains("42P01") && fatal.contains(&table_arg) && fatal.contains("migrate") && fatal.contains("not written"),
+        fatal.contains("42P01")
+            && fatal.contains(&table_arg)
+            && fatal.contains("migrate")
+            && fatal.contains("not written"),
         || fatal.to_owned(),
     )
 }
@@ -185,7 +266,10 @@ fn dropping_the_table_stops_the_service() -> Result<(), Failed> {
 fn drop_table(db: &str, table: &TableName) -> Result<(), Failed> {
     crate::common::block_on(async {
         let pool = pglogsink::pool(pglogsink::parse_url(db)?, 1)?;
-        pool.get().await?.batch_execute(&format!("DROP TABLE {}", table.quoted())).await?;
+        pool.get()
+            .await?
+            .batch_execute(&format!("DROP TABLE {}", table.quoted()))
+            .await?;
         Ok(())
     })
 }
@@ -199,15 +283,23 @@ fn embedded_default() -> Result<(), Failed> {
             http_get(&serve.addr, &format!("/recipes/{i}"))?;
         }
         let logs = run(&["logs", "--data-dir", &data_dir, "--limit", "3"])?;
-        check(text(&logs.stdout).lines().count() == 3, || text(&logs.stdout) + &text(&logs.stderr))?;
+        check(text(&logs.stdout).lines().count() == 3, || {
+            text(&logs.stdout) + &text(&logs.stderr)
+        })?;
         serve.signal("-TERM")?;
         let out = serve.wait()?;
         check(out.status.success(), || text(&out.stderr))?;
-        check(no_postgres_for(&dir), || "a postgres process for the data dir survived".into())?;
+        check(no_postgres_for(&dir), || {
+            "a postgres process for the data dir survived".into()
+        })?;
         // `logs` starts the stopped cluster for as long as it runs.
         let logs = run(&["logs", "--data-dir", &data_dir, "--limit", "100"])?;
-        check(text(&logs.stdout).lines().count() == 10, || text(&logs.stdout) + &text(&logs.stderr))?;
-        check(no_postgres_for(&dir), || "`logs` left its postgres running".into())
+        check(text(&logs.stdout).lines().count() == 10, || {
+            text(&logs.stdout) + &text(&logs.stderr)
+        })?;
+        check(no_postgres_for(&dir), || {
+            "`logs` left its postgres running".into()
+        })
     })();
     let _ = std::fs::remove_dir_all(&dir);
     result
@@ -220,18 +312,44 @@ fn no_postgres_for(dir: &Path) -> bool {
 
 fn help_lists_flags() -> Result<(), Failed> {
     for (sub, flags) in [
-        ("serve", &["--listen", "--database-url", "--data-dir", "--table", "--batch-size", "--shutdown-timeout"][..]),
-        ("load", &["--url", "--concurrency", "--requests", "--duration", "--verify"][..]),
+        (
+            "serve",
+            &[
+                "--listen",
+                "--database-url",
+                "--data-dir",
+                "--table",
+                "--batch-size",
+                "--shutdown-timeout",
+            ][..],
+        ),
+        (
+            "load",
+            &[
+                "--url",
+                "--concurrency",
+                "--requests",
+                "--duration",
+                "--verify",
+            ][..],
+        ),
         ("logs", &["--limit", "--database-url", "--data-dir"][..]),
         ("migrate", &["--database-url", "--table"][..]),
     ] {
         let out = run(&[sub, "--help"])?;
         let help = text(&out.stdout);
         for flag in flags {
-            check(help.contains(flag), || format!("`{sub} --help` does not mention {flag}"))?;
+            check(help.contains(flag), || {
+                format!("`{sub} --help` does not mention {flag}")
+            })?;
         }
-        check(help.contains("[env: "), || format!("`{sub} --help` names no environment variable"))?;
+        check(help.contains("[env: "), || {
+            format!("`{sub} --help` names no environment variable")
+        })?;
     }
     let bad = run(&["serve", "--batch-size", "0"])?;
-    check(!bad.status.success() && text(&bad.stderr).contains("from 1 to"), || text(&bad.stderr))
+    check(
+        !bad.status.success() && text(&bad.stderr).contains("from 1 to"),
+        || text(&bad.stderr),
+    )
 }

@@ -12,17 +12,47 @@ use crate::common::{async_trial, check, count, fresh_table, pool};
 
 pub fn trials() -> Vec<Trial> {
     vec![
-        async_trial("sink::rows_have_every_column_as_logged", rows_have_every_column_as_logged),
-        async_trial("sink::many_producers_nothing_lost_nothing_doubled", many_producers),
-        async_trial("sink::batches_take_what_is_queued_up_to_the_batch_size", batches_take_what_is_queued),
-        async_trial("sink::records_logged_just_before_shutdown_are_written", logged_just_before_shutdown),
-        async_trial("sink::nul_bytes_are_replaced_not_fatal", nul_bytes_are_replaced),
+        async_trial(
+            "sink::rows_have_every_column_as_logged",
+            rows_have_every_column_as_logged,
+        ),
+        async_trial(
+            "sink::many_producers_nothing_lost_nothing_doubled",
+            many_producers,
+        ),
+        async_trial(
+            "sink::batches_take_what_is_queued_up_to_the_batch_size",
+            batches_take_what_is_queued,
+        ),
+        async_trial(
+            "sink::records_logged_just_before_shutdown_are_written",
+            logged_just_before_shutdown,
+        ),
+        async_trial(
+            "sink::nul_bytes_are_replaced_not_fatal",
+            nul_bytes_are_replaced,
+        ),
         async_trial("sink::odd_text_round_trips", odd_text_round_trips),
-        async_trial("sink::missing_table_is_fatal_and_cancels_the_app", missing_table_is_fatal),
-        async_trial("sink::missing_privilege_is_fatal", missing_privilege_is_fatal),
-        async_trial("sink::migrate_is_idempotent_with_a_schema", migrate_is_idempotent),
-        Trial::test("sink::server_restart_loses_nothing", server_restart_loses_nothing),
-        Trial::test("sink::shutdown_with_server_down_reports_not_written", shutdown_with_server_down),
+        async_trial(
+            "sink::missing_table_is_fatal_and_cancels_the_app",
+            missing_table_is_fatal,
+        ),
+        async_trial(
+            "sink::missing_privilege_is_fatal",
+            missing_privilege_is_fatal,
+        ),
+        async_trial(
+            "sink::migrate_is_idempotent_with_a_schema",
+            migrate_is_idempotent,
+        ),
+        Trial::test(
+            "sink::server_restart_loses_nothing",
+            server_restart_loses_nothing,
+        ),
+        Trial::test(
+            "sink::shutdown_with_server_down_reports_not_written",
+            shutdown_with_server_down,
+        ),
     ]
 }
 
@@ -60,8 +90,12 @@ async fn rows_have_every_column_as_logged() -> Result<(), Failed> {
         .join()
         .map_err(|_| "producer thread panicked")??;
     let report = worker.shutdown(Duration::from_secs(10)).await;
-    check(report.is_complete() && report.written == 3, || format!("{report:?}"))?;
-    check(!token.is_cancelled(), || "the app token was cancelled without a fatal error".into())?;
+    check(report.is_complete() && report.written == 3, || {
+        format!("{report:?}")
+    })?;
+    check(!token.is_cancelled(), || {
+        "the app token was cancelled without a fatal error".into()
+    })?;
 
     let client = pool.get().await?;
     let rows = client
@@ -83,20 +117,25 @@ async fn rows_have_every_column_as_logged() -> Result<(), Failed> {
     let ts: std::time::SystemTime = rows[0].get(5);
     check(level == "warn", || format!("level {level}"))?;
     check(target == "storage::disk", || format!("target {target}"))?;
-    check(message == "disk almost full", || format!("message {message}"))?;
+    check(message == "disk almost full", || {
+        format!("message {message}")
+    })?;
     let same_thread: i64 = rows[1].get(3);
     let other_thread: i64 = rows[2].get(3);
-    check(thread > 0 && thread == same_thread && other_thread != thread, || {
-        format!("thread ids {thread}, {same_thread}, {other_thread}")
-    })?;
     check(
-        fields == json!({"free_mb": 12, "ratio": 0.5, "ok": false, "mount": "/var", "tags": ["a", 1]}),
+        thread > 0 && thread == same_thread && other_thread != thread,
+        || format!("thread ids {thread}, {same_thread}, {other_thread}"),
+    )?;
+    check(
+        fields
+            == json!({"free_mb": 12, "ratio": 0.5, "ok": false, "mount": "/var", "tags": ["a", 1]}),
         || format!("fields {fields}"),
     )?;
     let skew = ts.duration_since(before).unwrap_or_default();
-    check(ts >= before - Duration::from_millis(1) && skew < Duration::from_secs(5), || {
-        format!("timestamp {ts:?} vs {before:?}")
-    })?;
+    check(
+        ts >= before - Duration::from_millis(1) && skew < Duration::from_secs(5),
+        || format!("timestamp {ts:?} vs {before:?}"),
+    )?;
     let target2: String = rows[1].get(1);
     let fields2: Option<serde_json::Value> = rows[1].get(4);
     check(target2 == "app" && fields2.is_none(), || {
@@ -108,7 +147,8 @@ async fn many_producers() -> Result<(), Failed> {
     const THREADS: usize = 4;
     const PER_THREAD: usize = 25_000;
     let (pool, table) = migrated("many").await?;
-    let (logger, worker) = pglogsink::spawn(pool.clone(), &config(&table), CancellationToken::new())?;
+    let (logger, worker) =
+        pglogsink::spawn(pool.clone(), &config(&table), CancellationToken::new())?;
     let producers: Vec<_> = (0..THREADS)
         .map(|t| {
             let logger = logger.clone();
@@ -130,7 +170,9 @@ async fn many_producers() -> Result<(), Failed> {
     }
     let report = worker.shutdown(Duration::from_secs(30)).await;
     let expected = (THREADS * PER_THREAD) as u64;
-    check(report.is_complete() && report.written == expected, || format!("{report:?}"))?;
+    check(report.is_complete() && report.written == expected, || {
+        format!("{report:?}")
+    })?;
     let client = pool.get().await?;
     let row = client
         .query_one(
@@ -159,7 +201,9 @@ async fn batches_take_what_is_queued() -> Result<(), Failed> {
         logger.log(Level::Debug, format!("GET /recipes/{i}"))?;
     }
     let report = worker.shutdown(Duration::from_secs(10)).await;
-    check(report.written == 77 && report.is_complete(), || format!("{report:?}"))?;
+    check(report.written == 77 && report.is_complete(), || {
+        format!("{report:?}")
+    })?;
     check(report.batches >= 8, || {
         format!("77 records in {} batches of at most 10", report.batches)
     })?;
@@ -168,13 +212,16 @@ async fn batches_take_what_is_queued() -> Result<(), Failed> {
 
 async fn logged_just_before_shutdown() -> Result<(), Failed> {
     let (pool, table) = migrated("last").await?;
-    let (logger, worker) = pglogsink::spawn(pool.clone(), &config(&table), CancellationToken::new())?;
+    let (logger, worker) =
+        pglogsink::spawn(pool.clone(), &config(&table), CancellationToken::new())?;
     for i in 0..5_000 {
         logger.log(Level::Info, format!("late {i}"))?;
     }
     // No wait at all between the last log() and shutdown.
     let report = worker.shutdown(Duration::from_secs(10)).await;
-    check(report.written == 5_000 && report.is_complete(), || format!("{report:?}"))?;
+    check(report.written == 5_000 && report.is_complete(), || {
+        format!("{report:?}")
+    })?;
     check(count(&pool, &table).await? == 5_000, || "row count".into())?;
     match logger.log(Level::Info, "after shutdown") {
         Err(pglogsink::Closed(record)) => check(record.message() == "after shutdown", || {
@@ -186,25 +233,34 @@ async fn logged_just_before_shutdown() -> Result<(), Failed> {
 
 async fn nul_bytes_are_replaced() -> Result<(), Failed> {
     let (pool, table) = migrated("nul").await?;
-    let (logger, worker) = pglogsink::spawn(pool.clone(), &config(&table), CancellationToken::new())?;
+    let (logger, worker) =
+        pglogsink::spawn(pool.clone(), &config(&table), CancellationToken::new())?;
     logger.send(Record::new(Level::Info, "a\0b").field("k", "v\0"))?;
     logger.log(Level::Info, "clean")?;
     let report = worker.shutdown(Duration::from_secs(10)).await;
-    check(report.written == 2 && report.nul_replaced == 1, || format!("{report:?}"))?;
+    check(report.written == 2 && report.nul_replaced == 1, || {
+        format!("{report:?}")
+    })?;
     let client = pool.get().await?;
     let row = client
         .query_one(
-            &format!("SELECT message, fields->>'k' FROM {} ORDER BY id LIMIT 1", table.quoted()),
+            &format!(
+                "SELECT message, fields->>'k' FROM {} ORDER BY id LIMIT 1",
+                table.quoted()
+            ),
             &[],
         )
         .await?;
     let (message, k): (String, String) = (row.get(0), row.get(1));
-    check(message == "a\u{FFFD}b" && k == "v\u{FFFD}", || format!("{message:?} {k:?}"))
+    check(message == "a\u{FFFD}b" && k == "v\u{FFFD}", || {
+        format!("{message:?} {k:?}")
+    })
 }
 
 async fn odd_text_round_trips() -> Result<(), Failed> {
     let (pool, table) = migrated("odd").await?;
-    let (logger, worker) = pglogsink::spawn(pool.clone(), &config(&table), CancellationToken::new())?;
+    let (logger, worker) =
+        pglogsink::spawn(pool.clone(), &config(&table), CancellationToken::new())?;
     let samples = [
         "'; DROP TABLE log; --".to_owned(),
         "\\.\n\\N\t\r\u{7}".to_owned(),
@@ -215,16 +271,26 @@ async fn odd_text_round_trips() -> Result<(), Failed> {
         logger.send(Record::new(Level::Error, s.clone()).field(s.clone(), s.clone()))?;
     }
     let report = worker.shutdown(Duration::from_secs(10)).await;
-    check(report.is_complete() && report.written == samples.len() as u64, || format!("{report:?}"))?;
+    check(
+        report.is_complete() && report.written == samples.len() as u64,
+        || format!("{report:?}"),
+    )?;
     let client = pool.get().await?;
     let rows = client
-        .query(&format!("SELECT message, fields FROM {} ORDER BY id", table.quoted()), &[])
+        .query(
+            &format!("SELECT message, fields FROM {} ORDER BY id", table.quoted()),
+            &[],
+        )
         .await?;
     for (row, sample) in rows.iter().zip(&samples) {
         let message: String = row.get(0);
         let fields: serde_json::Value = row.get(1);
-        check(&message == sample, || format!("message differs for sample of {} bytes", sample.len()))?;
-        check(fields[sample.as_str()] == json!(sample), || "field differs".into())?;
+        check(&message == sample, || {
+            format!("message differs for sample of {} bytes", sample.len())
+        })?;
+        check(fields[sample.as_str()] == json!(sample), || {
+            "field differs".into()
+        })?;
     }
     Ok(())
 }
@@ -238,12 +304,21 @@ async fn missing_table_is_fatal() -> Result<(), Failed> {
     tokio::time::timeout(Duration::from_secs(5), token.cancelled())
         .await
         .map_err(|_| "the app token was not cancelled within 5 s")?;
-    check(logger.log(Level::Info, "after").is_err(), || "log() still accepted records".into())?;
+    check(logger.log(Level::Info, "after").is_err(), || {
+        "log() still accepted records".into()
+    })?;
     let report = worker.shutdown(Duration::from_secs(5)).await;
-    let fatal = report.fatal.as_ref().ok_or("no fatal error in the report")?;
+    let fatal = report
+        .fatal
+        .as_ref()
+        .ok_or("no fatal error in the report")?;
     check(fatal.sqlstate() == Some("42P01"), || format!("{fatal}"))?;
-    check(fatal.to_string().contains("pglogsink migrate"), || format!("{fatal}"))?;
-    check(report.written == 0 && report.not_written == 1, || format!("{report:?}"))
+    check(fatal.to_string().contains("pglogsink migrate"), || {
+        format!("{fatal}")
+    })?;
+    check(report.written == 0 && report.not_written == 1, || {
+        format!("{report:?}")
+    })
 }
 
 async fn missing_privilege_is_fatal() -> Result<(), Failed> {
@@ -267,28 +342,41 @@ async fn missing_privilege_is_fatal() -> Result<(), Failed> {
         .await
         .map_err(|_| "the app token was not cancelled within 5 s")?;
     let report = worker.shutdown(Duration::from_secs(5)).await;
-    let fatal = report.fatal.as_ref().ok_or("no fatal error in the report")?;
-    check(fatal.sqlstate() == Some("42501") && fatal.hint().contains("GRANT INSERT"), || {
-        format!("{fatal}")
-    })?;
-    check(count(&pool, &table).await? == 0, || "rows were written".into())
+    let fatal = report
+        .fatal
+        .as_ref()
+        .ok_or("no fatal error in the report")?;
+    check(
+        fatal.sqlstate() == Some("42501") && fatal.hint().contains("GRANT INSERT"),
+        || format!("{fatal}"),
+    )?;
+    check(count(&pool, &table).await? == 0, || {
+        "rows were written".into()
+    })
 }
 
 async fn migrate_is_idempotent() -> Result<(), Failed> {
     let pool = pool()?;
     let schema = format!("s_{}", fresh_table("x").name());
-    pool.get().await?.batch_execute(&format!("CREATE SCHEMA {schema}")).await?;
+    pool.get()
+        .await?
+        .batch_execute(&format!("CREATE SCHEMA {schema}"))
+        .await?;
     let table = TableName::parse(&format!("{schema}.app_log"))?;
     pglogsink::migrate(&pool, &table).await?;
     pglogsink::migrate(&pool, &table).await?;
-    let (logger, worker) = pglogsink::spawn(pool.clone(), &config(&table), CancellationToken::new())?;
+    let (logger, worker) =
+        pglogsink::spawn(pool.clone(), &config(&table), CancellationToken::new())?;
     logger.log(Level::Error, "in a schema")?;
     let report = worker.shutdown(Duration::from_secs(10)).await;
     check(report.written == 1, || format!("{report:?}"))?;
     let client = pool.get().await?;
     let row = client
         .query_one(
-            &format!("SELECT count(*) FILTER (WHERE level >= 'warn') FROM {}", table.quoted()),
+            &format!(
+                "SELECT count(*) FILTER (WHERE level >= 'warn') FROM {}",
+                table.quoted()
+            ),
             &[],
         )
         .await?;
@@ -299,7 +387,9 @@ async fn migrate_is_idempotent() -> Result<(), Failed> {
             &[&schema],
         )
         .await?;
-    check(idx.get::<_, i64>(0) == 2, || "expected the primary key and the timestamp index".into())
+    check(idx.get::<_, i64>(0) == 2, || {
+        "expected the primary key and the timestamp index".into()
+    })
 }
 
 /// A server stopped for a few seconds while producers keep logging: every
@@ -332,11 +422,17 @@ fn server_restart_loses_nothing() -> Result<(), Failed> {
         server.start_server()?;
         log_for(Duration::from_millis(500))?;
         let report = worker.shutdown(Duration::from_secs(20)).await;
-        check(!token.is_cancelled(), || format!("fatal stop during a restart: {report}"))?;
-        check(report.is_complete() && report.written == sent, || format!("sent {sent}: {report:?}"))?;
+        check(!token.is_cancelled(), || {
+            format!("fatal stop during a restart: {report}")
+        })?;
+        check(report.is_complete() && report.written == sent, || {
+            format!("sent {sent}: {report:?}")
+        })?;
         check(report.retries > 0, || "the outage caused no retry".into())?;
         let rows = count(&pool, &table).await?;
-        check(rows == sent as i64, || format!("{rows} rows for {sent} records"))
+        check(rows == sent as i64, || {
+            format!("{rows} rows for {sent} records")
+        })
     })?;
     server.stop()?;
     Ok(())
@@ -358,12 +454,17 @@ fn shutdown_with_server_down() -> Result<(), Failed> {
         let started = Instant::now();
         let report = worker.shutdown(Duration::from_secs(1)).await;
         let took = started.elapsed();
-        check(took < Duration::from_secs(3), || format!("shutdown took {took:?}"))?;
-        check(report.timed_out, || format!("{report:?}"))?;
-        check(report.written == 0 && report.not_written + report.in_doubt == 1_000, || {
-            format!("{report:?}")
+        check(took < Duration::from_secs(3), || {
+            format!("shutdown took {took:?}")
         })?;
-        check(report.to_string().contains("NOT written"), || report.to_string())
+        check(report.timed_out, || format!("{report:?}"))?;
+        check(
+            report.written == 0 && report.not_written + report.in_doubt == 1_000,
+            || format!("{report:?}"),
+        )?;
+        check(report.to_string().contains("NOT written"), || {
+            report.to_string()
+        })
     });
     server.stop()?;
     result

@@ -450,6 +450,7 @@ async fn verify(
     args: &LoadArgs,
     run_id: &str,
     expected: u64,
+    failed: u64,
     cancel: &CancellationToken,
 ) -> Result<bool, Failure> {
     let started = Instant::now();
@@ -519,8 +520,13 @@ async fn verify(
             e.map(|e| format!(" (last error: {e})")).unwrap_or_default()
         ),
         (Some(Verdict::Duplicated(n)), _) => format!(
-            "expected {expected} rows, found {}: {n} more than successful requests (duplicated)",
-            expected + n
+            "expected {expected} rows, found {}: {n} more than successful requests ({})",
+            expected + n,
+            if failed == 0 {
+                "duplicated"
+            } else {
+                "duplicated, or written by requests that failed here"
+            }
         ),
     };
     println!("verify:      FAILED for run {run_id}: {line}");
@@ -640,7 +646,7 @@ pub(crate) async fn run(args: LoadArgs) -> Result<ExitCode, Failure> {
             println!("verify:      skipped (interrupted)");
             false
         }
-        (true, false) => verify(&args, &run_id, ok, &cancel).await?,
+        (true, false) => verify(&args, &run_id, ok, failed, &cancel).await?,
     };
     signal_task.abort();
     let success = failed == 0 && !interrupted && verified;

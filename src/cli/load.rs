@@ -316,7 +316,8 @@ async fn worker(
         };
         match result {
             Ok(Ok(status)) => {
-                hist.saturating_record((started.elapsed().as_micros() as u64).max(1));
+                let micros = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
+                hist.saturating_record(micros.max(1));
                 if status.is_success() {
                     shared.ok.fetch_add(1, Ordering::Relaxed);
                 } else {
@@ -358,7 +359,9 @@ impl Progress {
         bar.set_style(
             ProgressStyle::with_template(template).unwrap_or_else(|_| ProgressStyle::default_bar()),
         );
-        bar.enable_steady_tick(Duration::from_millis(100));
+        if !plain {
+            bar.enable_steady_tick(Duration::from_millis(100));
+        }
         Progress {
             bar,
             plain,
@@ -429,20 +432,44 @@ fn latency_line(hist: &Histogram<u64>) -> String {
     )
 }
 
-/// How the row count compares with the number of successful requests.
-#[derive(Debug, PartialEq, Eq)]
-enum Verdict {
-    Complete,
-    Missing(u64),
-    Duplicated(u64),
-}
-
-fn verdict(expected: u64, found: u64) -> Verdict {
-    match found.cmp(&expected) {
-        std::cmp::Ordering::Equal => Verdict::Complete,
-        std::cmp::Ordering::Less => Verdict::Missing(expected - found),
-        std::cmp::Ordering::Greater => Verdict::Duplicated(found - expected),
-    }
+/// The `verify:` line for `expected` rows (one per 2xx response) given the last count (if any
+/// query succeeded) and the last query error; `true` when the count matches exactly.
+fn verify_line(
+    run_id: &str,
+    expected: u64,
+    found: Option<u64>,
+    last_error: Option<&str>,
+    secs: f64,
+    failed: u64,
+) -> (String, bool) {
+    let problem = match (found, last_error) {
+        (Some(found), _) if found == expected => {
+            let line =
+                format!("{found} of {expected} rows for run {run_id} arrived in {secs:.2} s: OK");
+            return (line, true);
+        }
+        (Some(found), _) if found > expected => format!(
+            "expected {expected} rows, found {found}: {} more than successful requests ({})",
+            found - expected,
+            if failed == 0 {
+                "duplicated"
+            } else {
+                "duplicated, or written by requests that failed here"
+            }
+        ),
+        (Some(found), e) => format!(
+            "expected {expected} rows, found {found} after {secs:.2} s: {} missing{}",
+            expected - found,
+            e.map(|e| format!(" (last error: {e})")).unwrap_or_default()
+        ),
+        (None, Some(e)) => {
+            format!("expected {expected} rows, could not count them in {secs:.2} s: {e}")
+        }
+        (None, None) => {
+            format!("expected {expected} rows, no answer from the database in {secs:.2} s")
+        }
+    };
+    (format!("FAILED for run {run_id}: {problem}"), false)
 }
 
 /// `serve` side of --verify: polls the row count; `Ok(true)` when it matches exactly.
@@ -507,30 +534,9 @@ async fn verify(
     progress.bar.finish_and_clear();
     db.close();
     let secs = started.elapsed().as_secs_f64();
-    let line = match (found.map(|f| verdict(expected, f)), last_error) {
-        (Some(Verdict::Complete), _) => {
-            println!("verify:      {expected} of {expected} rows for run {run_id} arrived in {secs:.2} s: OK");
-            return Ok(true);
-        }
-        (None, Some(e)) => format!("could not count the rows after {secs:.2} s: {e}"),
-        (None, None) => format!("no answer from the database after {secs:.2} s"),
-        (Some(Verdict::Missing(n)), e) => format!(
-            "expected {expected} rows, found {} after {secs:.2} s: {n} missing{}",
-            expected - n,
-            e.map(|e| format!(" (last error: {e})")).unwrap_or_default()
-        ),
-        (Some(Verdict::Duplicated(n)), _) => format!(
-            "expected {expected} rows, found {}: {n} more than successful requests ({})",
-            expected + n,
-            if failed == 0 {
-                "duplicated"
-            } else {
-                "duplicated, or written by requests that failed here"
-            }
-        ),
-    };
-    println!("verify:      FAILED for run {run_id}: {line}");
-    Ok(false)
+    let (line, ok) = verify_line(run_id, expected, found, last_error.as_deref(), secs, failed);
+    println!("verify:      {line}");
+    Ok(ok)
 }
 
 /// An error with its sources, e.g. "db error: ERROR: relation \"x\" does not exist".
@@ -547,8 +553,9 @@ fn describe(error: &dyn std::error::Error) -> String {
     text
 }
 
-pub(crate) async fn run(args: LoadArgs) -> Result<ExitCode, Failure> {
-    let target = args.url.clone();
+/// Resolves the target to loopback addresses and opens the first connection, failing fast
+/// with a clear message when nothing listens there.
+async fn first_connection(target: &Target) -> Result<(Vec<SocketAddr>, TcpStream), Failure> {
     let addrs: Vec<SocketAddr> = tokio::net::lookup_host((target.host.as_str(), target.port))
         .await
         .map_err(|e| format!("cannot resolve {}: {e}", target.host))?
@@ -557,19 +564,42 @@ pub(crate) async fn run(args: LoadArgs) -> Result<ExitCode, Failure> {
     if addrs.is_empty() {
         return Err(format!("{} does not resolve to a loopback address", target.host).into());
     }
-    let first = match tokio::time::timeout(REQUEST_TIMEOUT, TcpStream::connect(&addrs[..])).await {
-        Ok(Ok(stream)) => stream,
-        Ok(Err(e)) if e.kind() == std::io::ErrorKind::ConnectionRefused => {
-            return Err(format!(
-                "cannot connect to {}: connection refused — is `pglogsink serve` running?",
-                target.display
-            )
-            .into())
-        }
-        Ok(Err(e)) => return Err(format!("cannot connect to {}: {e}", target.display).into()),
-        Err(_) => return Err(format!("cannot connect to {}: timed out", target.display).into()),
-    };
+    let url = &target.display;
+    match tokio::time::timeout(REQUEST_TIMEOUT, TcpStream::connect(&addrs[..])).await {
+        Ok(Ok(stream)) => Ok((addrs, stream)),
+        Ok(Err(e)) if e.kind() == std::io::ErrorKind::ConnectionRefused => Err(format!(
+            "cannot connect to {url}: connection refused — is `pglogsink serve` running?"
+        )
+        .into()),
+        Ok(Err(e)) => Err(format!("cannot connect to {url}: {e}").into()),
+        Err(_) => Err(format!("cannot connect to {url}: timed out").into()),
+    }
+}
 
+/// The summary printed on stdout after the run.
+fn summary(
+    run_id: &str,
+    ok: u64,
+    non_2xx: u64,
+    conn_errors: u64,
+    secs: f64,
+    latency: &Histogram<u64>,
+) -> String {
+    let failed = non_2xx + conn_errors;
+    format!(
+        "run id:      {run_id}\n\
+         requests:    {ok} ok, {failed} failed ({non_2xx} non-2xx, {conn_errors} connection errors) \
+         in {secs:.2} s\n\
+         throughput:  {:.0} requests/s\n\
+         latency:     {}",
+        (ok + failed) as f64 / secs.max(1e-3),
+        latency_line(latency)
+    )
+}
+
+pub(crate) async fn run(args: LoadArgs) -> Result<ExitCode, Failure> {
+    let target = args.url.clone();
+    let (addrs, first) = first_connection(&target).await?;
     let millis = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_millis());
@@ -625,18 +655,17 @@ pub(crate) async fn run(args: LoadArgs) -> Result<ExitCode, Failure> {
 
     let (ok, failed) = shared.counts();
     let interrupted = cancel.is_cancelled();
-    println!("run id:      {run_id}");
-    println!(
-        "requests:    {ok} ok, {failed} failed ({} non-2xx, {} connection errors) in {elapsed:.2} s{}",
+    let (non_2xx, conn_errors) = (
         shared.non_2xx.load(Ordering::Relaxed),
         shared.conn_errors.load(Ordering::Relaxed),
-        if interrupted { " (interrupted)" } else { "" }
     );
     println!(
-        "throughput:  {:.0} requests/s",
-        (ok + failed) as f64 / elapsed.max(1e-3)
+        "{}",
+        summary(&run_id, ok, non_2xx, conn_errors, elapsed, &latency)
     );
-    println!("latency:     {}", latency_line(&latency));
+    if interrupted {
+        println!("interrupted: stopped early by a signal");
+    }
     if let Some(e) = shared.first_error.lock().ok().and_then(|e| e.clone()) {
         println!("first error: {e}");
     }
@@ -750,11 +779,46 @@ mod tests {
     }
 
     #[test]
-    fn verdict_tells_missing_from_duplicated() {
-        assert_eq!(verdict(20, 20), Verdict::Complete);
-        assert_eq!(verdict(20, 18), Verdict::Missing(2));
-        assert_eq!(verdict(20, 21), Verdict::Duplicated(1));
-        assert_eq!(verdict(0, 0), Verdict::Complete);
+    fn verify_line_tells_missing_from_duplicated() {
+        let line = |found, error, failed| verify_line("load-1-2", 20, found, error, 0.42, failed);
+        assert_eq!(
+            line(Some(20), None, 0),
+            (
+                "20 of 20 rows for run load-1-2 arrived in 0.42 s: OK".to_owned(),
+                true
+            )
+        );
+        let (text, ok) = line(Some(18), Some("db error"), 0);
+        assert!(!ok);
+        assert_eq!(text, "FAILED for run load-1-2: expected 20 rows, found 18 after 0.42 s: 2 missing (last error: db error)");
+        let (text, ok) = line(Some(21), None, 0);
+        assert!(
+            !ok && text.ends_with("found 21: 1 more than successful requests (duplicated)"),
+            "{text}"
+        );
+        assert!(line(Some(21), None, 3)
+            .0
+            .contains("or written by requests that failed here"));
+        let (text, ok) = line(None, Some("connection refused"), 0);
+        assert!(
+            !ok && text.ends_with("could not count them in 0.42 s: connection refused"),
+            "{text}"
+        );
+        assert!(verify_line("r", 0, Some(0), None, 0.0, 5).1);
+    }
+
+    #[test]
+    fn summary_has_the_documented_shape() {
+        let mut h = Histogram::<u64>::new_with_bounds(1, MAX_LATENCY_US, 3).expect("bounds");
+        h.saturating_record(1_200);
+        let text = summary("load-1-2", 18, 1, 1, 2.0, &h);
+        assert_eq!(
+            text,
+            "run id:      load-1-2\n\
+             requests:    18 ok, 2 failed (1 non-2xx, 1 connection errors) in 2.00 s\n\
+             throughput:  10 requests/s\n\
+             latency:     p50 1.20 ms, p99 1.20 ms, max 1.20 ms"
+        );
     }
 
     #[test]

@@ -15,6 +15,14 @@
 --   message     the message; NUL bytes arrive as U+FFFD
 --   thread_id   OS thread id of the producer
 --   fields      structured fields as a jsonb object, NULL when there are none
+--
+-- Beside it (names cut to 63 bytes):
+--   <table>_batches   the ledger: one row per committed batch, written in the
+--                     same transaction as the batch's rows, so that a batch
+--                     retried after an ambiguous commit or replayed from the
+--                     spool is never written twice. Pruned by age.
+--   <table>_rejected  rows PostgreSQL refused (a CHECK the operator added, a
+--                     column narrowed...), with the error, as JSON.
 DO $migrate$
 DECLARE
     qualified text[] := parse_ident(coalesce(nullif(current_setting('pglogsink.table', true), ''), 'log'));
@@ -52,5 +60,26 @@ BEGIN
     -- Serves "newest first" (ORDER BY "timestamp" DESC LIMIT n) and time ranges.
     EXECUTE format('CREATE INDEX IF NOT EXISTS %I ON %I.%I ("timestamp" DESC)',
                    left(tbl, 49) || '_timestamp_idx', tbl_schema, tbl);
+
+    EXECUTE format($ddl$
+        CREATE TABLE IF NOT EXISTS %1$I.%2$I (
+            instance     bigint NOT NULL,
+            seq          bigint NOT NULL,
+            part         integer NOT NULL,
+            rows         integer NOT NULL,
+            committed_at timestamptz NOT NULL DEFAULT now(),
+            PRIMARY KEY (instance, seq, part)
+        )$ddl$, tbl_schema, left(tbl, 55) || '_batches');
+    EXECUTE format('CREATE INDEX IF NOT EXISTS %I ON %I.%I (committed_at)',
+                   left(tbl, 47) || '_batches_age_idx', tbl_schema, left(tbl, 55) || '_batches');
+
+    EXECUTE format($ddl$
+        CREATE TABLE IF NOT EXISTS %1$I.%2$I (
+            id          bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+            rejected_at timestamptz NOT NULL DEFAULT now(),
+            sqlstate    text,
+            error       text NOT NULL,
+            record      jsonb NOT NULL
+        )$ddl$, tbl_schema, left(tbl, 54) || '_rejected');
 END
 $migrate$;

@@ -1,7 +1,9 @@
 //! The one place that decides whether a failed write is worth retrying.
 //!
 //! Transient: the database is away, restarting, overloaded or asked us to try
-//! again; the same batch is retried with backoff. Fatal: retrying cannot help
+//! again; the same batch is retried with backoff. Poison: some row of the
+//! batch was refused (data exception, constraint violation, a limit such as
+//! an index row too large): the batch is split until the row is found. Fatal: retrying cannot help
 //! (missing table or column, no privilege, bad credentials, unknown database)
 //! and so is anything unrecognised, which stops the application rather than
 //! retrying forever.
@@ -70,6 +72,8 @@ pub(crate) enum Class {
     /// Retry the same batch after a backoff; the string is the reason, for
     /// logs and metrics.
     Transient(&'static str),
+    /// A row of the batch was refused: isolate it.
+    Poison,
     /// Stop the application.
     Fatal,
 }
@@ -114,6 +118,7 @@ pub(crate) fn classify_sqlstate(code: &str) -> Class {
             Some("08") => Class::Transient("connection failed"),
             Some("53") => Class::Transient("server out of resources"),
             Some("58") => Class::Transient("server system error"),
+            Some("22") | Some("23") | Some("54") => Class::Poison,
             _ => Class::Fatal,
         },
     }
@@ -184,62 +189,71 @@ mod tests {
     /// One row per SQLSTATE class the sink can meet, plus the special codes.
     #[test]
     fn sqlstates_classify_as_documented() {
-        let table: &[(&str, &str, bool)] = &[
-            // (code, name, transient?)
-            ("08000", "connection_exception", true),
-            ("08003", "connection_does_not_exist", true),
-            ("08006", "connection_failure", true),
-            ("08001", "sqlclient_unable_to_establish_sqlconnection", true),
-            ("57P01", "admin_shutdown", true),
-            ("57P02", "crash_shutdown", true),
+        use Kind::*;
+        #[derive(Debug, PartialEq)]
+        enum Kind {
+            T,
+            P,
+            F,
+        }
+        let table: &[(&str, &str, Kind)] = &[
+            // (code, name, expected class)
+            ("08000", "connection_exception", T),
+            ("08003", "connection_does_not_exist", T),
+            ("08006", "connection_failure", T),
+            ("08001", "sqlclient_unable_to_establish_sqlconnection", T),
+            ("57P01", "admin_shutdown", T),
+            ("57P02", "crash_shutdown", T),
             (
                 "57P03",
                 "cannot_connect_now (starting up / shutting down)",
-                true,
+                T,
             ),
-            ("57014", "query_canceled", true),
-            ("53300", "too_many_connections", true),
-            ("53100", "disk_full", true),
-            ("53200", "out_of_memory", true),
-            ("58030", "io_error", true),
-            ("40001", "serialization_failure", true),
-            ("40P01", "deadlock_detected", true),
-            ("55P03", "lock_not_available", true),
+            ("57014", "query_canceled", T),
+            ("53300", "too_many_connections", T),
+            ("53100", "disk_full", T),
+            ("53200", "out_of_memory", T),
+            ("58030", "io_error", T),
+            ("40001", "serialization_failure", T),
+            ("40P01", "deadlock_detected", T),
+            ("55P03", "lock_not_available", T),
             (
                 "25006",
                 "read_only_sql_transaction (failover to a standby)",
-                true,
+                T,
             ),
-            ("42P01", "undefined_table", false),
-            ("42703", "undefined_column", false),
-            ("42704", "undefined_object (the level type)", false),
-            ("42501", "insufficient_privilege", false),
-            ("42601", "syntax_error", false),
-            ("28P01", "invalid_password", false),
-            ("28000", "invalid_authorization_specification", false),
-            ("3D000", "invalid_catalog_name (unknown database)", false),
-            ("3F000", "invalid_schema_name", false),
-            ("22021", "character_not_in_repertoire", false),
-            ("22001", "string_data_right_truncation", false),
-            ("23514", "check_violation", false),
-            ("23502", "not_null_violation", false),
-            ("0A000", "feature_not_supported", false),
-            ("XX000", "internal_error", false),
+            ("42P01", "undefined_table", F),
+            ("42703", "undefined_column", F),
+            ("42704", "undefined_object (the level type)", F),
+            ("42501", "insufficient_privilege", F),
+            ("42601", "syntax_error", F),
+            ("28P01", "invalid_password", F),
+            ("28000", "invalid_authorization_specification", F),
+            ("3D000", "invalid_catalog_name (unknown database)", F),
+            ("3F000", "invalid_schema_name", F),
+            ("22021", "character_not_in_repertoire", P),
+            ("22001", "string_data_right_truncation", P),
+            ("23514", "check_violation", P),
+            ("23502", "not_null_violation", P),
+            ("0A000", "feature_not_supported", F),
+            ("54000", "program_limit_exceeded (index row too large)", P),
+            ("XX000", "internal_error", F),
             (
                 "P0001",
                 "raise_exception (a trigger refused the row)",
-                false,
+                F,
             ),
-            ("99999", "unknown", false),
-            ("", "empty", false),
+            ("99999", "unknown", F),
+            ("", "empty", F),
         ];
-        for &(code, name, transient) in table {
+        for (code, name, expected) in table {
             let class = classify_sqlstate(code);
-            assert_eq!(
-                matches!(class, Class::Transient(_)),
-                transient,
-                "{code} {name} classified as {class:?}"
-            );
+            let kind = match class {
+                Class::Transient(_) => T,
+                Class::Poison => P,
+                Class::Fatal => F,
+            };
+            assert_eq!(&kind, expected, "{code} {name} classified as {class:?}");
         }
     }
 

@@ -1,5 +1,6 @@
 //! The sink's settings: one struct with defaults, validated in one place.
 
+use std::path::PathBuf;
 use std::time::Duration;
 
 use crate::table::TableName;
@@ -14,6 +15,13 @@ pub const MAX_BATCH_SIZE: usize = 1 << 20;
 pub const DEFAULT_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(10);
 /// The Log table's default name.
 pub const DEFAULT_TABLE: &str = "log";
+/// Memory the queue may use, by default, before records go to the spool.
+pub const DEFAULT_MAX_QUEUE_BYTES: usize = 128 * 1024 * 1024;
+/// Largest record (target, message and fields) written as is, by default;
+/// larger ones are truncated with a marker.
+pub const DEFAULT_MAX_RECORD_BYTES: usize = 1024 * 1024;
+/// How long the ledger of committed batches is kept, by default.
+pub const DEFAULT_LEDGER_RETENTION: Duration = Duration::from_secs(24 * 3600);
 
 /// Settings of a sink. Start from `Default` and change what you need.
 ///
@@ -39,6 +47,22 @@ pub struct SinkConfig {
     /// Longest retry delay (default 5 s). Transient errors are retried until
     /// they clear or the shutdown deadline passes.
     pub retry_max: Duration,
+    /// Directory of the on-disk spool (default: none). With a spool, records
+    /// that cannot be written (a long outage past `max_queue_bytes`, a fatal
+    /// stop, the shutdown deadline) are kept on disk and replayed, oldest
+    /// first, when writes work again, including by the next process started
+    /// with the same spool. Without one, memory grows during an outage and
+    /// what is unwritten at the end is only counted.
+    pub spool_dir: Option<PathBuf>,
+    /// Estimated bytes the queue may hold before records move to the spool
+    /// (default [`DEFAULT_MAX_QUEUE_BYTES`]; needs `spool_dir`).
+    pub max_queue_bytes: usize,
+    /// Largest record written as is (default [`DEFAULT_MAX_RECORD_BYTES`]);
+    /// a larger one is truncated with a marker and counted, never dropped.
+    pub max_record_bytes: usize,
+    /// How long ledger rows are kept (default 24 h). A batch replayed or
+    /// retried within this time is never written twice.
+    pub ledger_retention: Duration,
 }
 
 impl Default for SinkConfig {
@@ -49,6 +73,10 @@ impl Default for SinkConfig {
             default_target: "app".to_owned(),
             retry_initial: Duration::from_millis(100),
             retry_max: Duration::from_secs(5),
+            spool_dir: None,
+            max_queue_bytes: DEFAULT_MAX_QUEUE_BYTES,
+            max_record_bytes: DEFAULT_MAX_RECORD_BYTES,
+            ledger_retention: DEFAULT_LEDGER_RETENTION,
         }
     }
 }
@@ -64,6 +92,27 @@ impl SinkConfig {
                     "{} is out of range: use a whole number from 1 to {MAX_BATCH_SIZE}",
                     self.batch_size
                 ),
+            ));
+        }
+        if self.max_queue_bytes < 1024 * 1024 {
+            return Err(Error::config(
+                "max queue bytes",
+                format!("{} is too small: use at least 1048576 (1 MiB)", self.max_queue_bytes),
+            ));
+        }
+        if !(1024..=256 * 1024 * 1024).contains(&self.max_record_bytes) {
+            return Err(Error::config(
+                "max record bytes",
+                format!(
+                    "{} is out of range: use 1024 (1 KiB) to 268435456 (256 MiB)",
+                    self.max_record_bytes
+                ),
+            ));
+        }
+        if self.ledger_retention < Duration::from_secs(60) {
+            return Err(Error::config(
+                "ledger retention",
+                "keep the ledger for at least 60 seconds",
             ));
         }
         if self.retry_initial.is_zero() || self.retry_max < self.retry_initial {

@@ -1,47 +1,119 @@
-//! Writing one encoded batch with one binary COPY.
+//! Writing one batch: one transaction that claims the batch's key in the
+//! ledger and COPYs its rows. Either both are committed or neither is.
 
 use bytes::Bytes;
 use futures_util::SinkExt;
 
+use crate::batch::EncodedBatch;
 use crate::classify::WriteError;
-use crate::encode::COLUMNS;
+use crate::copy_format::COLUMNS;
 use crate::table::TableName;
 
-/// Size of the CopyData messages the batch is sent in, so that the server can
+/// Size of the CopyData messages a batch is sent in, so that the server can
 /// parse the start of a large batch while the rest is still on the wire.
 const CHUNK: usize = 256 * 1024;
 
-/// The COPY statement for a table.
-pub(crate) fn copy_statement(table: &TableName) -> String {
-    format!(
-        "COPY {} ({COLUMNS}) FROM STDIN (FORMAT binary)",
-        table.quoted()
-    )
+/// The SQL the writer uses for one table.
+pub(crate) struct Statements {
+    copy: String,
+    claim: String,
+    prune: String,
+    reject: String,
 }
 
-/// Send `data` (a complete binary COPY stream of `rows` rows) in one COPY,
-/// committed on its own. Either every row is committed or none is.
-pub(crate) async fn copy_batch(
-    client: &deadpool_postgres::Client,
-    statement: &str,
-    data: &Bytes,
-    rows: u64,
-) -> Result<(), WriteError> {
-    let statement = client.prepare_cached(statement).await?;
-    let sink = client.copy_in::<_, Bytes>(&statement).await?;
+impl Statements {
+    pub(crate) fn new(table: &TableName) -> Statements {
+        let ledger = table.ledger_table().quoted();
+        Statements {
+            copy: format!(
+                "COPY {} ({COLUMNS}) FROM STDIN (FORMAT binary)",
+                table.quoted()
+            ),
+            claim: format!(
+                "INSERT INTO {ledger} (instance, seq, part, rows) VALUES ($1, $2, $3, $4) \
+                 ON CONFLICT DO NOTHING"
+            ),
+            prune: format!(
+                "DELETE FROM {ledger} WHERE committed_at < now() - make_interval(secs => $1)"
+            ),
+            reject: format!(
+                "INSERT INTO {} (sqlstate, error, record) VALUES ($1, $2, $3)",
+                table.rejected_table().quoted()
+            ),
+        }
+    }
+}
+
+/// How a write ended when it did not fail.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Committed {
+    /// The rows are in the table now.
+    Written,
+    /// The ledger already held the batch's key: an earlier attempt whose
+    /// outcome we did not hear, or an earlier replay, committed it.
+    AlreadyWritten,
+}
+
+/// Write `batch` in one transaction with its ledger row.
+pub(crate) async fn write_batch(
+    client: &mut deadpool_postgres::Client,
+    statements: &Statements,
+    batch: &EncodedBatch,
+) -> Result<Committed, WriteError> {
+    let rows = batch.rows() as u64;
+    let key = batch.key;
+    let tx = client.transaction().await?;
+    let claim = tx.prepare_cached(&statements.claim).await?;
+    let claimed = tx
+        .execute(&claim, &[&key.instance, &key.seq, &key.part, &(rows as i32)])
+        .await?;
+    if claimed == 0 {
+        tx.rollback().await?;
+        return Ok(Committed::AlreadyWritten);
+    }
+    let copy = tx.prepare_cached(&statements.copy).await?;
+    let sink = tx.copy_in::<_, Bytes>(&copy).await?;
     futures_util::pin_mut!(sink);
+    let data = &batch.data;
     let mut offset = 0;
     while offset < data.len() {
         let end = (offset + CHUNK).min(data.len());
         sink.feed(data.slice(offset..end)).await?;
         offset = end;
     }
-    let committed = sink.as_mut().finish().await?;
-    if committed != rows {
+    let copied = sink.as_mut().finish().await?;
+    if copied != rows {
         return Err(WriteError::RowCount {
             sent: rows,
-            committed,
+            committed: copied,
         });
     }
+    tx.commit().await?;
+    Ok(Committed::Written)
+}
+
+/// Store a row PostgreSQL refused in the rejected-rows table.
+pub(crate) async fn store_rejected(
+    client: &deadpool_postgres::Client,
+    statements: &Statements,
+    sqlstate: Option<&str>,
+    error: &str,
+    record: &serde_json::Value,
+) -> Result<(), WriteError> {
+    let statement = client.prepare_cached(&statements.reject).await?;
+    client
+        .execute(&statement, &[&sqlstate, &error, record])
+        .await?;
     Ok(())
+}
+
+/// Delete ledger rows older than `retention`; returns how many.
+pub(crate) async fn prune_ledger(
+    client: &deadpool_postgres::Client,
+    statements: &Statements,
+    retention: std::time::Duration,
+) -> Result<u64, WriteError> {
+    Ok(client
+        .execute(&statements.prune, &[&retention.as_secs_f64()])
+        .await?)
 }

@@ -30,27 +30,34 @@
 #![warn(missing_docs)]
 
 mod backoff;
+mod batch;
 mod classify;
 mod config;
 mod consumer;
 mod copy;
+mod copy_format;
 mod database;
 pub mod embedded;
-mod encode;
 mod error;
+#[cfg(feature = "tracing-layer")]
+mod layer;
 mod logger;
 mod record;
 mod report;
 mod schema;
 mod sink;
+mod spool;
 mod stats;
 mod table;
 
 pub use config::{
-    SinkConfig, DEFAULT_BATCH_SIZE, DEFAULT_SHUTDOWN_TIMEOUT, DEFAULT_TABLE, MAX_BATCH_SIZE,
+    SinkConfig, DEFAULT_BATCH_SIZE, DEFAULT_LEDGER_RETENTION, DEFAULT_MAX_QUEUE_BYTES,
+    DEFAULT_MAX_RECORD_BYTES, DEFAULT_SHUTDOWN_TIMEOUT, DEFAULT_TABLE, MAX_BATCH_SIZE,
 };
 pub use database::{parse_url, pool, DEFAULT_POOL_SIZE};
 pub use error::{Error, ErrorKind};
+#[cfg(feature = "tracing-layer")]
+pub use layer::PgLogLayer;
 pub use logger::{Closed, Logger};
 pub use record::{Fields, Level, ParseLevelError, Record};
 pub use report::{FatalError, Report};

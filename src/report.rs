@@ -50,20 +50,40 @@ impl std::error::Error for FatalError {}
 /// The account the sink gives when it stops, from
 /// [`Worker::shutdown`](crate::Worker::shutdown).
 ///
-/// Every record handed to `log()` is counted in exactly one of `written`,
-/// `not_written` and `in_doubt`.
+/// Every record taken by `log()` during this run is counted once: in
+/// `written`, `rejected`, `dead_lettered`, `spooled`, `not_written` or
+/// `in_doubt`. Records replayed from an earlier run's spool are counted in
+/// `replayed` and in `written` or `rejected`.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct Report {
     /// Records committed to the Log table.
     pub written: u64,
-    /// Records taken by `log()` that were not written (queued when the sink
-    /// stopped, or in a batch that failed fatally or was abandoned at the
-    /// deadline before its COPY began).
+    /// Records moved to the spool, to be written by a later run (or later in
+    /// this one: those are counted in `replayed` too).
+    pub spooled: u64,
+    /// Records written from the spool.
+    pub replayed: u64,
+    /// Records PostgreSQL refused, stored in the rejected-rows table.
+    pub rejected: u64,
+    /// Refused records written to the dead-letter file in the spool.
+    pub dead_lettered: u64,
+    /// Records of batches found already committed when retried or replayed,
+    /// and so not written twice.
+    pub already_written: u64,
+    /// Records cut down to the maximum record size.
+    pub truncated: u64,
+    /// Bytes of torn or corrupt spool entries that were skipped.
+    pub spool_corrupt_bytes: u64,
+    /// Records lost: taken by `log()` but neither written nor spooled (no
+    /// spool is configured, or writing to it failed).
     pub not_written: u64,
-    /// Records in a COPY that was in flight when the shutdown deadline passed:
-    /// the server may or may not have committed them.
+    /// Records in a COPY that was in flight when the shutdown deadline passed,
+    /// with no spool to keep them: the server may or may not have committed
+    /// them.
     pub in_doubt: u64,
+    /// The spool directory, when there is one.
+    pub spool_dir: Option<std::path::PathBuf>,
     /// COPY batches committed.
     pub batches: u64,
     /// Batch attempts retried after a transient error.
@@ -74,12 +94,24 @@ pub struct Report {
     pub timed_out: bool,
     /// Set when the sink stopped on a fatal error.
     pub fatal: Option<FatalError>,
+    /// Of `spooled`, the records this run replayed itself.
+    pub(crate) spooled_replayed: u64,
 }
 
 impl Report {
-    /// True when every record was written and nothing went wrong.
+    /// True when nothing was lost and the sink did not stop on a fatal error
+    /// (records may still wait in the spool: see [`Report::left_in_spool`]).
     pub fn is_complete(&self) -> bool {
         self.not_written == 0 && self.in_doubt == 0 && self.fatal.is_none()
+    }
+
+    /// Records of this run left in the spool for a later start.
+    pub fn left_in_spool(&self) -> u64 {
+        self.spooled.saturating_sub(self.replayed_of_this_run())
+    }
+
+    fn replayed_of_this_run(&self) -> u64 {
+        self.spooled_replayed
     }
 }
 
@@ -90,8 +122,31 @@ impl fmt::Display for Report {
             "wrote {} records in {} batches ({} retries)",
             self.written, self.batches, self.retries
         )?;
+        if self.replayed > 0 {
+            write!(f, ", {} of them replayed from the spool", self.replayed)?;
+        }
+        if self.rejected > 0 || self.dead_lettered > 0 {
+            write!(
+                f,
+                "; {} refused by PostgreSQL, kept in the rejected table",
+                self.rejected
+            )?;
+            if self.dead_lettered > 0 {
+                write!(f, " and {} in the dead-letter file", self.dead_lettered)?;
+            }
+        }
+        if self.spooled > self.replayed_of_this_run() {
+            if let Some(dir) = &self.spool_dir {
+                write!(
+                    f,
+                    "; {} records spooled to {} for the next start",
+                    self.spooled - self.replayed_of_this_run(),
+                    dir.display()
+                )?;
+            }
+        }
         if self.not_written == 0 && self.in_doubt == 0 {
-            f.write_str("; nothing left unwritten")?;
+            f.write_str("; nothing lost")?;
         } else {
             write!(f, "; {} records NOT written", self.not_written)?;
             if self.in_doubt > 0 {
@@ -104,6 +159,16 @@ impl fmt::Display for Report {
         }
         if self.timed_out {
             f.write_str("; the shutdown deadline passed")?;
+        }
+        if self.truncated > 0 {
+            write!(f, "; {} oversized records truncated", self.truncated)?;
+        }
+        if self.spool_corrupt_bytes > 0 {
+            write!(
+                f,
+                "; {} bytes of corrupt spool entries skipped",
+                self.spool_corrupt_bytes
+            )?;
         }
         if self.nul_replaced > 0 {
             write!(f, "; {} records had NUL bytes replaced", self.nul_replaced)?;

@@ -12,7 +12,10 @@ use tokio_util::sync::CancellationToken;
 use crate::backoff::Backoff;
 use crate::config::SinkConfig;
 use crate::consumer::Consumer;
-use crate::copy::copy_statement;
+use crate::batch::{random_instance, KeySource};
+use crate::copy::Statements;
+use crate::copy_format::CopyEncoder;
+use crate::spool::Spool;
 use crate::logger::Logger;
 use crate::report::{FatalError, Report};
 use crate::stats::Shared;
@@ -55,6 +58,7 @@ pub fn spawn(
             "pglogsink::spawn must be called from inside a Tokio runtime",
         )
     })?;
+    let spool = config.spool_dir.as_deref().map(Spool::open).transpose()?;
     let (tx, rx) = flume::unbounded();
     let shared = Arc::new(Shared::default());
     let stop = CancellationToken::new();
@@ -63,13 +67,18 @@ pub fn spawn(
         rx,
         pool,
         table: table.to_string(),
-        copy_statement: copy_statement(&table),
+        statements: Statements::new(&table),
         batch_size: config.batch_size,
         backoff: Backoff::new(config.retry_initial, config.retry_max),
         shared: shared.clone(),
         app_token,
         stop: stop.clone(),
         abort: abort.clone(),
+        encoder: CopyEncoder::new(config.max_record_bytes),
+        keys: KeySource::new(random_instance()),
+        spool,
+        max_queue_bytes: config.max_queue_bytes,
+        ledger_retention: config.ledger_retention,
     };
     let task = runtime.spawn(consumer.run());
     let logger = Logger::new(tx, shared.clone(), config.default_target.clone().into());

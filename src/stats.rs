@@ -15,6 +15,13 @@ pub(crate) struct Shared {
     pub(crate) batches: AtomicU64,
     pub(crate) retries: AtomicU64,
     pub(crate) nul_replaced: AtomicU64,
+    pub(crate) truncated: AtomicU64,
+    pub(crate) spooled: AtomicU64,
+    pub(crate) replayed: AtomicU64,
+    pub(crate) rejected: AtomicU64,
+    pub(crate) dead_lettered: AtomicU64,
+    pub(crate) already_written: AtomicU64,
+    pub(crate) spool_corrupt_bytes: AtomicU64,
     pub(crate) fatal: Mutex<Option<FatalError>>,
 }
 
@@ -30,6 +37,13 @@ impl Shared {
             batches: self.batches.load(Ordering::Relaxed),
             retries: self.retries.load(Ordering::Relaxed),
             nul_replaced: self.nul_replaced.load(Ordering::Relaxed),
+            truncated: self.truncated.load(Ordering::Relaxed),
+            spooled: self.spooled.load(Ordering::Relaxed),
+            replayed: self.replayed.load(Ordering::Relaxed),
+            rejected: self.rejected.load(Ordering::Relaxed),
+            dead_lettered: self.dead_lettered.load(Ordering::Relaxed),
+            already_written: self.already_written.load(Ordering::Relaxed),
+            spool_corrupt_bytes: self.spool_corrupt_bytes.load(Ordering::Relaxed),
             queued: queued as u64,
             closed: self.closed.load(Ordering::Acquire),
         }
@@ -50,6 +64,20 @@ pub struct Stats {
     pub retries: u64,
     /// Records in which NUL bytes were replaced by U+FFFD.
     pub nul_replaced: u64,
+    /// Records cut down to the maximum record size.
+    pub truncated: u64,
+    /// Records moved to the on-disk spool.
+    pub spooled: u64,
+    /// Records written from the spool (this run's or an earlier one's).
+    pub replayed: u64,
+    /// Records PostgreSQL refused, stored in the rejected-rows table.
+    pub rejected: u64,
+    /// Refused records that went to the dead-letter file instead.
+    pub dead_lettered: u64,
+    /// Records of batches found already committed when retried or replayed.
+    pub already_written: u64,
+    /// Bytes of corrupt or torn spool entries skipped.
+    pub spool_corrupt_bytes: u64,
     /// Records waiting in the queue.
     pub queued: u64,
     /// True once the sink no longer takes records.

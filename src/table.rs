@@ -54,6 +54,25 @@ impl TableName {
         self.schema.as_deref()
     }
 
+    /// The ledger of committed batches beside this table: `<name>_batches`
+    /// (the name cut to fit PostgreSQL's 63 bytes, as `sql/schema.sql` does).
+    pub fn ledger_table(&self) -> TableName {
+        self.sibling("_batches")
+    }
+
+    /// The table of rows PostgreSQL refused: `<name>_rejected`.
+    pub fn rejected_table(&self) -> TableName {
+        self.sibling("_rejected")
+    }
+
+    fn sibling(&self, suffix: &str) -> TableName {
+        let keep = self.name.len().min(63 - suffix.len());
+        TableName {
+            schema: self.schema.clone(),
+            name: format!("{}{suffix}", &self.name[..keep]),
+        }
+    }
+
     /// The name quoted for SQL: `"schema"."name"` or `"name"`.
     pub fn quoted(&self) -> String {
         match &self.schema {
@@ -129,5 +148,9 @@ mod tests {
             assert!(err.starts_with("invalid table:"), "{bad:?}: {err}");
         }
         assert_eq!(TableName::parse("log").unwrap().quoted(), "\"log\"");
+        let long = TableName::parse(&format!("s.{}", "a".repeat(63))).unwrap();
+        assert_eq!(long.ledger_table().name().len(), 63);
+        assert_eq!(long.rejected_table().to_string(), format!("s.{}_rejected", "a".repeat(54)));
+        assert_eq!(TableName::parse("log").unwrap().ledger_table().quoted(), "\"log_batches\"");
     }
 }

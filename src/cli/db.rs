@@ -22,6 +22,8 @@ pub(crate) struct Database {
     pub(crate) pool: deadpool_postgres::Pool,
     /// Where the data is, for messages; never contains a password.
     pub(crate) description: String,
+    /// Where local state (the spool) goes: the data dir.
+    pub(crate) state_dir: PathBuf,
     embedded: Option<EmbeddedPostgres>,
 }
 
@@ -31,13 +33,19 @@ impl Database {
             let config = pglogsink::parse_url(url)?;
             let description = describe_config(&config);
             let pool = pglogsink::pool(config, pglogsink::DEFAULT_POOL_SIZE)?;
+            let state_dir = args
+                .data_dir
+                .clone()
+                .unwrap_or_else(|| PathBuf::from(".pglogsink"));
             return Ok(Database {
                 pool,
                 description,
+                state_dir,
                 embedded: None,
             });
         }
         let data_dir = resolve_data_dir(args.data_dir.as_deref());
+        let state_dir = data_dir.clone();
         let server = tokio::task::spawn_blocking(move || start_embedded(&data_dir, mode))
             .await
             .map_err(|e| super::Failure::from(format!("starting PostgreSQL: {e}")))??;
@@ -55,6 +63,7 @@ impl Database {
         Ok(Database {
             pool,
             description,
+            state_dir,
             embedded: Some(server),
         })
     }

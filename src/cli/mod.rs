@@ -2,10 +2,13 @@
 //! subcommand, plus how a subcommand finds its database.
 
 pub(crate) mod db;
+pub(crate) mod diagnostics;
 pub(crate) mod load;
 pub(crate) mod logs;
+pub(crate) mod request_span;
 pub(crate) mod serve;
 pub(crate) mod signal;
+pub(crate) mod sink_args;
 
 use std::path::PathBuf;
 

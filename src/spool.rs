@@ -1,0 +1,387 @@
+//! The on-disk spool: batches that cannot go to the database now (a long
+//! outage past the memory budget, a fatal stop, a shutdown deadline) wait
+//! here and are replayed, oldest first, when writes work again.
+//!
+//! A spool directory holds append-only segment files
+//! `segment-<20-digit number>.spool`, each a header line followed by entries:
+//!
+//! ```text
+//! magic "PLS1" | payload length u32 LE | CRC-32 of payload u32 LE | payload
+//! payload = instance i64 LE | seq i64 LE | part i32 LE | binary COPY stream
+//! ```
+//!
+//! The batch key travels with its rows, so a replayed batch that had in fact
+//! been committed (its COPY was in flight at the deadline) is recognised by
+//! the ledger and not written twice. A torn or corrupt entry (power loss
+//! while appending) ends the segment: the valid entries before it are
+//! replayed, the rest is reported and skipped. A `lock` file held with
+//! `flock` keeps two processes from sharing a spool. Rows that PostgreSQL
+//! refused and that could not be stored in the rejected-rows table are
+//! appended to `dead-letter.ndjson`.
+
+use std::collections::BTreeSet;
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, BufWriter, Write};
+use std::os::unix::io::AsRawFd;
+use std::path::{Path, PathBuf};
+
+use bytes::Bytes;
+
+use crate::batch::{BatchKey, EncodedBatch};
+use crate::Error;
+
+const SEGMENT_HEADER: &[u8] = b"PGLOGSINK SPOOL 1\n";
+const ENTRY_MAGIC: &[u8; 4] = b"PLS1";
+const ENTRY_HEADER: usize = 12;
+const KEY_LEN: usize = 20;
+/// A segment is closed and a new one started past this size.
+const SEGMENT_LIMIT: u64 = 64 * 1024 * 1024;
+const DEAD_LETTER: &str = "dead-letter.ndjson";
+
+pub(crate) struct Spool {
+    dir: PathBuf,
+    _lock: File,
+    /// Segment numbers on disk, oldest first (including the active one).
+    segments: BTreeSet<u64>,
+    active: Option<Active>,
+}
+
+struct Active {
+    number: u64,
+    file: BufWriter<File>,
+    len: u64,
+}
+
+/// A segment read back for replay.
+pub(crate) struct Segment {
+    pub(crate) number: u64,
+    pub(crate) path: PathBuf,
+    pub(crate) batches: Vec<EncodedBatch>,
+    /// Set when the segment ended in a torn or corrupt entry.
+    pub(crate) corrupt: Option<Corruption>,
+}
+
+/// Where a segment stopped making sense.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Corruption {
+    pub(crate) offset: u64,
+    pub(crate) skipped_bytes: u64,
+    pub(crate) reason: &'static str,
+}
+
+impl Spool {
+    /// Open (creating it if needed) and lock a spool directory.
+    pub(crate) fn open(dir: &Path) -> Result<Spool, Error> {
+        fs::create_dir_all(dir).map_err(|e| Error::io("cannot create the spool directory", dir, e))?;
+        let lock_path = dir.join("lock");
+        let lock = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock_path)
+            .map_err(|e| Error::io("cannot open", &lock_path, e))?;
+        // SAFETY: flock on a file descriptor we own; no memory is involved.
+        if unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+            return Err(Error::config(
+                "spool directory",
+                format!(
+                    "{} is in use by another pglogsink process; give each process a spool of its own",
+                    dir.display()
+                ),
+            ));
+        }
+        let mut segments = BTreeSet::new();
+        let entries = fs::read_dir(dir).map_err(|e| Error::io("cannot read", dir, e))?;
+        for entry in entries.flatten() {
+            let name = entry.file_name();
+            if let Some(n) = segment_number(&name.to_string_lossy()) {
+                segments.insert(n);
+            }
+        }
+        Ok(Spool {
+            dir: dir.to_owned(),
+            _lock: lock,
+            segments,
+            active: None,
+        })
+    }
+
+    pub(crate) fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// True when no batch waits for replay.
+    pub(crate) fn is_empty(&self) -> bool {
+        self.segments.is_empty()
+    }
+
+    /// Append a batch (buffered; see [`flush`](Self::flush)).
+    pub(crate) fn append(&mut self, batch: &EncodedBatch) -> io::Result<()> {
+        let full = self.active.as_ref().is_some_and(|a| a.len >= SEGMENT_LIMIT);
+        if full {
+            self.close_active()?;
+        }
+        if self.active.is_none() {
+            let number = self.segments.last().map_or(1, |n| n + 1);
+            let path = self.segment_path(number);
+            let mut file = BufWriter::with_capacity(
+                1 << 20,
+                OpenOptions::new().create_new(true).write(true).open(&path)?,
+            );
+            file.write_all(SEGMENT_HEADER)?;
+            self.segments.insert(number);
+            self.active = Some(Active {
+                number,
+                file,
+                len: SEGMENT_HEADER.len() as u64,
+            });
+        }
+        let active = self.active.as_mut().expect("opened above");
+        let mut key = [0u8; KEY_LEN];
+        key[..8].copy_from_slice(&batch.key.instance.to_le_bytes());
+        key[8..16].copy_from_slice(&batch.key.seq.to_le_bytes());
+        key[16..].copy_from_slice(&batch.key.part.to_le_bytes());
+        let mut crc = crc32fast::Hasher::new();
+        crc.update(&key);
+        crc.update(&batch.data);
+        let payload_len = u32::try_from(KEY_LEN + batch.data.len())
+            .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "batch over 4 GiB"))?;
+        active.file.write_all(ENTRY_MAGIC)?;
+        active.file.write_all(&payload_len.to_le_bytes())?;
+        active.file.write_all(&crc.finalize().to_le_bytes())?;
+        active.file.write_all(&key)?;
+        active.file.write_all(&batch.data)?;
+        active.len += (ENTRY_HEADER + KEY_LEN + batch.data.len()) as u64;
+        Ok(())
+    }
+
+    /// Write buffered entries through to the disk.
+    pub(crate) fn flush(&mut self) -> io::Result<()> {
+        if let Some(active) = &mut self.active {
+            active.file.flush()?;
+            active.file.get_ref().sync_data()?;
+        }
+        Ok(())
+    }
+
+    fn close_active(&mut self) -> io::Result<()> {
+        self.flush()?;
+        self.active = None;
+        Ok(())
+    }
+
+    /// Read the oldest segment for replay (closing it first if it is the one
+    /// being appended to). `Ok(None)` when the spool is empty.
+    pub(crate) fn oldest(&mut self) -> io::Result<Option<Segment>> {
+        let Some(&number) = self.segments.first() else {
+            return Ok(None);
+        };
+        if self.active.as_ref().is_some_and(|a| a.number == number) {
+            self.close_active()?;
+        }
+        let path = self.segment_path(number);
+        let data = fs::read(&path)?;
+        let (batches, corrupt) = parse_segment(Bytes::from(data));
+        Ok(Some(Segment {
+            number,
+            path,
+            batches,
+            corrupt,
+        }))
+    }
+
+    /// Remove a segment whose batches are all written.
+    pub(crate) fn remove(&mut self, segment: &Segment) -> io::Result<()> {
+        match fs::remove_file(&segment.path) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e),
+        }
+        self.segments.remove(&segment.number);
+        Ok(())
+    }
+
+    /// Append one refused row to the dead-letter file.
+    pub(crate) fn dead_letter(&mut self, entry: &serde_json::Value) -> io::Result<PathBuf> {
+        let path = self.dir.join(DEAD_LETTER);
+        let mut file = OpenOptions::new().create(true).append(true).open(&path)?;
+        let mut line = serde_json::to_vec(entry)?;
+        line.push(b'\n');
+        file.write_all(&line)?;
+        file.sync_data()?;
+        Ok(path)
+    }
+
+    fn segment_path(&self, number: u64) -> PathBuf {
+        self.dir.join(format!("segment-{number:020}.spool"))
+    }
+}
+
+impl Drop for Spool {
+    fn drop(&mut self) {
+        let _ = self.flush();
+    }
+}
+
+fn segment_number(name: &str) -> Option<u64> {
+    name.strip_prefix("segment-")?
+        .strip_suffix(".spool")?
+        .parse()
+        .ok()
+}
+
+/// The valid entries of a segment, and where it stopped being valid.
+fn parse_segment(data: Bytes) -> (Vec<EncodedBatch>, Option<Corruption>) {
+    let corrupt = |offset: usize, reason| Corruption {
+        offset: offset as u64,
+        skipped_bytes: (data.len() - offset) as u64,
+        reason,
+    };
+    if !data.starts_with(SEGMENT_HEADER) {
+        return (Vec::new(), Some(corrupt(0, "missing segment header")));
+    }
+    let mut batches = Vec::new();
+    let mut at = SEGMENT_HEADER.len();
+    while at < data.len() {
+        let Some(header) = data.get(at..at + ENTRY_HEADER) else {
+            return (batches, Some(corrupt(at, "torn entry header")));
+        };
+        if &header[..4] != ENTRY_MAGIC {
+            return (batches, Some(corrupt(at, "bad entry magic")));
+        }
+        let len = u32::from_le_bytes(header[4..8].try_into().expect("4 bytes")) as usize;
+        let crc = u32::from_le_bytes(header[8..12].try_into().expect("4 bytes"));
+        let start = at + ENTRY_HEADER;
+        let Some(payload) = data.get(start..start + len) else {
+            return (batches, Some(corrupt(at, "torn entry")));
+        };
+        if len < KEY_LEN || crc32fast::hash(payload) != crc {
+            return (batches, Some(corrupt(at, "checksum mismatch")));
+        }
+        let key = BatchKey {
+            instance: i64::from_le_bytes(payload[..8].try_into().expect("8 bytes")),
+            seq: i64::from_le_bytes(payload[8..16].try_into().expect("8 bytes")),
+            part: i32::from_le_bytes(payload[16..20].try_into().expect("4 bytes")),
+        };
+        let rows = data.slice(start + KEY_LEN..start + len);
+        match EncodedBatch::from_copy_stream(key, rows) {
+            Ok(batch) => batches.push(batch),
+            Err(_) => return (batches, Some(corrupt(at, "entry is not a COPY stream"))),
+        }
+        at = start + len;
+    }
+    (batches, None)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::batch::KeySource;
+    use crate::copy_format::{row_to_json, CopyEncoder};
+    use crate::record::{Level, Record};
+
+    fn temp_dir(name: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("pglogsink-spool-test-{name}-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        dir
+    }
+
+    fn batch(keys: &mut KeySource, messages: &[&str]) -> EncodedBatch {
+        let records: Vec<Record> = messages
+            .iter()
+            .map(|m| Record::new(Level::Info, m.to_string()))
+            .collect();
+        CopyEncoder::new(1 << 20).encode(keys.next(), &records).0
+    }
+
+    #[test]
+    fn batches_come_back_in_order_with_their_keys() {
+        let dir = temp_dir("order");
+        let mut keys = KeySource::new(9);
+        let first = batch(&mut keys, &["a", "b"]);
+        let second = batch(&mut keys, &["c"]);
+        {
+            let mut spool = Spool::open(&dir).unwrap();
+            assert!(spool.is_empty());
+            spool.append(&first).unwrap();
+            spool.append(&second).unwrap();
+            spool.flush().unwrap();
+        }
+        let mut spool = Spool::open(&dir).unwrap();
+        assert!(!spool.is_empty());
+        let segment = spool.oldest().unwrap().unwrap();
+        assert_eq!(segment.corrupt, None);
+        assert_eq!(segment.batches.len(), 2);
+        assert_eq!(segment.batches[0].key, first.key);
+        assert_eq!(segment.batches[1].key, second.key);
+        assert_eq!(row_to_json(segment.batches[0].row(1))["message"], "b");
+        spool.remove(&segment).unwrap();
+        assert!(spool.is_empty());
+        assert!(spool.oldest().unwrap().is_none());
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_torn_or_corrupt_tail_keeps_the_valid_entries() {
+        let dir = temp_dir("torn");
+        let mut keys = KeySource::new(1);
+        {
+            let mut spool = Spool::open(&dir).unwrap();
+            for i in 0..3 {
+                spool.append(&batch(&mut keys, &[&format!("m{i}")])).unwrap();
+            }
+        }
+        let path = dir.join("segment-00000000000000000001.spool");
+        let full = fs::read(&path).unwrap();
+        // Power loss in the middle of the last entry.
+        fs::write(&path, &full[..full.len() - 7]).unwrap();
+        let mut spool = Spool::open(&dir).unwrap();
+        let segment = spool.oldest().unwrap().unwrap();
+        assert_eq!(segment.batches.len(), 2);
+        let c = segment.corrupt.clone().unwrap();
+        assert_eq!(c.reason, "torn entry");
+        drop(spool);
+        // A flipped bit in the second entry.
+        let mut flipped = full.clone();
+        let second = SEGMENT_HEADER.len() + (full.len() - SEGMENT_HEADER.len()) / 3 + ENTRY_HEADER + 30;
+        flipped[second] ^= 0x40;
+        fs::write(&path, &flipped).unwrap();
+        let mut spool = Spool::open(&dir).unwrap();
+        let segment = spool.oldest().unwrap().unwrap();
+        assert_eq!(segment.batches.len(), 1);
+        assert_eq!(segment.corrupt.unwrap().reason, "checksum mismatch");
+        // Garbage from the start.
+        fs::write(&path, b"\0\0\0garbage").unwrap();
+        let segment = spool.oldest().unwrap().unwrap();
+        assert!(segment.batches.is_empty() && segment.corrupt.is_some());
+        drop(spool);
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_spool_is_used_by_one_process_at_a_time() {
+        let dir = temp_dir("lock");
+        let spool = Spool::open(&dir).unwrap();
+        let err = Spool::open(&dir).err().expect("second open must fail").to_string();
+        assert!(err.contains("in use"), "{err}");
+        drop(spool);
+        Spool::open(&dir).unwrap();
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn appending_after_reading_the_active_segment_starts_a_new_one() {
+        let dir = temp_dir("rotate");
+        let mut keys = KeySource::new(1);
+        let mut spool = Spool::open(&dir).unwrap();
+        spool.append(&batch(&mut keys, &["a"])).unwrap();
+        let segment = spool.oldest().unwrap().unwrap();
+        spool.append(&batch(&mut keys, &["b"])).unwrap();
+        spool.remove(&segment).unwrap();
+        assert!(!spool.is_empty());
+        let next = spool.oldest().unwrap().unwrap();
+        assert_eq!(row_to_json(next.batches[0].row(0))["message"], "b");
+        drop(spool);
+        fs::remove_dir_all(&dir).unwrap();
+    }
+}

@@ -51,8 +51,9 @@ pub struct SinkConfig {
     /// that cannot be written (a long outage past `max_queue_bytes`, a fatal
     /// stop, the shutdown deadline) are kept on disk and replayed, oldest
     /// first, when writes work again, including by the next process started
-    /// with the same spool. Without one, memory grows during an outage and
-    /// what is unwritten at the end is only counted.
+    /// with the same spool. A spool belongs to one table and one process at a
+    /// time. Without one, memory grows during an outage and what is
+    /// unwritten at the end is only counted.
     pub spool_dir: Option<PathBuf>,
     /// Estimated bytes the queue may hold before records move to the spool
     /// (default [`DEFAULT_MAX_QUEUE_BYTES`]; needs `spool_dir`).

@@ -735,6 +735,21 @@ impl Runner {
     }
 
     fn stop_mode(&self, pgdata: &Path, mode: &str) -> Result<(), Error> {
+        // The postmaster removes postmaster.pid (which is what `pg_ctl -w`
+        // waits for) a moment before its process ends: wait for the process
+        // too, so that "stopped" means no server process is left.
+        let pid = running_server(pgdata).ok().flatten().map(|p| p.pid);
+        self.pg_ctl_stop(pgdata, mode)?;
+        if let Some(pid) = pid {
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while pid_alive(pid) && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        }
+        Ok(())
+    }
+
+    fn pg_ctl_stop(&self, pgdata: &Path, mode: &str) -> Result<(), Error> {
         let cwd = pgdata.parent().unwrap_or(pgdata);
         let output = self.run(
             &self.bins.pg_ctl,

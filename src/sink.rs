@@ -58,7 +58,11 @@ pub fn spawn(
             "pglogsink::spawn must be called from inside a Tokio runtime",
         )
     })?;
-    let spool = config.spool_dir.as_deref().map(Spool::open).transpose()?;
+    let spool = config
+        .spool_dir
+        .as_deref()
+        .map(|dir| Spool::open(dir, &table.to_string()))
+        .transpose()?;
     let (tx, rx) = flume::unbounded();
     let shared = Arc::new(Shared::default());
     let stop = CancellationToken::new();

@@ -15,7 +15,8 @@
 //! the ledger and not written twice. A torn or corrupt entry (power loss
 //! while appending) ends the segment: the valid entries before it are
 //! replayed, the rest is reported and skipped. A `lock` file held with
-//! `flock` keeps two processes from sharing a spool. Rows that PostgreSQL
+//! `flock` keeps two processes from sharing a spool, and a `table` file
+//! binds the spool to the table its batches belong to. Rows that PostgreSQL
 //! refused and that could not be stored in the rejected-rows table are
 //! appended to `dead-letter.ndjson`.
 
@@ -70,8 +71,8 @@ pub(crate) struct Corruption {
 }
 
 impl Spool {
-    /// Open (creating it if needed) and lock a spool directory.
-    pub(crate) fn open(dir: &Path) -> Result<Spool, Error> {
+    /// Open (creating it if needed) and lock the spool directory of `table`.
+    pub(crate) fn open(dir: &Path, table: &str) -> Result<Spool, Error> {
         fs::create_dir_all(dir).map_err(|e| Error::io("cannot create the spool directory", dir, e))?;
         let lock_path = dir.join("lock");
         let lock = OpenOptions::new()
@@ -90,6 +91,7 @@ impl Spool {
                 ),
             ));
         }
+        bind_to_table(dir, table)?;
         let mut segments = BTreeSet::new();
         let entries = fs::read_dir(dir).map_err(|e| Error::io("cannot read", dir, e))?;
         for entry in entries.flatten() {
@@ -223,6 +225,27 @@ impl Drop for Spool {
     }
 }
 
+/// A spool holds batches of one table: replaying them into another would
+/// put rows in the wrong place.
+fn bind_to_table(dir: &Path, table: &str) -> Result<(), Error> {
+    let path = dir.join("table");
+    match fs::read_to_string(&path) {
+        Ok(bound) if bound.trim() == table => Ok(()),
+        Ok(bound) => Err(Error::config(
+            "spool directory",
+            format!(
+                "{} holds records for table {}, not {table}; give each table a spool of its own",
+                dir.display(),
+                bound.trim()
+            ),
+        )),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            fs::write(&path, format!("{table}\n")).map_err(|e| Error::io("cannot write", &path, e))
+        }
+        Err(e) => Err(Error::io("cannot read", &path, e)),
+    }
+}
+
 fn segment_number(name: &str) -> Option<u64> {
     name.strip_prefix("segment-")?
         .strip_suffix(".spool")?
@@ -301,13 +324,13 @@ mod tests {
         let first = batch(&mut keys, &["a", "b"]);
         let second = batch(&mut keys, &["c"]);
         {
-            let mut spool = Spool::open(&dir).unwrap();
+            let mut spool = Spool::open(&dir, "log").unwrap();
             assert!(spool.is_empty());
             spool.append(&first).unwrap();
             spool.append(&second).unwrap();
             spool.flush().unwrap();
         }
-        let mut spool = Spool::open(&dir).unwrap();
+        let mut spool = Spool::open(&dir, "log").unwrap();
         assert!(!spool.is_empty());
         let segment = spool.oldest().unwrap().unwrap();
         assert_eq!(segment.corrupt, None);
@@ -326,7 +349,7 @@ mod tests {
         let dir = temp_dir("torn");
         let mut keys = KeySource::new(1);
         {
-            let mut spool = Spool::open(&dir).unwrap();
+            let mut spool = Spool::open(&dir, "log").unwrap();
             for i in 0..3 {
                 spool.append(&batch(&mut keys, &[&format!("m{i}")])).unwrap();
             }
@@ -335,7 +358,7 @@ mod tests {
         let full = fs::read(&path).unwrap();
         // Power loss in the middle of the last entry.
         fs::write(&path, &full[..full.len() - 7]).unwrap();
-        let mut spool = Spool::open(&dir).unwrap();
+        let mut spool = Spool::open(&dir, "log").unwrap();
         let segment = spool.oldest().unwrap().unwrap();
         assert_eq!(segment.batches.len(), 2);
         let c = segment.corrupt.clone().unwrap();
@@ -346,7 +369,7 @@ mod tests {
         let second = SEGMENT_HEADER.len() + (full.len() - SEGMENT_HEADER.len()) / 3 + ENTRY_HEADER + 30;
         flipped[second] ^= 0x40;
         fs::write(&path, &flipped).unwrap();
-        let mut spool = Spool::open(&dir).unwrap();
+        let mut spool = Spool::open(&dir, "log").unwrap();
         let segment = spool.oldest().unwrap().unwrap();
         assert_eq!(segment.batches.len(), 1);
         assert_eq!(segment.corrupt.unwrap().reason, "checksum mismatch");
@@ -361,11 +384,13 @@ mod tests {
     #[test]
     fn a_spool_is_used_by_one_process_at_a_time() {
         let dir = temp_dir("lock");
-        let spool = Spool::open(&dir).unwrap();
-        let err = Spool::open(&dir).err().expect("second open must fail").to_string();
+        let spool = Spool::open(&dir, "log").unwrap();
+        let err = Spool::open(&dir, "log").err().expect("second open must fail").to_string();
         assert!(err.contains("in use"), "{err}");
         drop(spool);
-        Spool::open(&dir).unwrap();
+        let err = Spool::open(&dir, "other").err().expect("another table's spool").to_string();
+        assert!(err.contains("holds records for table log, not other"), "{err}");
+        Spool::open(&dir, "log").unwrap();
         fs::remove_dir_all(&dir).unwrap();
     }
 
@@ -373,7 +398,7 @@ mod tests {
     fn appending_after_reading_the_active_segment_starts_a_new_one() {
         let dir = temp_dir("rotate");
         let mut keys = KeySource::new(1);
-        let mut spool = Spool::open(&dir).unwrap();
+        let mut spool = Spool::open(&dir, "log").unwrap();
         spool.append(&batch(&mut keys, &["a"])).unwrap();
         let segment = spool.oldest().unwrap().unwrap();
         spool.append(&batch(&mut keys, &["b"])).unwrap();

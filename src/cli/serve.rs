@@ -10,16 +10,18 @@ use std::net::SocketAddr;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use axum::extract::{Path, State};
+use axum::extract::{Extension, Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
-use pglogsink::{CancellationToken, Level, Logger, Record, Report, SinkConfig};
+use pglogsink::{CancellationToken, Level, Logger, Record, Report};
 use tokio::net::TcpListener;
 
 use super::db::{Database, Mode};
+use super::request_span::{trace_request, RequestId};
 use super::signal::shutdown_signal;
+use super::sink_args::SinkArgs;
 use super::{DatabaseArgs, Failure};
 
 #[derive(Debug, clap::Args)]
@@ -36,25 +38,19 @@ pub(crate) struct ServeArgs {
     #[command(flatten)]
     pub(crate) db: DatabaseArgs,
 
-    /// Most records written per COPY. The sink never waits to fill a batch: it writes what is
-    /// queued, up to this many.
-    #[arg(long, env = "PGLOGSINK_BATCH_SIZE", default_value_t = pglogsink::DEFAULT_BATCH_SIZE,
-          value_parser = parse_batch_size, value_name = "N")]
-    pub(crate) batch_size: usize,
+    #[command(flatten)]
+    pub(crate) sink: SinkArgs,
 
     /// Seconds to wait at shutdown for in-flight requests to finish and, separately, for the
     /// queue to be written; what is not written by then is reported.
     #[arg(long, env = "PGLOGSINK_SHUTDOWN_TIMEOUT", default_value = "10",
           value_parser = parse_seconds, value_name = "SECS")]
     pub(crate) shutdown_timeout: Duration,
-}
 
-fn parse_batch_size(s: &str) -> Result<usize, String> {
-    let max = pglogsink::MAX_BATCH_SIZE;
-    match s.parse::<usize>() {
-        Ok(n) if (1..=max).contains(&n) => Ok(n),
-        _ => Err(format!("expected a whole number from 1 to {max}")),
-    }
+    /// Answer requests without logging them (for measuring the sink's overhead).
+    #[arg(long, env = "PGLOGSINK_NO_LOG",
+          value_parser = clap::builder::BoolishValueParser::new())]
+    pub(crate) no_log: bool,
 }
 
 /// Seconds, whole or fractional, from 0 to one day.
@@ -68,6 +64,8 @@ pub(crate) fn parse_seconds(s: &str) -> Result<Duration, String> {
 #[derive(Clone)]
 pub(crate) struct AppState {
     pub(crate) logger: Logger,
+    /// False with `--no-log`: requests are answered without a record.
+    pub(crate) log_requests: bool,
 }
 
 /// The routes, separate from `run` so tests can call them without a socket.
@@ -75,16 +73,25 @@ pub(crate) fn app(state: AppState) -> Router {
     Router::new()
         .route("/recipes/{id}", get(recipe))
         .route("/healthz", get(healthz))
+        .layer(axum::middleware::from_fn(trace_request))
         .with_state(state)
 }
 
-/// Answers like the seed's RecipesController and writes exactly one log row.
+/// Answers like the seed's RecipesController and writes exactly one log row
+/// with `Logger` (the request's `tracing` span adds an `http` row of its own,
+/// without `run_id`, so `load --verify` counts one row per request).
 async fn recipe(
     State(state): State<AppState>,
     Path(id): Path<String>,
+    Extension(request_id): Extension<RequestId>,
     headers: HeaderMap,
 ) -> Response {
-    let mut record = Record::new(Level::Debug, format!("GET /recipes/{id}")).target("recipes");
+    if !state.log_requests {
+        return "recipe".into_response();
+    }
+    let mut record = Record::new(Level::Debug, format!("GET /recipes/{id}"))
+        .target("recipes")
+        .field("request_id", request_id.0);
     if let Some(run_id) = headers.get("x-run-id").and_then(|v| v.to_str().ok()) {
         record = record.field("run_id", run_id);
     }
@@ -114,21 +121,21 @@ async fn healthz(State(state): State<AppState>) -> Json<serde_json::Value> {
 }
 
 pub(crate) async fn run(args: ServeArgs) -> Result<ExitCode, Failure> {
-    let config = SinkConfig {
-        table: args.db.table.to_string(),
-        batch_size: args.batch_size,
-        ..SinkConfig::default()
-    };
-    config.validate()?;
     // Bind first: a taken port should fail before a database is started.
     let listener = TcpListener::bind(args.listen)
         .await
         .map_err(|e| format!("cannot listen on {}: {e}", args.listen))?;
     let db = Database::open(&args.db, Mode::CreateIfMissing).await?;
     pglogsink::migrate(&db.pool, &args.db.table).await?;
+    let config = args.sink.config(&args.db, &db.state_dir);
 
     let token = CancellationToken::new();
     let (logger, worker) = pglogsink::spawn(db.pool.clone(), &config, token.clone())?;
+    // From here on, `tracing` events of the service (the `http` request
+    // lines) become rows too; its own diagnostics stay on stderr.
+    if !args.no_log {
+        super::diagnostics::write_events_to(logger.clone());
+    }
     tracing::info!(
         "listening on http://{}; logging to table {} in {}",
         args.listen,
@@ -143,8 +150,12 @@ pub(crate) async fn run(args: ServeArgs) -> Result<ExitCode, Failure> {
         signal_token.cancel();
     });
 
-    let server = axum::serve(listener, app(AppState { logger }))
-        .with_graceful_shutdown(token.clone().cancelled_owned());
+    let state = AppState {
+        logger,
+        log_requests: !args.no_log,
+    };
+    let server =
+        axum::serve(listener, app(state)).with_graceful_shutdown(token.clone().cancelled_owned());
     let http_grace = async {
         token.cancelled().await;
         tokio::time::sleep(args.shutdown_timeout).await;
@@ -163,18 +174,28 @@ pub(crate) async fn run(args: ServeArgs) -> Result<ExitCode, Failure> {
     Ok(print_report(&report))
 }
 
-/// One line for the operator; the exit code says whether anything was lost.
+/// One line for the operator. Exit 0 only when every record is in the
+/// table: spooled records are safe but not written yet.
 fn print_report(report: &Report) -> ExitCode {
+    let kept = report.left_in_spool();
+    let spooled = match (&report.spool_dir, kept) {
+        (Some(dir), n) if n > 0 => format!(
+            "{n} spooled to {} (written at the next start)",
+            dir.display()
+        ),
+        _ => "0 spooled".to_owned(),
+    };
     if let Some(fatal) = &report.fatal {
         eprintln!(
-            "pglogsink: fatal: {fatal}. {} records were not written ({} written before the stop).",
+            "pglogsink: fatal: {fatal}. {} records were not written: {spooled}, {} lost; {} were written before the stop.",
+            kept + report.not_written + report.in_doubt,
             report.not_written + report.in_doubt,
             report.written
         );
         return ExitCode::FAILURE;
     }
     eprintln!("pglogsink: stopped: {report}");
-    if report.is_complete() {
+    if report.is_complete() && kept == 0 {
         ExitCode::SUCCESS
     } else {
         ExitCode::FAILURE
@@ -194,7 +215,7 @@ mod tests {
     fn unreachable_sink() -> (Logger, pglogsink::Worker) {
         let config = pglogsink::parse_url("postgres://nobody@127.0.0.1:1/none").unwrap();
         let pool = pglogsink::pool(config, 1).unwrap();
-        pglogsink::spawn(pool, &SinkConfig::default(), CancellationToken::new()).unwrap()
+        pglogsink::spawn(pool, &pglogsink::SinkConfig::default(), CancellationToken::new()).unwrap()
     }
 
     async fn get(app: Router, uri: &str, run_id: Option<&str>) -> (StatusCode, String) {
@@ -216,6 +237,7 @@ mod tests {
         let (logger, worker) = unreachable_sink();
         let app = app(AppState {
             logger: logger.clone(),
+            log_requests: true,
         });
         let (status, body) = get(app, "/recipes/7", Some("run-1")).await;
         assert_eq!((status, body.as_str()), (StatusCode::OK, "recipe"));
@@ -232,25 +254,51 @@ mod tests {
         let (logger, worker) = unreachable_sink();
         let report = worker.shutdown(Duration::from_millis(50)).await;
         assert_eq!(report.written, 0);
-        let (status, _) = get(app(AppState { logger }), "/recipes/1", None).await;
+        let state = AppState {
+            logger,
+            log_requests: true,
+        };
+        let (status, _) = get(app(state), "/recipes/1", None).await;
         assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
     }
 
     #[tokio::test]
     async fn healthz_reports_the_sink() {
         let (logger, _worker) = unreachable_sink();
-        let (status, body) = get(app(AppState { logger }), "/healthz", None).await;
+        let state = AppState {
+            logger,
+            log_requests: true,
+        };
+        let (status, body) = get(app(state), "/healthz", None).await;
         assert_eq!(status, StatusCode::OK);
         let json: serde_json::Value = serde_json::from_str(&body).unwrap();
         assert_eq!(json["status"], "ok");
         assert_eq!(json["sink"]["running"], true);
     }
 
+    #[tokio::test]
+    async fn every_response_carries_the_request_id_given_or_generated() {
+        let (logger, _worker) = unreachable_sink();
+        let app = app(AppState {
+            logger,
+            log_requests: true,
+        });
+        let given = Request::get("/recipes/1")
+            .header("x-request-id", "abc-1")
+            .body(Body::empty())
+            .unwrap();
+        let response = app.clone().oneshot(given).await.unwrap();
+        assert_eq!(response.headers()["x-request-id"], "abc-1");
+        for uri in ["/healthz", "/nowhere"] {
+            let request = Request::get(uri).body(Body::empty()).unwrap();
+            let response = app.clone().oneshot(request).await.unwrap();
+            let id = response.headers()["x-request-id"].to_str().unwrap();
+            assert!(id.len() > 12 && id.contains('-'), "{uri}: {id}");
+        }
+    }
+
     #[test]
     fn bad_option_values_are_rejected_with_the_accepted_form() {
-        assert!(parse_batch_size("0").unwrap_err().contains("from 1 to"));
-        assert!(parse_batch_size("ten").is_err());
-        assert_eq!(parse_batch_size("512"), Ok(512));
         assert_eq!(parse_seconds("2.5"), Ok(Duration::from_millis(2500)));
         assert!(parse_seconds("-1").is_err());
         assert!(parse_seconds("soon").is_err());

@@ -16,7 +16,8 @@ pub(crate) struct SinkArgs {
 
     /// Directory of the on-disk spool that keeps records the database cannot take now (an outage
     /// past --max-queue-bytes, a fatal stop, the shutdown deadline); they are written, oldest
-    /// first, when writes work again, also by the next start [default: <data dir>/spool].
+    /// first, when writes work again, also by the next start. A spool belongs to one table
+    /// [default: <data dir>/spool/<table>].
     #[arg(long, env = "PGLOGSINK_SPOOL_DIR", value_name = "DIR")]
     pub(crate) spool_dir: Option<PathBuf>,
 
@@ -42,7 +43,7 @@ impl SinkArgs {
             spool_dir: Some(
                 self.spool_dir
                     .clone()
-                    .unwrap_or_else(|| state_dir.join("spool")),
+                    .unwrap_or_else(|| state_dir.join("spool").join(db.table.to_string())),
             ),
             max_queue_bytes: self.max_queue_bytes,
             max_record_bytes: self.max_record_bytes,

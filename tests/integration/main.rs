@@ -8,6 +8,9 @@
 
 mod common;
 mod embedded;
+mod faults;
+mod layer;
+mod logs;
 mod service;
 mod sink;
 
@@ -15,8 +18,11 @@ fn main() {
     let args = libtest_mimic::Arguments::from_args();
     let mut trials = Vec::new();
     trials.extend(sink::trials());
+    trials.extend(faults::trials());
     trials.extend(service::trials());
     trials.extend(embedded::trials());
+    trials.extend(layer::trials());
+    trials.extend(logs::trials());
     let conclusion = libtest_mimic::run(&args, trials);
     common::shutdown();
     conclusion.exit();

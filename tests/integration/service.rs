@@ -43,23 +43,28 @@ fn free_port() -> Result<u16, Failed> {
 struct Serve {
     child: Option<Child>,
     addr: String,
+    spool: std::path::PathBuf,
 }
 
 impl Serve {
     fn start(db_args: &[&str], extra: &[&str]) -> Result<Serve, Failed> {
         let addr = format!("127.0.0.1:{}", free_port()?);
+        // Each service gets a spool of its own, never one in the working tree.
+        let spool = std::env::temp_dir().join(format!("pglogsink-svc-spool-{}-{}", std::process::id(), addr.replace([':', '.'], "-")));
         let child = Command::new(BIN)
             .arg("serve")
             .args(["--listen", &addr])
             .args(db_args)
             .args(extra)
             .env_remove("DATABASE_URL")
+            .env("PGLOGSINK_SPOOL_DIR", &spool)
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()?;
         let mut serve = Serve {
             child: Some(child),
             addr,
+            spool,
         };
         let deadline = Instant::now() + Duration::from_secs(60);
         while http_get(&serve.addr, "/healthz").is_err() {
@@ -123,6 +128,7 @@ impl Drop for Serve {
                 .status();
             let _ = child.wait();
         }
+        let _ = std::fs::remove_dir_all(&self.spool);
     }
 }
 
@@ -191,6 +197,8 @@ fn load_verify_then_ctrl_c() -> Result<(), Failed> {
         &db,
         "--table",
         &table,
+        "--target",
+        "recipes",
         "--limit",
         "5",
     ])?;
@@ -204,6 +212,7 @@ fn load_verify_then_ctrl_c() -> Result<(), Failed> {
             .all(|l| l.contains("GET /recipes/") && l.contains("run_id")),
         || shown.clone(),
     )?;
+    every_row_of_a_request_has_its_id(&db, &table)?;
 
     serve.signal("-INT")?;
     let out = serve.wait()?;
@@ -211,9 +220,43 @@ fn load_verify_then_ctrl_c() -> Result<(), Failed> {
     check(out.status.success(), || {
         format!("serve exit {:?}: {stderr}", out.status)
     })?;
+    // Each request wrote its `recipes` row with `Logger` and its `http` row
+    // through the tracing layer.
     check(
-        stderr.contains("wrote 3001 records") && stderr.contains("nothing left unwritten"),
+        stderr.contains("wrote 6002 records") && stderr.contains("nothing lost"),
         || stderr.clone(),
+    )
+}
+
+/// A request's `recipes` row (written with `Logger`) and its `http` row
+/// (from the tracing span) share its request id; only the first has the run id.
+fn every_row_of_a_request_has_its_id(db: &str, table: &str) -> Result<(), Failed> {
+    let db_args = ["--database-url", db, "--table", table, "--json"];
+    let newest = run(&[&["logs", "--target", "recipes", "--limit", "1"], &db_args[..]].concat())?;
+    let row: serde_json::Value = serde_json::from_str(text(&newest.stdout).trim())?;
+    let request_id = row["fields"]["request_id"]
+        .as_str()
+        .ok_or_else(|| format!("no request_id in {row}"))?
+        .to_owned();
+    let rows = run(&[&["logs", "--request-id", &request_id], &db_args[..]].concat())?;
+    let rows: Vec<serde_json::Value> = text(&rows.stdout)
+        .lines()
+        .map(serde_json::from_str)
+        .collect::<Result<_, _>>()?;
+    let targets: Vec<&str> = rows.iter().filter_map(|r| r["target"].as_str()).collect();
+    check(targets == ["recipes", "http"], || {
+        format!("rows of request {request_id}: {rows:?}")
+    })?;
+    let http = &rows[1];
+    check(
+        http["level"] == "info"
+            && http["fields"]["status"] == 200
+            && http["fields"]["method"] == "GET"
+            && http["fields"]["run_id"].is_null()
+            && http["message"]
+                .as_str()
+                .is_some_and(|m| m.starts_with("GET /recipes/") && m.ends_with(" 200")),
+        || format!("http row {http}"),
     )
 }
 
@@ -293,7 +336,15 @@ fn embedded_default() -> Result<(), Failed> {
             "a postgres process for the data dir survived".into()
         })?;
         // `logs` starts the stopped cluster for as long as it runs.
-        let logs = run(&["logs", "--data-dir", &data_dir, "--limit", "100"])?;
+        let logs = run(&[
+            "logs",
+            "--data-dir",
+            &data_dir,
+            "--target",
+            "recipes",
+            "--limit",
+            "100",
+        ])?;
         check(text(&logs.stdout).lines().count() == 10, || {
             text(&logs.stdout) + &text(&logs.stderr)
         })?;

@@ -117,6 +117,7 @@ fn main() -> ExitCode {
     if let Err(e) = drop_tables(&url, &table) {
         eprintln!("http: could not drop {table}: {e}");
     }
+    let _ = std::fs::remove_dir_all(scratch_dir());
     let code = match result {
         Ok(summary) => match &args.json {
             Some(path) => match std::fs::write(path, format!("{summary:#}\n")) {
@@ -154,15 +155,17 @@ struct Serve {
 impl Serve {
     fn start(url: &str, table: &TableName, log: bool) -> Result<Serve, Fail> {
         let addr = free_port()?;
-        let stderr = std::env::temp_dir().join(format!(
-            "pglogsink-bench-http-{}-{}.log",
-            std::process::id(),
-            addr.port()
-        ));
+        // The sink's state (its spool) goes to a directory of this
+        // server's own: two sinks may not share a spool.
+        let state = scratch_dir().join(if log { "on" } else { "off" });
+        std::fs::create_dir_all(&state)?;
+        let stderr = state.join("stderr.log");
         let mut command = Command::new(BIN);
         command
             .args(["serve", "--listen", &addr.to_string()])
             .args(["--table", &table.to_string()])
+            .arg("--data-dir")
+            .arg(&state)
             .env("DATABASE_URL", url)
             .env_remove("RUST_LOG")
             .stdin(Stdio::null())
@@ -206,7 +209,9 @@ impl Serve {
     /// SIGTERM, then wait; returns the exit code.
     fn stop(mut self) -> Result<i32, Fail> {
         let code = self.terminate()?;
-        let _ = std::fs::remove_file(&self.stderr);
+        if code != 0 {
+            eprintln!("http: serve on {} said: {}", self.addr, self.log_tail());
+        }
         Ok(code)
     }
 
@@ -238,6 +243,11 @@ impl Drop for Serve {
     fn drop(&mut self) {
         let _ = self.terminate();
     }
+}
+
+/// Where the servers keep their state and stderr; removed at the end.
+fn scratch_dir() -> PathBuf {
+    std::env::temp_dir().join(format!("pglogsink-bench-http-{}", std::process::id()))
 }
 
 fn free_port() -> Result<SocketAddr, Fail> {

@@ -25,8 +25,10 @@
 //!   harness blocks on that runtime, never during the timed calls: nothing
 //!   takes records off the queue or contends for its lock while `log()` is
 //!   measured;
-//! * the chunk's calls are timed (per thread; a chunk lasts as long as its
-//!   slowest thread);
+//! * the chunk's calls are timed: wall time from the threads' common start
+//!   to the last one's end, divided by the calls per thread (so a thread
+//!   that waits for a core counts as waiting); a sample is its median chunk, so that chunks in which
+//!   another process took the core (the machine is shared) do not count;
 //! * after the chunk (not timed), `Worker::shutdown` with a zero deadline
 //!   drops the queued records and the report is checked: every call queued
 //!   exactly one record and none was written.
@@ -61,7 +63,7 @@ use pglogsink::{CancellationToken, Level, Logger, Record, SinkConfig, Worker};
 use tracing_appender::non_blocking::{NonBlocking, NonBlockingBuilder, WorkerGuard};
 
 /// Calls per thread between two (untimed) queue resets.
-const CHUNK: u64 = 4096;
+const CHUNK: u64 = 16384;
 /// About 100 bytes, like a real log line.
 const MESSAGE: &str =
     "GET /api/v1/recipes/4711?include=ingredients answered 200 in 3.2 ms for user 1042 via cache";
@@ -170,6 +172,9 @@ impl Method for Sink {
 struct Flume {
     shape: Shape,
     warm: Option<(flume::Sender<Record>, flume::Receiver<Record>)>,
+    /// Also read the wall clock, as `log()` must (the record cannot be
+    /// stamped from outside the crate; the time is only black-boxed).
+    stamp: bool,
 }
 
 impl Method for Flume {
@@ -189,6 +194,9 @@ impl Method for Flume {
 
     #[inline]
     fn call(&self, tx: &mut flume::Sender<Record>, i: u64) {
+        if self.stamp {
+            black_box(SystemTime::now());
+        }
         black_box(tx.send(record(self.shape, black_box(i)))).ok();
     }
 
@@ -256,9 +264,13 @@ impl Method for Appender {
 }
 
 /// Run `iters` calls on each of `threads` threads, chunk by chunk; returns
-/// the summed wall time of the chunks.
+/// `iters` times the median chunk's wall time per call.
+///
+/// The median rather than the sum: on a shared machine some chunks lose
+/// their core to another process for a whole scheduler slice, which says
+/// nothing about the method; the median chunk of a sample is one that ran.
 fn run<M: Method>(method: &M, threads: usize, iters: u64) -> Duration {
-    let mut total = Duration::ZERO;
+    let mut per_call: Vec<f64> = Vec::with_capacity(iters.div_ceil(CHUNK) as usize);
     if threads == 1 {
         let mut done = 0;
         while done < iters {
@@ -269,15 +281,14 @@ fn run<M: Method>(method: &M, threads: usize, iters: u64) -> Duration {
             for i in done..done + n {
                 method.call(&mut local, i);
             }
-            total += start.elapsed();
+            per_call.push(start.elapsed().as_nanos() as f64 / n as f64);
             drop(local);
             method.close(chunk, n);
             done += n;
         }
-        return total;
+        return scaled_median(&mut per_call, iters);
     }
     let slot: RwLock<Option<M::Chunk>> = RwLock::new(None);
-    let times: Mutex<Vec<Duration>> = Mutex::new(Vec::new());
     let start_line = Barrier::new(threads + 1);
     let finish_line = Barrier::new(threads + 1);
     let chunks = iters.div_ceil(CHUNK);
@@ -287,16 +298,13 @@ fn run<M: Method>(method: &M, threads: usize, iters: u64) -> Duration {
                 for c in 0..chunks {
                     let first = c * CHUNK;
                     let n = CHUNK.min(iters - first);
-                    start_line.wait();
                     {
                         let guard = slot.read().expect("slot");
                         let mut local = method.local(guard.as_ref().expect("chunk"));
-                        let start = Instant::now();
+                        start_line.wait();
                         for i in first..first + n {
                             method.call(&mut local, i);
                         }
-                        let elapsed = start.elapsed();
-                        times.lock().expect("times").push(elapsed);
                     }
                     finish_line.wait();
                 }
@@ -305,15 +313,22 @@ fn run<M: Method>(method: &M, threads: usize, iters: u64) -> Duration {
         for c in 0..chunks {
             let n = CHUNK.min(iters - c * CHUNK);
             *slot.write().expect("slot") = Some(method.open());
+            // Wall time from the common start to the last thread's end:
+            // a thread that waits for a core is waiting in `log()` too.
             start_line.wait();
+            let start = Instant::now();
             finish_line.wait();
+            let wall = start.elapsed();
             let chunk = slot.write().expect("slot").take().expect("chunk");
             method.close(chunk, n * threads as u64);
-            let mut times = times.lock().expect("times");
-            total += times.drain(..).max().unwrap_or_default();
+            per_call.push(wall.as_nanos() as f64 / n as f64);
         }
     });
-    total
+    scaled_median(&mut per_call, iters)
+}
+
+fn scaled_median(per_call: &mut [f64], iters: u64) -> Duration {
+    Duration::from_nanos((median(per_call) * iters as f64).round() as u64)
 }
 
 /// Per-sample nanoseconds per call, by (group, method), for the summary.
@@ -344,6 +359,7 @@ const LOG: &str = "pglogsink log() (default target)";
 const SEND: &str = "pglogsink send(record with target)";
 const FLUME: &str = "flume send (fresh queue per chunk)";
 const FLUME_WARM: &str = "flume send (warm queue)";
+const FLUME_STAMPED: &str = "flume send + SystemTime::now()";
 const APPENDER: &str = "tracing-appender non_blocking";
 
 fn main() {
@@ -363,11 +379,19 @@ fn main() {
         let flume = Flume {
             shape: plain,
             warm: None,
+            stamp: false,
         };
         bench(&mut c, &group, FLUME, threads, flume);
+        let stamped = Flume {
+            shape: plain,
+            warm: None,
+            stamp: true,
+        };
+        bench(&mut c, &group, FLUME_STAMPED, threads, stamped);
         let warm = Flume {
             shape: plain,
             warm: Some(flume::unbounded()),
+            stamp: false,
         };
         bench(&mut c, &group, FLUME_WARM, threads, warm);
         bench(&mut c, &group, APPENDER, threads, Appender::new(plain));
@@ -378,6 +402,7 @@ fn main() {
     let flume = Flume {
         shape: request,
         warm: None,
+        stamp: false,
     };
     bench(&mut c, group, FLUME, 1, flume);
     bench(&mut c, group, APPENDER, 1, Appender::new(request));
@@ -411,8 +436,14 @@ fn summary() {
     println!();
     println!(
         "log_call summary: median ns per call (per thread), ratio to the bare flume send \
-         in the same run; CHUNK = {CHUNK} calls per thread; size_of::<Record>() = {} bytes",
-        std::mem::size_of::<Record>()
+         in the same run; CHUNK = {CHUNK} calls per thread"
+    );
+    println!(
+        "memory per queued record: size_of::<Record>() = {} bytes in the queue's slot, \
+         plus heap: an owned message, an owned target, {} bytes per field entry and the \
+         field values' own heap",
+        std::mem::size_of::<Record>(),
+        std::mem::size_of::<(Cow<'static, str>, serde_json::Value)>()
     );
     println!(
         "{:<28} {:<38} {:>9} {:>12}",
@@ -425,7 +456,7 @@ fn summary() {
     };
     for group in groups {
         let flume = medians.get(&(group.clone(), FLUME.to_owned())).copied();
-        for name in [LOG, SEND, FLUME, FLUME_WARM, APPENDER] {
+        for name in [LOG, SEND, FLUME, FLUME_STAMPED, FLUME_WARM, APPENDER] {
             let Some(&ns) = medians.get(&(group.clone(), name.to_owned())) else {
                 continue;
             };

@@ -74,7 +74,7 @@ use futures_util::SinkExt;
 use pglogsink::deadpool_postgres::Pool;
 use pglogsink::embedded::EmbeddedPostgres;
 use pglogsink::tokio_postgres::types::{to_sql_checked, IsNull, ToSql, Type};
-use pglogsink::tokio_postgres::Config;
+use pglogsink::tokio_postgres::{self, Config};
 use pglogsink::{CancellationToken, Level, Record, SinkConfig, TableName};
 use serde_json::{json, Value};
 use tokio::runtime::Runtime;
@@ -630,15 +630,7 @@ impl<'rt> Bench<'rt> {
                 ))
                 .await?;
             let start = Instant::now();
-            let sink = client.copy_in::<_, Bytes>(&statement).await?;
-            futures_util::pin_mut!(sink);
-            let mut offset = 0;
-            while offset < data.len() {
-                let end = (offset + COPY_CHUNK).min(data.len());
-                sink.feed(data.slice(offset..end)).await?;
-                offset = end;
-            }
-            let copied = sink.as_mut().finish().await?;
+            let copied = copy_in(&client, &statement, &data).await?;
             let elapsed = start.elapsed();
             if copied != rows.len() as u64 {
                 return Err(format!("limit: COPY reported {copied} rows").into());
@@ -714,6 +706,62 @@ impl<'rt> Bench<'rt> {
         let latency = self.latency(&table)?;
         self.finish_method(name, &table, rows.len())?;
         Ok((elapsed, latency))
+    }
+
+    /// Diagnostics: the records pre-encoded in batches of `batch`, one COPY
+    /// per batch, each committed on its own; with `ledger`, in the same
+    /// transaction shape as the sink (BEGIN, ledger INSERT, COPY, COMMIT).
+    /// Between `limit` and `pglogsink`, they show what per-batch commits and
+    /// the ledger cost, and so what is left for the sink's own work.
+    fn limit_batched(
+        &mut self,
+        rows: &[Row],
+        batch: usize,
+        ledger: bool,
+    ) -> Result<Duration, Fail> {
+        let name = if ledger {
+            "copy_batches_ledger"
+        } else {
+            "copy_batches"
+        };
+        let table = self.fresh_table(name)?;
+        let batches: Vec<Bytes> = rows.chunks(batch).map(encode_copy).collect();
+        let copy_sql = format!(
+            "COPY {} ({COLUMNS}) FROM STDIN (FORMAT binary)",
+            table.quoted()
+        );
+        let claim_sql = format!(
+            "INSERT INTO {} (instance, seq, part, rows) VALUES ($1, $2, $3, $4) \
+             ON CONFLICT DO NOTHING",
+            table.ledger_table().quoted()
+        );
+        let elapsed = self.rt.block_on(async {
+            let client = self.pool.get().await?;
+            let copy = client.prepare(&copy_sql).await?;
+            let claim = client.prepare(&claim_sql).await?;
+            let start = Instant::now();
+            for (seq, (data, chunk)) in batches.iter().zip(rows.chunks(batch)).enumerate() {
+                let n = chunk.len() as u64;
+                let copied = if ledger {
+                    // What Client::transaction() sends, on the plain client.
+                    client.batch_execute("BEGIN").await?;
+                    client
+                        .execute(&claim, &[&1i64, &(seq as i64), &0i32, &(n as i32)])
+                        .await?;
+                    let copied = copy_in(&client, &copy, data).await?;
+                    client.batch_execute("COMMIT").await?;
+                    copied
+                } else {
+                    copy_in(&client, &copy, data).await?
+                };
+                if copied != n {
+                    return Err(format!("{name}: COPY reported {copied} rows, sent {n}").into());
+                }
+            }
+            Ok::<_, Fail>(start.elapsed())
+        })?;
+        self.finish_method(name, &table, rows.len())?;
+        Ok(elapsed)
     }
 
     fn seed(&mut self, rows: &[Row], name: &str, per_statement: usize) -> Result<Duration, Fail> {
@@ -901,6 +949,27 @@ impl<'rt> Bench<'rt> {
         if !limit_runs.is_empty() {
             results.push(("limit", rows.len(), median_duration(&mut limit_runs)));
         }
+        let mut diagnostics = serde_json::Map::new();
+        if !args.sweep && wants("limit") && wants("pglogsink") {
+            for ledger in [false, true] {
+                eprintln!(
+                    "pipeline: diagnostics, pre-encoded batches of {}{}...",
+                    args.batch_size,
+                    if ledger { " with the ledger" } else { "" }
+                );
+                let d = self.limit_batched(&rows, args.batch_size, ledger)?;
+                let name = if ledger {
+                    "copy_batches_ledger"
+                } else {
+                    "copy_batches"
+                };
+                diagnostics.insert(
+                    name.to_owned(),
+                    json!({"rows": rows.len(), "seconds": d.as_secs_f64(),
+                           "rows_per_s": rows.len() as f64 / d.as_secs_f64()}),
+                );
+            }
+        }
         let mut light = None;
         let mut light_rate = None;
         if !sink_runs.is_empty() {
@@ -995,6 +1064,23 @@ impl<'rt> Bench<'rt> {
             );
         }
         out["methods"] = Value::Object(methods);
+        if !diagnostics.is_empty() {
+            println!();
+            println!(
+                "diagnostics: the records pre-encoded (not timed) in batches of {}, \
+                 one COPY and one commit per batch",
+                args.batch_size
+            );
+            for (name, v) in &diagnostics {
+                let rate = v["rows_per_s"].as_f64().unwrap_or(f64::NAN);
+                let vs_limit = limit_rate.map_or("-".to_owned(), |l| format!("{:.2}", rate / l));
+                let sink_vs = sink_rate.map_or("-".to_owned(), |s| format!("{:.2}x", s / rate));
+                println!(
+                    "{name:<20} {rate:>11.0} rows/s, {vs_limit} of limit; pglogsink {sink_vs} of it"
+                );
+            }
+            out["diagnostics"] = Value::Object(diagnostics);
+        }
         if let (Some(mut full), Some(light), Some(rate)) = (full_latency, light, light_rate) {
             full.sort_by(|a, b| a.1.total_cmp(&b.1));
             let full = full[full.len() / 2];
@@ -1016,7 +1102,8 @@ impl<'rt> Bench<'rt> {
             let mut sweep = Vec::new();
             println!();
             println!(
-                "batch size sweep ({} records, {} producers; light = {:.0} rows/s for every size)",
+                "batch size sweep ({} records, {} producers; light = {:.0} rows/s for every size; \
+                 each point's ratio is to a limit run just before it)",
                 args.records, args.producers, light_rate
             );
             println!(
@@ -1024,6 +1111,11 @@ impl<'rt> Bench<'rt> {
                 "batch", "rows/s", "vs limit", "full p50", "full p99", "light p50", "light p99"
             );
             for batch in SWEEP {
+                // A limit run right before each point, so that each ratio
+                // compares neighbours in time (the machine's load drifts).
+                eprintln!("pipeline: sweep, limit before batch size {batch}...");
+                let limit = self.limit(&rows, "limit")?;
+                let limit_rate = Some(rows.len() as f64 / limit.as_secs_f64());
                 eprintln!("pipeline: sweep, batch size {batch}...");
                 let (d, full) = self.pglogsink(&rows, "sweep", batch, args.producers, None)?;
                 let n =
@@ -1050,6 +1142,7 @@ impl<'rt> Bench<'rt> {
                 sweep.push(json!({
                     "batch_size": batch,
                     "rows_per_s": rate,
+                    "limit_rows_per_s": limit_rate,
                     "vs_limit": vs_limit,
                     "latency_ms": {
                         "full": {"p50": full.0, "p99": full.1},
@@ -1061,6 +1154,24 @@ impl<'rt> Bench<'rt> {
         }
         Ok(out)
     }
+}
+
+/// One COPY of a complete binary stream, sent in CopyData messages of
+/// [`COPY_CHUNK`] bytes as the sink sends them.
+async fn copy_in(
+    client: &tokio_postgres::Client,
+    statement: &tokio_postgres::Statement,
+    data: &Bytes,
+) -> Result<u64, Fail> {
+    let sink = client.copy_in::<_, Bytes>(statement).await?;
+    futures_util::pin_mut!(sink);
+    let mut offset = 0;
+    while offset < data.len() {
+        let end = (offset + COPY_CHUNK).min(data.len());
+        sink.feed(data.slice(offset..end)).await?;
+        offset = end;
+    }
+    Ok(sink.as_mut().finish().await?)
 }
 
 fn median_duration(values: &mut [Duration]) -> Duration {

@@ -60,6 +60,10 @@ BEGIN
     -- Serves "newest first" (ORDER BY "timestamp" DESC LIMIT n) and time ranges.
     EXECUTE format('CREATE INDEX IF NOT EXISTS %I ON %I.%I ("timestamp" DESC)',
                    left(tbl, 49) || '_timestamp_idx', tbl_schema, tbl);
+    -- Warnings and errors only: tiny (about 2 MB on 10M rows of which 1% are
+    -- warnings), and turns `WHERE level >= 'error'` from a scan into a lookup.
+    EXECUTE format('CREATE INDEX IF NOT EXISTS %I ON %I.%I ("timestamp" DESC) WHERE level >= ''warn''',
+                   left(tbl, 54) || '_warn_idx', tbl_schema, tbl);
 
     EXECUTE format($ddl$
         CREATE TABLE IF NOT EXISTS %1$I.%2$I (

@@ -86,7 +86,10 @@ impl EncodedBatch {
     }
 
     /// Rebuild a batch from a COPY stream (a spooled batch), checking it.
-    pub(crate) fn from_copy_stream(key: BatchKey, data: Bytes) -> Result<EncodedBatch, MalformedCopy> {
+    pub(crate) fn from_copy_stream(
+        key: BatchKey,
+        data: Bytes,
+    ) -> Result<EncodedBatch, MalformedCopy> {
         let offsets = row_offsets(&data)?;
         Ok(EncodedBatch { key, data, offsets })
     }
@@ -149,7 +152,9 @@ mod tests {
 
     #[test]
     fn sub_batches_split_rows_and_carry_stable_keys() {
-        let records: Vec<Record> = (0..5).map(|i| Record::new(Level::Info, format!("m{i}"))).collect();
+        let records: Vec<Record> = (0..5)
+            .map(|i| Record::new(Level::Info, format!("m{i}")))
+            .collect();
         let mut keys = KeySource::new(1);
         let (batch, _) = CopyEncoder::new(1 << 20).encode(keys.next(), &records);
         let right = batch.sub_batch(2..5);
@@ -159,7 +164,10 @@ mod tests {
         assert_eq!(row_offsets(&right.data).unwrap(), right.offsets);
         assert_eq!(row_to_json(right.row(0))["message"], "m2");
         let inner = right.sub_batch(1..2);
-        assert_eq!(inner.key.part, 3, "parts are positions in the original batch");
+        assert_eq!(
+            inner.key.part, 3,
+            "parts are positions in the original batch"
+        );
         assert_eq!(row_to_json(inner.row(0))["message"], "m3");
         let again = EncodedBatch::from_copy_stream(inner.key, inner.data.clone()).unwrap();
         assert_eq!(again.offsets, inner.offsets);

@@ -238,11 +238,7 @@ mod tests {
             ("0A000", "feature_not_supported", F),
             ("54000", "program_limit_exceeded (index row too large)", P),
             ("XX000", "internal_error", F),
-            (
-                "P0001",
-                "raise_exception (a trigger refused the row)",
-                F,
-            ),
+            ("P0001", "raise_exception (a trigger refused the row)", F),
             ("99999", "unknown", F),
             ("", "empty", F),
         ];

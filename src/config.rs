@@ -98,7 +98,10 @@ impl SinkConfig {
         if self.max_queue_bytes < 1024 * 1024 {
             return Err(Error::config(
                 "max queue bytes",
-                format!("{} is too small: use at least 1048576 (1 MiB)", self.max_queue_bytes),
+                format!(
+                    "{} is too small: use at least 1048576 (1 MiB)",
+                    self.max_queue_bytes
+                ),
             ));
         }
         if !(1024..=256 * 1024 * 1024).contains(&self.max_record_bytes) {

@@ -107,10 +107,17 @@ impl Consumer {
                 break None;
             }
             Shared::add(&self.shared.received, records.len() as u64);
+            self.shared
+                .oldest_unwritten_micros
+                .store(unix_micros(records[0].timestamp), Ordering::Relaxed);
             let batch = self.encode(&records, &mut tally);
             records.clear();
             self.spill_if_over_budget(&mut tally);
-            if let Err(stop) = self.deliver_all(batch, Source::Queue, &mut tally).await {
+            let delivered = self.deliver_all(batch, Source::Queue, &mut tally).await;
+            self.shared
+                .oldest_unwritten_micros
+                .store(0, Ordering::Relaxed);
+            if let Err(stop) = delivered {
                 break Some(stop);
             }
             self.prune_ledger_now_and_then(&mut tally).await;
@@ -205,7 +212,12 @@ impl Consumer {
 
     /// Write one batch, retrying transient errors until they clear or the
     /// shutdown deadline passes.
-    async fn deliver(&mut self, batch: &EncodedBatch, source: Source, tally: &mut Tally) -> Delivery {
+    async fn deliver(
+        &mut self,
+        batch: &EncodedBatch,
+        source: Source,
+        tally: &mut Tally,
+    ) -> Delivery {
         let rows = batch.rows() as u64;
         self.backoff.reset();
         loop {
@@ -214,6 +226,7 @@ impl Consumer {
                 _ = self.abort.cancelled() => return Delivery::StoppedBefore(Stop::Deadline),
                 client = self.pool.get() => client.map_err(WriteError::from),
             };
+            let started = Instant::now();
             let result = match client {
                 Ok(mut client) => tokio::select! {
                     biased;
@@ -224,6 +237,15 @@ impl Consumer {
             };
             let error = match result {
                 Ok(committed) => {
+                    metrics::histogram!("pglogsink_copy_duration_seconds")
+                        .record(started.elapsed().as_secs_f64());
+                    metrics::histogram!("pglogsink_batch_rows").record(rows as f64);
+                    if self.shared.retrying.swap(false, Ordering::Relaxed) {
+                        if let Ok(mut last) = self.shared.last_error.lock() {
+                            *last = None;
+                        }
+                        tracing::info!(target: "pglogsink", "the database accepts writes again");
+                    }
                     match committed {
                         Committed::Written => {
                             Shared::add(&self.shared.written, rows);
@@ -251,6 +273,11 @@ impl Consumer {
             match classify(&error) {
                 Class::Transient(reason) => {
                     Shared::add(&self.shared.retries, 1);
+                    metrics::counter!("pglogsink_retries_total", "reason" => reason).increment(1);
+                    self.shared.retrying.store(true, Ordering::Relaxed);
+                    if let Ok(mut last) = self.shared.last_error.lock() {
+                        *last = Some(format!("{reason}: {error}"));
+                    }
                     let delay = self.backoff.next_delay();
                     tracing::warn!(
                         target: "pglogsink",
@@ -312,8 +339,14 @@ impl Consumer {
         );
         let stored = match self.pool.get().await {
             Ok(client) => {
-                store_rejected(&client, &self.statements, sqlstate.as_deref(), &message, &record)
-                    .await
+                store_rejected(
+                    &client,
+                    &self.statements,
+                    sqlstate.as_deref(),
+                    &message,
+                    &record,
+                )
+                .await
             }
             Err(e) => Err(WriteError::from(e)),
         };
@@ -456,7 +489,8 @@ impl Consumer {
         let rows: usize = segment.batches.iter().map(EncodedBatch::rows).sum();
         tracing::info!(target: "pglogsink", segment = %segment.path.display(), rows, "replaying spooled records");
         for batch in &segment.batches {
-            self.deliver_all(batch.clone(), Source::Spool, tally).await?;
+            self.deliver_all(batch.clone(), Source::Spool, tally)
+                .await?;
         }
         if let Some(spool) = self.spool.as_mut() {
             if let Err(e) = spool.remove(&segment) {
@@ -477,13 +511,18 @@ impl Consumer {
             return;
         };
         match prune_ledger(&client, &self.statements, self.ledger_retention).await {
-            Ok(n) if n > 0 => tracing::debug!(target: "pglogsink", rows = n, "pruned the batch ledger"),
+            Ok(n) if n > 0 => {
+                tracing::debug!(target: "pglogsink", rows = n, "pruned the batch ledger")
+            }
             Ok(_) => {}
-            Err(e) => tracing::warn!(target: "pglogsink", error = %e, "could not prune the batch ledger"),
+            Err(e) => {
+                tracing::warn!(target: "pglogsink", error = %e, "could not prune the batch ledger")
+            }
         }
     }
 
     fn finish(self, tally: Tally) -> Report {
+        self.shared.retrying.store(false, Ordering::Relaxed);
         let stats = self.shared.snapshot(0);
         Report {
             written: stats.written,
@@ -505,4 +544,9 @@ impl Consumer {
             spooled_replayed: tally.own_replayed,
         }
     }
+}
+
+fn unix_micros(t: std::time::SystemTime) -> i64 {
+    t.duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros() as i64)
 }

@@ -65,7 +65,10 @@ pub(crate) async fn write_batch(
     let tx = client.transaction().await?;
     let claim = tx.prepare_cached(&statements.claim).await?;
     let claimed = tx
-        .execute(&claim, &[&key.instance, &key.seq, &key.part, &(rows as i32)])
+        .execute(
+            &claim,
+            &[&key.instance, &key.seq, &key.part, &(rows as i32)],
+        )
         .await?;
     if claimed == 0 {
         tx.rollback().await?;

@@ -253,9 +253,7 @@ fn value_has_nul(v: &Value) -> bool {
     match v {
         Value::String(s) => s.contains('\0'),
         Value::Array(a) => a.iter().any(value_has_nul),
-        Value::Object(o) => o
-            .iter()
-            .any(|(k, v)| k.contains('\0') || value_has_nul(v)),
+        Value::Object(o) => o.iter().any(|(k, v)| k.contains('\0') || value_has_nul(v)),
         Value::Null | Value::Bool(_) | Value::Number(_) => false,
     }
 }
@@ -330,11 +328,15 @@ pub(crate) fn row_to_json(row: &[u8]) -> Value {
         at += len as usize;
         Some(bytes)
     };
-    let ts = field().and_then(|b| b.try_into().ok()).map(i64::from_be_bytes);
+    let ts = field()
+        .and_then(|b| b.try_into().ok())
+        .map(i64::from_be_bytes);
     let level = field().map(String::from_utf8_lossy);
     let target = field().map(String::from_utf8_lossy);
     let message = field().map(String::from_utf8_lossy);
-    let thread = field().and_then(|b| b.try_into().ok()).map(i64::from_be_bytes);
+    let thread = field()
+        .and_then(|b| b.try_into().ok())
+        .map(i64::from_be_bytes);
     let fields = field()
         .and_then(|b| b.get(1..))
         .and_then(|json| serde_json::from_slice::<Value>(json).ok());
@@ -425,7 +427,10 @@ mod tests {
         assert_eq!(stats, EncodeStats::default());
         let json = row_to_json(batch.row(0));
         assert_eq!(json["message"], "disk almost full");
-        assert_eq!(json["fields"], serde_json::json!({"free_mb": 12, "ok": false}));
+        assert_eq!(
+            json["fields"],
+            serde_json::json!({"free_mb": 12, "ok": false})
+        );
         assert_eq!(json["timestamp_unix_micros"], 946_684_801_500_000u64);
     }
 
@@ -440,7 +445,10 @@ mod tests {
         let (batch, stats) = encode(&records);
         assert_eq!(stats.nul_replaced, 1);
         let row = batch.row(0);
-        assert_eq!(field_at(row, 3).as_deref(), Some("a\u{FFFD}b\u{FFFD}".as_bytes()));
+        assert_eq!(
+            field_at(row, 3).as_deref(),
+            Some("a\u{FFFD}b\u{FFFD}".as_bytes())
+        );
         let json = field_at(row, 5).unwrap();
         let parsed: Value = serde_json::from_slice(&json[1..]).unwrap();
         assert_eq!(
@@ -487,7 +495,10 @@ mod tests {
             pg_timestamp(UNIX_EPOCH - Duration::from_micros(1)),
             -PG_EPOCH_OFFSET_MICROS - 1
         );
-        assert_eq!(from_pg_timestamp(-PG_EPOCH_OFFSET_MICROS - 1), UNIX_EPOCH - Duration::from_micros(1));
+        assert_eq!(
+            from_pg_timestamp(-PG_EPOCH_OFFSET_MICROS - 1),
+            UNIX_EPOCH - Duration::from_micros(1)
+        );
     }
 
     #[test]

@@ -102,6 +102,15 @@ impl Logger {
     pub fn stats(&self) -> Stats {
         self.shared.snapshot(self.tx.len())
     }
+
+    /// The last database error, while the sink is retrying it; or the fatal
+    /// error it stopped on.
+    pub fn last_error(&self) -> Option<String> {
+        if let Some(fatal) = self.shared.fatal.lock().ok().and_then(|f| f.clone()) {
+            return Some(fatal.to_string());
+        }
+        self.shared.last_error.lock().ok().and_then(|e| e.clone())
+    }
 }
 
 impl fmt::Debug for Logger {

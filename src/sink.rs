@@ -10,14 +10,14 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::backoff::Backoff;
+use crate::batch::{random_instance, KeySource};
 use crate::config::SinkConfig;
 use crate::consumer::Consumer;
-use crate::batch::{random_instance, KeySource};
 use crate::copy::Statements;
 use crate::copy_format::CopyEncoder;
-use crate::spool::Spool;
 use crate::logger::Logger;
 use crate::report::{FatalError, Report};
+use crate::spool::Spool;
 use crate::stats::Shared;
 use crate::Error;
 

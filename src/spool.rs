@@ -73,7 +73,8 @@ pub(crate) struct Corruption {
 impl Spool {
     /// Open (creating it if needed) and lock the spool directory of `table`.
     pub(crate) fn open(dir: &Path, table: &str) -> Result<Spool, Error> {
-        fs::create_dir_all(dir).map_err(|e| Error::io("cannot create the spool directory", dir, e))?;
+        fs::create_dir_all(dir)
+            .map_err(|e| Error::io("cannot create the spool directory", dir, e))?;
         let lock_path = dir.join("lock");
         let lock = OpenOptions::new()
             .create(true)
@@ -128,7 +129,10 @@ impl Spool {
             let path = self.segment_path(number);
             let mut file = BufWriter::with_capacity(
                 1 << 20,
-                OpenOptions::new().create_new(true).write(true).open(&path)?,
+                OpenOptions::new()
+                    .create_new(true)
+                    .write(true)
+                    .open(&path)?,
             );
             file.write_all(SEGMENT_HEADER)?;
             self.segments.insert(number);
@@ -304,7 +308,10 @@ mod tests {
     use crate::record::{Level, Record};
 
     fn temp_dir(name: &str) -> PathBuf {
-        let dir = std::env::temp_dir().join(format!("pglogsink-spool-test-{name}-{}", std::process::id()));
+        let dir = std::env::temp_dir().join(format!(
+            "pglogsink-spool-test-{name}-{}",
+            std::process::id()
+        ));
         let _ = fs::remove_dir_all(&dir);
         dir
     }
@@ -351,7 +358,9 @@ mod tests {
         {
             let mut spool = Spool::open(&dir, "log").unwrap();
             for i in 0..3 {
-                spool.append(&batch(&mut keys, &[&format!("m{i}")])).unwrap();
+                spool
+                    .append(&batch(&mut keys, &[&format!("m{i}")]))
+                    .unwrap();
             }
         }
         let path = dir.join("segment-00000000000000000001.spool");
@@ -366,7 +375,8 @@ mod tests {
         drop(spool);
         // A flipped bit in the second entry.
         let mut flipped = full.clone();
-        let second = SEGMENT_HEADER.len() + (full.len() - SEGMENT_HEADER.len()) / 3 + ENTRY_HEADER + 30;
+        let second =
+            SEGMENT_HEADER.len() + (full.len() - SEGMENT_HEADER.len()) / 3 + ENTRY_HEADER + 30;
         flipped[second] ^= 0x40;
         fs::write(&path, &flipped).unwrap();
         let mut spool = Spool::open(&dir, "log").unwrap();
@@ -385,11 +395,20 @@ mod tests {
     fn a_spool_is_used_by_one_process_at_a_time() {
         let dir = temp_dir("lock");
         let spool = Spool::open(&dir, "log").unwrap();
-        let err = Spool::open(&dir, "log").err().expect("second open must fail").to_string();
+        let err = Spool::open(&dir, "log")
+            .err()
+            .expect("second open must fail")
+            .to_string();
         assert!(err.contains("in use"), "{err}");
         drop(spool);
-        let err = Spool::open(&dir, "other").err().expect("another table's spool").to_string();
-        assert!(err.contains("holds records for table log, not other"), "{err}");
+        let err = Spool::open(&dir, "other")
+            .err()
+            .expect("another table's spool")
+            .to_string();
+        assert!(
+            err.contains("holds records for table log, not other"),
+            "{err}"
+        );
         Spool::open(&dir, "log").unwrap();
         fs::remove_dir_all(&dir).unwrap();
     }

@@ -1,7 +1,8 @@
 //! Counters shared by the producer handles, the consumer and the host.
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::Mutex;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use crate::report::FatalError;
 
@@ -22,6 +23,12 @@ pub(crate) struct Shared {
     pub(crate) dead_lettered: AtomicU64,
     pub(crate) already_written: AtomicU64,
     pub(crate) spool_corrupt_bytes: AtomicU64,
+    /// Unix micros of the oldest record taken off the queue and not yet
+    /// written (the first of the batch in flight); 0 when none.
+    pub(crate) oldest_unwritten_micros: AtomicI64,
+    /// Set while the consumer is retrying a transient error.
+    pub(crate) retrying: AtomicBool,
+    pub(crate) last_error: Mutex<Option<String>>,
     pub(crate) fatal: Mutex<Option<FatalError>>,
 }
 
@@ -31,7 +38,16 @@ impl Shared {
     }
 
     pub(crate) fn snapshot(&self, queued: usize) -> Stats {
+        let oldest = self.oldest_unwritten_micros.load(Ordering::Relaxed);
+        let oldest_unwritten = (oldest > 0).then(|| {
+            let now = SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map_or(0, |d| d.as_micros() as i64);
+            Duration::from_micros(now.saturating_sub(oldest).max(0) as u64)
+        });
         Stats {
+            oldest_unwritten,
+            retrying: self.retrying.load(Ordering::Relaxed),
             received: self.received.load(Ordering::Relaxed),
             written: self.written.load(Ordering::Relaxed),
             batches: self.batches.load(Ordering::Relaxed),
@@ -80,6 +96,11 @@ pub struct Stats {
     pub spool_corrupt_bytes: u64,
     /// Records waiting in the queue.
     pub queued: u64,
+    /// Age of the oldest record taken by `log()` and not yet written (the
+    /// first of the batch in flight), if any.
+    pub oldest_unwritten: Option<Duration>,
+    /// True while the sink is retrying a transient database error.
+    pub retrying: bool,
     /// True once the sink no longer takes records.
     pub closed: bool,
 }

@@ -150,7 +150,13 @@ mod tests {
         assert_eq!(TableName::parse("log").unwrap().quoted(), "\"log\"");
         let long = TableName::parse(&format!("s.{}", "a".repeat(63))).unwrap();
         assert_eq!(long.ledger_table().name().len(), 63);
-        assert_eq!(long.rejected_table().to_string(), format!("s.{}_rejected", "a".repeat(54)));
-        assert_eq!(TableName::parse("log").unwrap().ledger_table().quoted(), "\"log_batches\"");
+        assert_eq!(
+            long.rejected_table().to_string(),
+            format!("s.{}_rejected", "a".repeat(54))
+        );
+        assert_eq!(
+            TableName::parse("log").unwrap().ledger_table().quoted(),
+            "\"log_batches\""
+        );
     }
 }

@@ -35,8 +35,8 @@ static TABLE_LAYER: OnceLock<PgLogLayer> = OnceLock::new();
 /// The layer itself drops the events of pglogsink and of the database
 /// crates, so the service's own diagnostics go to stderr only.
 pub(crate) fn init() {
-    let stderr_filter = EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| EnvFilter::new(DEFAULT_STDERR_FILTER));
+    let stderr_filter =
+        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(DEFAULT_STDERR_FILTER));
     tracing_subscriber::registry()
         .with(
             tracing_subscriber::fmt::layer()

@@ -36,7 +36,8 @@ const MAX_TARGET_WIDTH: usize = 32;
 /// Longest accepted `--since`/`--until` duration: 100 years.
 const MAX_AGO_SECS: u64 = 100 * 365 * 86_400;
 
-const WHEN_FORM: &str = "expected a duration such as 30s, 15m, 2h or 7d (or 1h30m), or a timestamp \
+const WHEN_FORM: &str =
+    "expected a duration such as 30s, 15m, 2h or 7d (or 1h30m), or a timestamp \
      such as 2026-11-23T16:19:18Z, '2026-11-23 16:19:18' (local time) or 2026-11-23";
 
 #[derive(Debug, clap::Args)]
@@ -147,7 +148,9 @@ fn parse_ago(s: &str) -> Option<Duration> {
     let mut rest = s;
     let mut total: u64 = 0;
     while !rest.is_empty() {
-        let digits = rest.find(|c: char| !c.is_ascii_digit()).unwrap_or(rest.len());
+        let digits = rest
+            .find(|c: char| !c.is_ascii_digit())
+            .unwrap_or(rest.len());
         let n: u64 = rest[..digits].parse().ok()?;
         let unit = match rest[digits..].chars().next()? {
             's' => 1,
@@ -500,10 +503,7 @@ impl Printer {
                 "36",
                 &format!("{:<w$}", printable(&row.target), w = self.target_width)
             ),
-            self.paint(
-                "2",
-                &format!("[{thread:>w$}]", w = self.thread_width)
-            ),
+            self.paint("2", &format!("[{thread:>w$}]", w = self.thread_width)),
             printable(&row.message),
         );
         if let Some(fields) = &row.fields {
@@ -576,7 +576,11 @@ fn local_time_zone() -> String {
 /// `TZ` (`Europe/Paris`, `:Europe/Paris`, or a path into a zoneinfo
 /// directory), else the zone `/etc/localtime` links to, else
 /// `/etc/timezone`, else `UTC`.
-fn zone_name(tz: Option<&str>, localtime_link: Option<&Path>, etc_timezone: Option<&str>) -> String {
+fn zone_name(
+    tz: Option<&str>,
+    localtime_link: Option<&Path>,
+    etc_timezone: Option<&str>,
+) -> String {
     if let Some(tz) = tz {
         let tz = tz.strip_prefix(':').unwrap_or(tz);
         if tz.is_empty() {
@@ -643,14 +647,20 @@ async fn connect(db: &Database, zone: &str) -> Result<Object, (bool, Failure)> {
             PoolError::Timeout(_) => true,
             _ => false,
         };
-        (transient, Failure::from(format!("connecting to {}: {e}", db.description)))
+        (
+            transient,
+            Failure::from(format!("connecting to {}: {e}", db.description)),
+        )
     })?;
     let set = client
         .query_one("SELECT set_config('TimeZone', $1, false)", &[&zone])
         .await;
     if let Err(e) = set {
         if is_transient(&e) {
-            return Err((true, format!("connecting to {}: {e}", db.description).into()));
+            return Err((
+                true,
+                format!("connecting to {}: {e}", db.description).into(),
+            ));
         }
         eprintln!("pglogsink: PostgreSQL does not know the time zone {zone:?}; showing UTC");
         client
@@ -718,7 +728,10 @@ async fn resolve_when(
 /// Print `text` on stdout; false once the reader has gone (`| head`).
 fn emit(text: &str) -> Result<bool, Failure> {
     let mut stdout = std::io::stdout().lock();
-    match stdout.write_all(text.as_bytes()).and_then(|()| stdout.flush()) {
+    match stdout
+        .write_all(text.as_bytes())
+        .and_then(|()| stdout.flush())
+    {
         Ok(()) => Ok(true),
         Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(false),
         Err(e) => Err(format!("writing to stdout: {e}").into()),
@@ -737,7 +750,11 @@ async fn show(db: &Database, args: &LogsArgs) -> Result<(), Failure> {
     let zone = local_time_zone();
     let client = connect(db, &zone).await.map_err(|(_, e)| e)?;
     let filters = resolve(&client, args).await?;
-    let columns = if args.json { JSON_COLUMNS } else { TEXT_COLUMNS };
+    let columns = if args.json {
+        JSON_COLUMNS
+    } else {
+        TEXT_COLUMNS
+    };
     let mut printer = Printer::new(args.json, !args.json && use_color());
 
     // With --follow, the newest rows are those up to the current highest
@@ -793,7 +810,11 @@ async fn follow(
     mut cursor: i64,
 ) -> Result<(), Failure> {
     let table = &args.db.table;
-    let columns = if args.json { JSON_COLUMNS } else { TEXT_COLUMNS };
+    let columns = if args.json {
+        JSON_COLUMNS
+    } else {
+        TEXT_COLUMNS
+    };
     if std::io::stderr().is_terminal() {
         eprintln!("following new rows of table {table}; Ctrl-C to stop");
     }
@@ -893,7 +914,17 @@ mod tests {
         assert_eq!(parse_ago("1h30m"), Some(Duration::from_secs(5400)));
         assert_eq!(parse_ago("0s"), Some(Duration::ZERO));
         for bad in [
-            "", "15", "m", "15x", "-5m", "1.5h", "15 m", "15M", "h1", "36501d", "99999999999999999999d",
+            "",
+            "15",
+            "m",
+            "15x",
+            "-5m",
+            "1.5h",
+            "15 m",
+            "15M",
+            "h1",
+            "36501d",
+            "99999999999999999999d",
         ] {
             assert_eq!(parse_ago(bad), None, "{bad:?}");
         }
@@ -929,7 +960,10 @@ mod tests {
         ] {
             assert!(!is_timestamp(bad), "{bad:?}");
             let err = parse_when(bad).unwrap_err();
-            assert!(err.contains("15m") && err.contains("2026-11-23T16:19:18Z"), "{err}");
+            assert!(
+                err.contains("15m") && err.contains("2026-11-23T16:19:18Z"),
+                "{err}"
+            );
         }
         assert_eq!(parse_when("15m"), Ok(When::Ago(Duration::from_secs(900))));
     }
@@ -946,7 +980,10 @@ mod tests {
         assert_eq!(parse_field("a==b").unwrap().value, "=b");
         assert_eq!(parse_field("a=").unwrap().value, "");
         for bad in ["", "=x", "novalue"] {
-            assert!(parse_field(bad).unwrap_err().contains("KEY=VALUE"), "{bad:?}");
+            assert!(
+                parse_field(bad).unwrap_err().contains("KEY=VALUE"),
+                "{bad:?}"
+            );
         }
         assert!(parse_level("loud").unwrap_err().contains("trace, debug"));
         assert_eq!(parse_level("WARN"), Ok(Level::Warn));
@@ -955,10 +992,22 @@ mod tests {
     #[test]
     fn numbers_and_booleans_match_both_forms() {
         let objects = |s: &str| parse_field(s).unwrap().objects();
-        assert_eq!(objects("status=500"), [json!({"status": "500"}), json!({"status": 500})]);
-        assert_eq!(objects("ok=true"), [json!({"ok": "true"}), json!({"ok": true})]);
-        assert_eq!(objects("x=null"), [json!({"x": "null"}), json!({"x": null})]);
-        assert_eq!(objects("ratio=0.5"), [json!({"ratio": "0.5"}), json!({"ratio": 0.5})]);
+        assert_eq!(
+            objects("status=500"),
+            [json!({"status": "500"}), json!({"status": 500})]
+        );
+        assert_eq!(
+            objects("ok=true"),
+            [json!({"ok": "true"}), json!({"ok": true})]
+        );
+        assert_eq!(
+            objects("x=null"),
+            [json!({"x": "null"}), json!({"x": null})]
+        );
+        assert_eq!(
+            objects("ratio=0.5"),
+            [json!({"ratio": "0.5"}), json!({"ratio": 0.5})]
+        );
         assert_eq!(objects("name=ann"), [json!({"name": "ann"})]);
         assert_eq!(objects("list=[1]"), [json!({"list": "[1]"})]);
     }
@@ -1035,7 +1084,10 @@ mod tests {
             "SELECT id FROM \"audit\".\"log\" WHERE id > $1 AND id <= $2 AND level >= 'error' \
              ORDER BY id LIMIT $3"
         );
-        assert_eq!(format!("{:?}", q.params), format!("[10, 20, {FOLLOW_PAGE}]"));
+        assert_eq!(
+            format!("{:?}", q.params),
+            format!("[10, 20, {FOLLOW_PAGE}]")
+        );
     }
 
     fn row(id: i64, level: &str, target: &str, message: &str, fields: Option<&str>) -> LogRow {
@@ -1054,7 +1106,13 @@ mod tests {
     fn text_is_aligned_and_plain_unless_coloured() {
         let rows = [
             row(1, "info", "http", "GET /", Some(r#"{"status": 200}"#)),
-            row(20, "error", "shop::orders", "line one\nline two\x1b[2J", None),
+            row(
+                20,
+                "error",
+                "shop::orders",
+                "line one\nline two\x1b[2J",
+                None,
+            ),
         ];
         let mut printer = Printer::new(false, false);
         assert_eq!(
@@ -1064,7 +1122,11 @@ mod tests {
         );
         let coloured = Printer::new(false, true).render(&rows[1..]);
         assert!(coloured.contains("\x1b[1;31mERROR\x1b[0m"), "{coloured:?}");
-        assert_eq!(coloured.matches('\x1b').count(), 8, "only our own escapes: {coloured:?}");
+        assert_eq!(
+            coloured.matches('\x1b').count(),
+            8,
+            "only our own escapes: {coloured:?}"
+        );
     }
 
     #[test]
@@ -1092,15 +1154,24 @@ mod tests {
     #[test]
     fn the_local_zone_comes_from_tz_then_etc_localtime() {
         let link = Path::new("../usr/share/zoneinfo/Europe/Paris");
-        assert_eq!(zone_name(Some("Asia/Tokyo"), Some(link), None), "Asia/Tokyo");
-        assert_eq!(zone_name(Some(":America/New_York"), None, None), "America/New_York");
+        assert_eq!(
+            zone_name(Some("Asia/Tokyo"), Some(link), None),
+            "Asia/Tokyo"
+        );
+        assert_eq!(
+            zone_name(Some(":America/New_York"), None, None),
+            "America/New_York"
+        );
         assert_eq!(
             zone_name(Some("/usr/share/zoneinfo/Asia/Kolkata"), None, None),
             "Asia/Kolkata"
         );
         assert_eq!(zone_name(Some(""), Some(link), None), "UTC");
         assert_eq!(zone_name(None, Some(link), None), "Europe/Paris");
-        assert_eq!(zone_name(None, None, Some("Europe/Berlin\n")), "Europe/Berlin");
+        assert_eq!(
+            zone_name(None, None, Some("Europe/Berlin\n")),
+            "Europe/Berlin"
+        );
         assert_eq!(zone_name(None, Some(Path::new("/tmp/x")), None), "UTC");
         assert_eq!(zone_name(None, None, None), "UTC");
     }

@@ -3,8 +3,10 @@
 
 pub(crate) mod db;
 pub(crate) mod diagnostics;
+pub(crate) mod health;
 pub(crate) mod load;
 pub(crate) mod logs;
+pub(crate) mod metrics;
 pub(crate) mod request_span;
 pub(crate) mod serve;
 pub(crate) mod signal;
@@ -33,11 +35,12 @@ pub(crate) struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub(crate) enum Command {
-    /// Run the demo web service; every request writes one log row through the sink.
+    /// Run the demo web service; every request writes a log row with `Logger` and an `http` row
+    /// through the tracing layer, both carrying its request id.
     Serve(serve::ServeArgs),
     /// Fire concurrent requests at `serve`, report throughput and latency, optionally verify every row arrived.
     Load(load::LoadArgs),
-    /// Show the newest rows of the Log table.
+    /// Show the newest rows of the Log table, filtered; --follow for new rows as they arrive.
     Logs(logs::LogsArgs),
     /// Create the Log table (idempotent).
     Migrate(MigrateArgs),

@@ -15,6 +15,7 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
+use metrics_exporter_prometheus::PrometheusHandle;
 use pglogsink::{CancellationToken, Level, Logger, Record, Report};
 use tokio::net::TcpListener;
 
@@ -66,6 +67,10 @@ pub(crate) struct AppState {
     pub(crate) logger: Logger,
     /// False with `--no-log`: requests are answered without a record.
     pub(crate) log_requests: bool,
+    /// For the readiness probe.
+    pub(crate) pool: deadpool_postgres::Pool,
+    /// The Prometheus registry, when one is installed.
+    pub(crate) metrics: Option<PrometheusHandle>,
 }
 
 /// The routes, separate from `run` so tests can call them without a socket.
@@ -73,7 +78,10 @@ pub(crate) fn app(state: AppState) -> Router {
     Router::new()
         .route("/recipes/{id}", get(recipe))
         .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
         .layer(axum::middleware::from_fn(trace_request))
+        .layer(axum::middleware::from_fn(super::metrics::track))
         .with_state(state)
 }
 
@@ -120,11 +128,25 @@ async fn healthz(State(state): State<AppState>) -> Json<serde_json::Value> {
     }))
 }
 
+/// Ready when the sink takes records and the database answers.
+async fn readyz(State(state): State<AppState>) -> Response {
+    super::health::readyz(&state.logger, &state.pool).await
+}
+
+/// Prometheus text format.
+async fn metrics(State(state): State<AppState>) -> Response {
+    match &state.metrics {
+        Some(handle) => super::metrics::render(handle, &state.logger),
+        None => (StatusCode::NOT_FOUND, "metrics are not enabled\n").into_response(),
+    }
+}
+
 pub(crate) async fn run(args: ServeArgs) -> Result<ExitCode, Failure> {
     // Bind first: a taken port should fail before a database is started.
     let listener = TcpListener::bind(args.listen)
         .await
         .map_err(|e| format!("cannot listen on {}: {e}", args.listen))?;
+    let metrics = super::metrics::install()?;
     let db = Database::open(&args.db, Mode::CreateIfMissing).await?;
     pglogsink::migrate(&db.pool, &args.db.table).await?;
     let config = args.sink.config(&args.db, &db.state_dir);
@@ -153,6 +175,8 @@ pub(crate) async fn run(args: ServeArgs) -> Result<ExitCode, Failure> {
     let state = AppState {
         logger,
         log_requests: !args.no_log,
+        pool: db.pool.clone(),
+        metrics: Some(metrics),
     };
     let server =
         axum::serve(listener, app(state)).with_graceful_shutdown(token.clone().cancelled_owned());
@@ -212,10 +236,42 @@ mod tests {
 
     /// A sink whose database refuses connections: records queue up (and are
     /// retried), which is all the handlers need.
+    fn unreachable_pool() -> deadpool_postgres::Pool {
+        let config = pglogsink::parse_url("postgres://nobody@127.0.0.1:1/none").unwrap();
+        pglogsink::pool(config, 1).unwrap()
+    }
+
+    fn test_state(logger: Logger) -> AppState {
+        AppState {
+            logger,
+            log_requests: true,
+            pool: unreachable_pool(),
+            metrics: None,
+        }
+    }
+
+    #[tokio::test]
+    async fn readyz_says_why_the_service_is_not_ready() {
+        let (logger, _worker) = unreachable_sink();
+        let (status, body) = get(app(test_state(logger)), "/readyz", None).await;
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+        let json: serde_json::Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(json["ready"], false);
+        assert!(
+            json["reason"].as_str().unwrap().contains("database"),
+            "{body}"
+        );
+    }
+
     fn unreachable_sink() -> (Logger, pglogsink::Worker) {
         let config = pglogsink::parse_url("postgres://nobody@127.0.0.1:1/none").unwrap();
         let pool = pglogsink::pool(config, 1).unwrap();
-        pglogsink::spawn(pool, &pglogsink::SinkConfig::default(), CancellationToken::new()).unwrap()
+        pglogsink::spawn(
+            pool,
+            &pglogsink::SinkConfig::default(),
+            CancellationToken::new(),
+        )
+        .unwrap()
     }
 
     async fn get(app: Router, uri: &str, run_id: Option<&str>) -> (StatusCode, String) {
@@ -235,10 +291,7 @@ mod tests {
     #[tokio::test]
     async fn a_recipe_request_answers_and_queues_exactly_one_record() {
         let (logger, worker) = unreachable_sink();
-        let app = app(AppState {
-            logger: logger.clone(),
-            log_requests: true,
-        });
+        let app = app(test_state(logger.clone()));
         let (status, body) = get(app, "/recipes/7", Some("run-1")).await;
         assert_eq!((status, body.as_str()), (StatusCode::OK, "recipe"));
         let report = worker.shutdown(Duration::from_millis(200)).await;
@@ -254,10 +307,7 @@ mod tests {
         let (logger, worker) = unreachable_sink();
         let report = worker.shutdown(Duration::from_millis(50)).await;
         assert_eq!(report.written, 0);
-        let state = AppState {
-            logger,
-            log_requests: true,
-        };
+        let state = test_state(logger);
         let (status, _) = get(app(state), "/recipes/1", None).await;
         assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
     }
@@ -265,10 +315,7 @@ mod tests {
     #[tokio::test]
     async fn healthz_reports_the_sink() {
         let (logger, _worker) = unreachable_sink();
-        let state = AppState {
-            logger,
-            log_requests: true,
-        };
+        let state = test_state(logger);
         let (status, body) = get(app(state), "/healthz", None).await;
         assert_eq!(status, StatusCode::OK);
         let json: serde_json::Value = serde_json::from_str(&body).unwrap();
@@ -279,10 +326,7 @@ mod tests {
     #[tokio::test]
     async fn every_response_carries_the_request_id_given_or_generated() {
         let (logger, _worker) = unreachable_sink();
-        let app = app(AppState {
-            logger,
-            log_requests: true,
-        });
+        let app = app(test_state(logger));
         let given = Request::get("/recipes/1")
             .header("x-request-id", "abc-1")
             .body(Body::empty())

@@ -81,7 +81,9 @@ pub(crate) fn parse_bytes(s: &str) -> Result<usize, String> {
 }
 
 fn bytes_error(s: &str) -> String {
-    format!("{s:?} is not a size: use a whole number of bytes, optionally with K, M or G (e.g. 128MiB)")
+    format!(
+        "{s:?} is not a size: use a whole number of bytes, optionally with K, M or G (e.g. 128MiB)"
+    )
 }
 
 #[cfg(test)]
@@ -94,7 +96,15 @@ mod tests {
         assert_eq!(parse_bytes("64K"), Ok(64 << 10));
         assert_eq!(parse_bytes("128MiB"), Ok(128 << 20));
         assert_eq!(parse_bytes("2 gb"), Ok(2 << 30));
-        for bad in ["", "0", "-1", "12XB", "MiB", "1.5M", "99999999999999999999G"] {
+        for bad in [
+            "",
+            "0",
+            "-1",
+            "12XB",
+            "MiB",
+            "1.5M",
+            "99999999999999999999G",
+        ] {
             assert!(parse_bytes(bad).is_err(), "{bad:?}");
         }
     }

@@ -19,15 +19,36 @@ use crate::common::{async_trial, block_on, check, count, fresh_table, pool};
 
 pub fn trials() -> Vec<Trial> {
     vec![
-        async_trial("faults::ambiguous_commit_is_not_written_twice", ambiguous_commit),
-        async_trial("faults::backends_terminated_during_copy_lose_and_double_nothing", terminated_backends),
+        async_trial(
+            "faults::ambiguous_commit_is_not_written_twice",
+            ambiguous_commit,
+        ),
+        async_trial(
+            "faults::backends_terminated_during_copy_lose_and_double_nothing",
+            terminated_backends,
+        ),
         async_trial("faults::poison_rows_are_isolated_and_kept", poison_rows),
-        async_trial("faults::refused_rows_go_to_the_dead_letter_file_when_the_rejected_table_fails", dead_letter),
+        async_trial(
+            "faults::refused_rows_go_to_the_dead_letter_file_when_the_rejected_table_fails",
+            dead_letter,
+        ),
         async_trial("faults::oversized_and_hostile_input", hostile_input),
-        async_trial("faults::fatal_stop_spools_and_the_next_start_replays", fatal_stop_spools_then_replays),
-        Trial::test("faults::long_outage_spills_past_the_memory_budget_then_recovers", long_outage_spills),
-        Trial::test("faults::shutdown_with_server_down_spools_and_restart_replays", shutdown_server_down_replays),
-        Trial::test("faults::a_torn_spool_tail_is_reported_and_skipped", torn_spool_tail),
+        async_trial(
+            "faults::fatal_stop_spools_and_the_next_start_replays",
+            fatal_stop_spools_then_replays,
+        ),
+        Trial::test(
+            "faults::long_outage_spills_past_the_memory_budget_then_recovers",
+            long_outage_spills,
+        ),
+        Trial::test(
+            "faults::shutdown_with_server_down_spools_and_restart_replays",
+            shutdown_server_down_replays,
+        ),
+        Trial::test(
+            "faults::a_torn_spool_tail_is_reported_and_skipped",
+            torn_spool_tail,
+        ),
     ]
 }
 
@@ -66,7 +87,10 @@ async fn rows_and_distinct(pool: &Pool, table: &TableName) -> Result<(i64, i64),
         .get()
         .await?
         .query_one(
-            &format!("SELECT count(*), count(DISTINCT fields->>'n') FROM {}", table.quoted()),
+            &format!(
+                "SELECT count(*), count(DISTINCT fields->>'n') FROM {}",
+                table.quoted()
+            ),
             &[],
         )
         .await?;
@@ -112,7 +136,11 @@ impl CommitDropper {
                 }
             }
         });
-        Ok(CommitDropper { port, dropped, stop })
+        Ok(CommitDropper {
+            port,
+            dropped,
+            stop,
+        })
     }
 }
 
@@ -123,7 +151,8 @@ impl Drop for CommitDropper {
 }
 
 fn proxy(client: TcpStream, mut server: TcpStream, dropped: Arc<AtomicU32>, times: u32) {
-    let (Ok(mut client_read), Ok(mut server_write)) = (client.try_clone(), server.try_clone()) else {
+    let (Ok(mut client_read), Ok(mut server_write)) = (client.try_clone(), server.try_clone())
+    else {
         return;
     };
     std::thread::spawn(move || {
@@ -143,7 +172,10 @@ fn proxy(client: TcpStream, mut server: TcpStream, dropped: Arc<AtomicU32>, time
         if server.read_exact(&mut body).is_err() {
             break;
         }
-        if header[0] == b'C' && body.starts_with(b"COMMIT\0") && dropped.load(Ordering::SeqCst) < times {
+        if header[0] == b'C'
+            && body.starts_with(b"COMMIT\0")
+            && dropped.load(Ordering::SeqCst) < times
+        {
             dropped.fetch_add(1, Ordering::SeqCst);
             let _ = client.shutdown(Shutdown::Both);
             let _ = server.shutdown(Shutdown::Both);
@@ -185,11 +217,15 @@ async fn ambiguous_commit() -> Result<(), Failed> {
     }
     let report = worker.shutdown(Duration::from_secs(20)).await;
     check(proxy.dropped.load(Ordering::SeqCst) == 3, || {
-        format!("the proxy dropped {} commits", proxy.dropped.load(Ordering::SeqCst))
+        format!(
+            "the proxy dropped {} commits",
+            proxy.dropped.load(Ordering::SeqCst)
+        )
     })?;
-    check(report.is_complete() && report.written + report.already_written == 1000, || {
-        format!("{report:?}")
-    })?;
+    check(
+        report.is_complete() && report.written + report.already_written == 1000,
+        || format!("{report:?}"),
+    )?;
     check(report.already_written > 0, || {
         format!("no batch was recognised as already committed: {report:?}")
     })?;
@@ -244,9 +280,10 @@ async fn terminated_backends() -> Result<(), Failed> {
     check(killed > 0 && report.retries > 0, || {
         format!("killed {killed} backends, {} retries", report.retries)
     })?;
-    check(report.is_complete() && report.written + report.already_written == 20_000, || {
-        format!("{report:?}")
-    })?;
+    check(
+        report.is_complete() && report.written + report.already_written == 20_000,
+        || format!("{report:?}"),
+    )?;
     exactly_once(&pool, &table, 20_000).await
 }
 
@@ -263,7 +300,11 @@ async fn poison_rows() -> Result<(), Failed> {
             t = table.quoted()
         ))
         .await?;
-    let (logger, worker) = pglogsink::spawn(pool.clone(), &config(&table, None), CancellationToken::new())?;
+    let (logger, worker) = pglogsink::spawn(
+        pool.clone(),
+        &config(&table, None),
+        CancellationToken::new(),
+    )?;
     let bad = [17u64, 2500, 4999];
     for i in 0..5000u64 {
         let mut record = Record::new(Level::Info, format!("record {i}")).field("n", i);
@@ -276,9 +317,10 @@ async fn poison_rows() -> Result<(), Failed> {
         logger.send(record)?;
     }
     let report = worker.shutdown(Duration::from_secs(30)).await;
-    check(report.written == 4996 && report.rejected == 4 && report.is_complete(), || {
-        format!("{report:?}")
-    })?;
+    check(
+        report.written == 4996 && report.rejected == 4 && report.is_complete(),
+        || format!("{report:?}"),
+    )?;
     exactly_once(&pool, &table, 4996).await?;
     let rejected = client
         .query(
@@ -289,8 +331,10 @@ async fn poison_rows() -> Result<(), Failed> {
             &[],
         )
         .await?;
-    let got: Vec<(Option<String>, String, i32)> =
-        rejected.iter().map(|r| (r.get(0), r.get(1), r.get(2))).collect();
+    let got: Vec<(Option<String>, String, i32)> = rejected
+        .iter()
+        .map(|r| (r.get(0), r.get(1), r.get(2)))
+        .collect();
     let expected = vec![
         (Some("23514".to_owned()), "poison 17".to_owned(), 17),
         (Some("23514".to_owned()), "poison 2500".to_owned(), 2500),
@@ -313,17 +357,25 @@ async fn dead_letter() -> Result<(), Failed> {
         ))
         .await?;
     let spool = spool_dir("dead");
-    let (logger, worker) = pglogsink::spawn(pool.clone(), &config(&table, Some(&spool)), CancellationToken::new())?;
+    let (logger, worker) = pglogsink::spawn(
+        pool.clone(),
+        &config(&table, Some(&spool)),
+        CancellationToken::new(),
+    )?;
     logger.log(Level::Info, "fine")?;
     logger.log(Level::Info, "refused")?;
     let report = worker.shutdown(Duration::from_secs(10)).await;
     let lines = std::fs::read_to_string(spool.join("dead-letter.ndjson"))?;
     let _ = std::fs::remove_dir_all(&spool);
-    check(report.written == 1 && report.dead_lettered == 1 && report.is_complete(), || {
-        format!("{report:?}")
-    })?;
+    check(
+        report.written == 1 && report.dead_lettered == 1 && report.is_complete(),
+        || format!("{report:?}"),
+    )?;
     let entry: serde_json::Value = serde_json::from_str(lines.trim())?;
-    check(entry["record"]["message"] == "refused" && entry["sqlstate"] == "23514", || lines.clone())
+    check(
+        entry["record"]["message"] == "refused" && entry["sqlstate"] == "23514",
+        || lines.clone(),
+    )
 }
 
 async fn hostile_input() -> Result<(), Failed> {
@@ -337,7 +389,9 @@ async fn hostile_input() -> Result<(), Failed> {
     let (logger, worker) = pglogsink::spawn(pool.clone(), &cfg, CancellationToken::new())?;
     let planes: String = (0..=16u32)
         .filter_map(|plane| char::from_u32(plane * 0x10000 + 0x41))
-        .chain(['\u{1}', '\u{1b}', '\u{7f}', '\u{85}', '\u{2028}', '\u{feff}', '\u{fffd}'])
+        .chain([
+            '\u{1}', '\u{1b}', '\u{7f}', '\u{85}', '\u{2028}', '\u{feff}', '\u{fffd}',
+        ])
         .collect();
     let mut deep = json!("bottom");
     for _ in 0..64 {
@@ -350,20 +404,30 @@ async fn hostile_input() -> Result<(), Failed> {
     let records = vec![
         Record::new(Level::Info, three_mb.clone()).field("n", 0),
         Record::new(Level::Info, ten_mb).field("n", 1),
-        Record::new(Level::Info, planes.clone()).field("n", 2).field(planes.clone(), planes.clone()),
-        Record::new(Level::Info, "deep").field("n", 3).field("deep", deep.clone()),
-        Record::new(Level::Info, "wide").field("n", 4).field("wide", serde_json::Value::Object(wide)),
-        Record::new(Level::Info, "\\.\n\\copy log from program 'rm -rf /'; '); DROP TABLE log; --")
-            .field("n", 5)
-            .field("sql", "E'\\\\x00' || chr(0)"),
+        Record::new(Level::Info, planes.clone())
+            .field("n", 2)
+            .field(planes.clone(), planes.clone()),
+        Record::new(Level::Info, "deep")
+            .field("n", 3)
+            .field("deep", deep.clone()),
+        Record::new(Level::Info, "wide")
+            .field("n", 4)
+            .field("wide", serde_json::Value::Object(wide)),
+        Record::new(
+            Level::Info,
+            "\\.\n\\copy log from program 'rm -rf /'; '); DROP TABLE log; --",
+        )
+        .field("n", 5)
+        .field("sql", "E'\\\\x00' || chr(0)"),
     ];
     for record in records {
         logger.send(record)?;
     }
     let report = worker.shutdown(Duration::from_secs(30)).await;
-    check(report.written == 6 && report.truncated == 1 && report.is_complete(), || {
-        format!("{report:?}")
-    })?;
+    check(
+        report.written == 6 && report.truncated == 1 && report.is_complete(),
+        || format!("{report:?}"),
+    )?;
     let client = pool.get().await?;
     let rows = client
         .query(
@@ -376,14 +440,29 @@ async fn hostile_input() -> Result<(), Failed> {
         .await?;
     let message = |i: usize| -> String { rows[i].get(0) };
     let fields = |i: usize| -> serde_json::Value { rows[i].get(1) };
-    check(message(0) == three_mb, || "the 3 MB message was not kept intact".into())?;
-    let cut = message(1);
-    check(cut.len() <= 4 << 20 && cut.contains("[truncated ") && cut.starts_with("tttt"), || {
-        format!("truncated message of {} bytes ends {:?}", cut.len(), &cut[cut.len().saturating_sub(40)..])
+    check(message(0) == three_mb, || {
+        "the 3 MB message was not kept intact".into()
     })?;
-    check(message(2) == planes && fields(2)[planes.as_str()] == json!(planes), || "planes".into())?;
+    let cut = message(1);
+    check(
+        cut.len() <= 4 << 20 && cut.contains("[truncated ") && cut.starts_with("tttt"),
+        || {
+            format!(
+                "truncated message of {} bytes ends {:?}",
+                cut.len(),
+                &cut[cut.len().saturating_sub(40)..]
+            )
+        },
+    )?;
+    check(
+        message(2) == planes && fields(2)[planes.as_str()] == json!(planes),
+        || "planes".into(),
+    )?;
     check(fields(3)["deep"] == deep, || "deep fields".into())?;
-    check(fields(4)["wide"].as_object().map(|o| o.len()) == Some(10_000), || "wide fields".into())?;
+    check(
+        fields(4)["wide"].as_object().map(|o| o.len()) == Some(10_000),
+        || "wide fields".into(),
+    )?;
     check(message(5).starts_with("\\.\n\\copy"), || message(5))?;
     check(count(&pool, &table).await? == 6, || "count".into())
 }
@@ -415,19 +494,29 @@ async fn fatal_stop_spools_then_replays() -> Result<(), Failed> {
         .batch_execute(&format!("REVOKE INSERT ON {} FROM {role}", table.quoted()))
         .await?;
     let token = CancellationToken::new();
-    let (logger, worker) =
-        pglogsink::spawn(pglogsink::pool(as_role.clone(), 2)?, &config(&table, Some(&spool)), token.clone())?;
+    let (logger, worker) = pglogsink::spawn(
+        pglogsink::pool(as_role.clone(), 2)?,
+        &config(&table, Some(&spool)),
+        token.clone(),
+    )?;
     log_numbered(&logger, 0, 3000)?;
     tokio::time::timeout(Duration::from_secs(10), token.cancelled())
         .await
         .map_err(|_| "no fatal stop within 10 s")?;
     let _ = log_numbered(&logger, 3000, 10); // refused: the sink has stopped
     let first = worker.shutdown(Duration::from_secs(5)).await;
-    check(first.fatal.as_ref().and_then(|f| f.sqlstate()) == Some("42501"), || format!("{first:?}"))?;
-    check(first.left_in_spool() == 3000 && first.not_written + first.in_doubt == 0, || {
-        format!("{first:?}")
-    })?;
-    check(first.to_string().contains(&spool.display().to_string()), || first.to_string())?;
+    check(
+        first.fatal.as_ref().and_then(|f| f.sqlstate()) == Some("42501"),
+        || format!("{first:?}"),
+    )?;
+    check(
+        first.left_in_spool() == 3000 && first.not_written + first.in_doubt == 0,
+        || format!("{first:?}"),
+    )?;
+    check(
+        first.to_string().contains(&spool.display().to_string()),
+        || first.to_string(),
+    )?;
 
     // After the repair, the next start replays the spool first.
     admin
@@ -435,14 +524,18 @@ async fn fatal_stop_spools_then_replays() -> Result<(), Failed> {
         .await?
         .batch_execute(&format!("GRANT INSERT ON {} TO {role}", table.quoted()))
         .await?;
-    let (logger, worker) =
-        pglogsink::spawn(pglogsink::pool(as_role, 2)?, &config(&table, Some(&spool)), CancellationToken::new())?;
+    let (logger, worker) = pglogsink::spawn(
+        pglogsink::pool(as_role, 2)?,
+        &config(&table, Some(&spool)),
+        CancellationToken::new(),
+    )?;
     log_numbered(&logger, 5000, 100)?;
     let second = worker.shutdown(Duration::from_secs(20)).await;
     let _ = std::fs::remove_dir_all(&spool);
-    check(second.replayed == 3000 && second.written == 3100 && second.is_complete(), || {
-        format!("{second:?}")
-    })?;
+    check(
+        second.replayed == 3000 && second.written == 3100 && second.is_complete(),
+        || format!("{second:?}"),
+    )?;
     exactly_once(&admin, &table, 3100).await
 }
 
@@ -475,11 +568,17 @@ fn long_outage_spills() -> Result<(), Failed> {
         let during = logger.stats();
         server.start_server()?;
         let report = worker.shutdown(Duration::from_secs(60)).await;
-        check(during.spooled > 50_000, || format!("only {} records spooled during the outage", during.spooled))?;
+        check(during.spooled > 50_000, || {
+            format!("only {} records spooled during the outage", during.spooled)
+        })?;
         // The budget is 1 MiB, about 4,000 records; between two checks
         // (50 ms) at most ~3,000 more arrive.
-        check(max_queued < 15_000, || format!("the queue held {max_queued} records"))?;
-        check(report.is_complete() && report.left_in_spool() == 0, || format!("{report:?}"))?;
+        check(max_queued < 15_000, || {
+            format!("the queue held {max_queued} records")
+        })?;
+        check(report.is_complete() && report.left_in_spool() == 0, || {
+            format!("{report:?}")
+        })?;
         check(report.replayed == report.spooled, || format!("{report:?}"))?;
         eprintln!(
             "    outage {outage:?}: at most {max_queued} records queued, {} spooled and replayed",
@@ -500,16 +599,27 @@ fn shutdown_server_down_replays() -> Result<(), Failed> {
         let table = fresh_table("down");
         pglogsink::migrate(&pool, &table).await?;
         server.stop_server()?;
-        let (logger, worker) = pglogsink::spawn(pool.clone(), &config(&table, Some(&spool)), CancellationToken::new())?;
+        let (logger, worker) = pglogsink::spawn(
+            pool.clone(),
+            &config(&table, Some(&spool)),
+            CancellationToken::new(),
+        )?;
         log_numbered(&logger, 0, 5000)?;
         let first = worker.shutdown(Duration::from_millis(500)).await;
-        check(first.timed_out && first.left_in_spool() == 5000 && first.is_complete(), || {
-            format!("{first:?}")
-        })?;
+        check(
+            first.timed_out && first.left_in_spool() == 5000 && first.is_complete(),
+            || format!("{first:?}"),
+        )?;
         server.start_server()?;
-        let (_logger, worker) = pglogsink::spawn(pool.clone(), &config(&table, Some(&spool)), CancellationToken::new())?;
+        let (_logger, worker) = pglogsink::spawn(
+            pool.clone(),
+            &config(&table, Some(&spool)),
+            CancellationToken::new(),
+        )?;
         let second = worker.shutdown(Duration::from_secs(20)).await;
-        check(second.replayed == 5000 && second.is_complete(), || format!("{second:?}"))?;
+        check(second.replayed == 5000 && second.is_complete(), || {
+            format!("{second:?}")
+        })?;
         exactly_once(&pool, &table, 5000).await
     });
     let _ = std::fs::remove_dir_all(&spool);
@@ -539,27 +649,45 @@ fn torn_spool_tail() -> Result<(), Failed> {
             .find(|p| p.extension().is_some_and(|x| x == "spool"))
             .ok_or("no spool segment")?;
         let len = std::fs::metadata(&segment)?.len();
-        std::fs::OpenOptions::new().write(true).open(&segment)?.set_len(len - 10)?;
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(&segment)?
+            .set_len(len - 10)?;
 
         server.start_server()?;
         let (_logger, worker) = pglogsink::spawn(pool.clone(), &cfg, CancellationToken::new())?;
         let second = worker.shutdown(Duration::from_secs(20)).await;
-        check(second.spool_corrupt_bytes > 0 && second.is_complete(), || format!("{second:?}"))?;
-        check(second.to_string().contains("corrupt spool"), || second.to_string())?;
+        check(
+            second.spool_corrupt_bytes > 0 && second.is_complete(),
+            || format!("{second:?}"),
+        )?;
+        check(second.to_string().contains("corrupt spool"), || {
+            second.to_string()
+        })?;
         let (rows, distinct) = rows_and_distinct(&pool, &table).await?;
         // Only the torn entry (one batch of at most 100) is missing.
-        check((900..1000).contains(&rows) && distinct == rows && rows as u64 == second.replayed, || {
-            format!("{rows} rows ({distinct} distinct) after replaying a torn spool; {second:?}")
-        })?;
+        check(
+            (900..1000).contains(&rows) && distinct == rows && rows as u64 == second.replayed,
+            || {
+                format!(
+                    "{rows} rows ({distinct} distinct) after replaying a torn spool; {second:?}"
+                )
+            },
+        )?;
         let seen: HashSet<i64> = pool
             .get()
             .await?
-            .query(&format!("SELECT (fields->>'n')::bigint FROM {}", table.quoted()), &[])
+            .query(
+                &format!("SELECT (fields->>'n')::bigint FROM {}", table.quoted()),
+                &[],
+            )
             .await?
             .iter()
             .map(|r| r.get(0))
             .collect();
-        check((0..rows).all(|n| seen.contains(&n)), || "the replayed rows are not the oldest ones".into())
+        check((0..rows).all(|n| seen.contains(&n)), || {
+            "the replayed rows are not the oldest ones".into()
+        })
     });
     let _ = std::fs::remove_dir_all(&spool);
     server.stop()?;

@@ -47,7 +47,14 @@ async fn an_event_in_nested_spans_becomes_exactly_this_row() -> Result<(), libte
         let step = tracing::info_span!("step", user = "bob");
         let _step = step.enter();
         let cart = Cart { items: 3 };
-        tracing::info!(answer = 42, ratio = 0.5, ok = true, name = "x", ?cart, "hello");
+        tracing::info!(
+            answer = 42,
+            ratio = 0.5,
+            ok = true,
+            name = "x",
+            ?cart,
+            "hello"
+        );
         tracing::debug!("below the layer's filter");
         tracing::warn!(target: "pglogsink", "the sink's own diagnostics");
         tracing::warn!(target: "tokio_postgres::connection", "driver noise");
@@ -75,7 +82,9 @@ async fn an_event_in_nested_spans_becomes_exactly_this_row() -> Result<(), libte
     let fields: serde_json::Value = row.get(3);
     let types: serde_json::Value = row.get(4);
     check(level == "info", || format!("level {level}"))?;
-    check(target == "integration::layer", || format!("target {target}"))?;
+    check(target == "integration::layer", || {
+        format!("target {target}")
+    })?;
     check(message == "hello", || format!("message {message:?}"))?;
     check(
         fields

@@ -128,7 +128,15 @@ fn filters_return_exactly_the_matching_rows() -> Result<(), Failed> {
         (&["--since", "15m", "--level", "error"], &[5]),
         (&["--since", "2h30m", "--until", "20m"], &[2, 3]),
         (&["--until", "2021-01-01"], &[6]),
-        (&["--since", "2019-12-31 00:00:00", "--until", "2020-01-02T00:00:00Z"], &[6]),
+        (
+            &[
+                "--since",
+                "2019-12-31 00:00:00",
+                "--until",
+                "2020-01-02T00:00:00Z",
+            ],
+            &[6],
+        ),
         (&["--grep", "failed"], &[3]),
         (&["--grep", "100%"], &[2]),
         (&["--grep", "_"], &[4]),
@@ -177,12 +185,17 @@ fn text_output() -> Result<(), Failed> {
     let shown = text(&out.stdout);
     check(out.status.success(), || text(&out.stderr))?;
     let lines: Vec<&str> = shown.lines().collect();
-    check(lines.len() == 2 && !shown.contains('\x1b'), || shown.clone())?;
+    check(lines.len() == 2 && !shown.contains('\x1b'), || {
+        shown.clone()
+    })?;
     // Local time with its offset; columns aligned: the messages start at the same place.
-    check(lines.iter().all(|l| l.contains(" +05:30  ")), || shown.clone())?;
+    check(lines.iter().all(|l| l.contains(" +05:30  ")), || {
+        shown.clone()
+    })?;
     check(
         lines[0].contains("  DEBUG  other  [ -]  cache_miss")
-            && lines[1].contains("  ERROR  app    [13]  disk full  {\"ok\": true, \"status\": 500}"),
+            && lines[1]
+                .contains("  ERROR  app    [13]  disk full  {\"ok\": true, \"status\": 500}"),
         || shown.clone(),
     )?;
 
@@ -191,7 +204,11 @@ fn text_output() -> Result<(), Failed> {
         empty.status.success() && text(&empty.stdout).starts_with("no rows in table"),
         || format!("text: {:?} {:?}", text(&empty.stdout), text(&empty.stderr)),
     )?;
-    let empty = logs(&table, &["--json", "--level", "error", "--since", "5s"], &[])?;
+    let empty = logs(
+        &table,
+        &["--json", "--level", "error", "--since", "5s"],
+        &[],
+    )?;
     check(
         empty.status.success()
             && empty.stdout.is_empty()
@@ -218,9 +235,15 @@ fn text_output() -> Result<(), Failed> {
 fn invalid_values() -> Result<(), Failed> {
     let table = fresh_table("logs_bad");
     let cases: &[(&[&str], &[&str])] = &[
-        (&["--since", "yesterday"], &["--since", "15m", "2026-11-23T16:19:18Z"]),
+        (
+            &["--since", "yesterday"],
+            &["--since", "15m", "2026-11-23T16:19:18Z"],
+        ),
         (&["--until", "5 minutes"], &["--until", "30s"]),
-        (&["--level", "loud"], &["--level", "trace, debug, info, warn, error"]),
+        (
+            &["--level", "loud"],
+            &["--level", "trace, debug, info, warn, error"],
+        ),
         (&["--field", "nokey"], &["--field", "KEY=VALUE"]),
         (&["--limit", "0"], &["--limit", "1..=1000000"]),
         (&["--follow", "--until", "1h"], &["--until", "--follow"]),
@@ -316,5 +339,7 @@ fn follow_prints_new_rows() -> Result<(), Failed> {
         std::thread::sleep(Duration::from_millis(50));
     };
     result?;
-    check(status.success(), || format!("logs --follow exited {status}"))
+    check(status.success(), || {
+        format!("logs --follow exited {status}")
+    })
 }

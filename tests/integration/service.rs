@@ -21,6 +21,10 @@ pub fn trials() -> Vec<Trial> {
             load_verify_then_ctrl_c,
         ),
         Trial::test(
+            "service::metrics_and_readyz_describe_the_running_service",
+            metrics_and_readyz,
+        ),
+        Trial::test(
             "service::dropping_the_table_under_load_stops_the_service",
             dropping_the_table_stops_the_service,
         ),
@@ -50,7 +54,11 @@ impl Serve {
     fn start(db_args: &[&str], extra: &[&str]) -> Result<Serve, Failed> {
         let addr = format!("127.0.0.1:{}", free_port()?);
         // Each service gets a spool of its own, never one in the working tree.
-        let spool = std::env::temp_dir().join(format!("pglogsink-svc-spool-{}-{}", std::process::id(), addr.replace([':', '.'], "-")));
+        let spool = std::env::temp_dir().join(format!(
+            "pglogsink-svc-spool-{}-{}",
+            std::process::id(),
+            addr.replace([':', '.'], "-")
+        ));
         let child = Command::new(BIN)
             .arg("serve")
             .args(["--listen", &addr])
@@ -232,7 +240,11 @@ fn load_verify_then_ctrl_c() -> Result<(), Failed> {
 /// (from the tracing span) share its request id; only the first has the run id.
 fn every_row_of_a_request_has_its_id(db: &str, table: &str) -> Result<(), Failed> {
     let db_args = ["--database-url", db, "--table", table, "--json"];
-    let newest = run(&[&["logs", "--target", "recipes", "--limit", "1"], &db_args[..]].concat())?;
+    let newest = run(&[
+        &["logs", "--target", "recipes", "--limit", "1"],
+        &db_args[..],
+    ]
+    .concat())?;
     let row: serde_json::Value = serde_json::from_str(text(&newest.stdout).trim())?;
     let request_id = row["fields"]["request_id"]
         .as_str()
@@ -384,7 +396,25 @@ fn help_lists_flags() -> Result<(), Failed> {
                 "--verify",
             ][..],
         ),
-        ("logs", &["--limit", "--database-url", "--data-dir"][..]),
+        (
+            "logs",
+            &[
+                "--limit",
+                "--database-url",
+                "--data-dir",
+                "--level",
+                "--since",
+                "--until",
+                "--grep",
+                "--target",
+                "--field",
+                "--request-id",
+                "--follow",
+                "--json",
+                "PGLOGSINK_REQUEST_ID",
+                "PGLOGSINK_FOLLOW",
+            ][..],
+        ),
         ("migrate", &["--database-url", "--table"][..]),
     ] {
         let out = run(&[sub, "--help"])?;
@@ -403,4 +433,50 @@ fn help_lists_flags() -> Result<(), Failed> {
         !bad.status.success() && text(&bad.stderr).contains("from 1 to"),
         || text(&bad.stderr),
     )
+}
+
+fn metrics_and_readyz() -> Result<(), Failed> {
+    let db = url()?;
+    let table = fresh_table("metrics").to_string();
+    let mut serve = Serve::start(&["--database-url", &db, "--table", &table], &[])?;
+    let (status, body) = http_get(&serve.addr, "/readyz")?;
+    check(status == 200 && body.contains(r#""ready":true"#), || {
+        format!("{status} {body}")
+    })?;
+    for i in 0..20 {
+        http_get(&serve.addr, &format!("/recipes/{i}"))?;
+    }
+    // The sink writes asynchronously: wait until /metrics counts the rows.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let metrics = loop {
+        let (status, body) = http_get(&serve.addr, "/metrics")?;
+        check(status == 200, || format!("/metrics answered {status}"))?;
+        let written = body
+            .lines()
+            .find_map(|l| l.strip_prefix("pglogsink_records_written_total "))
+            .and_then(|v| v.trim().parse::<f64>().ok())
+            .unwrap_or(0.0);
+        if written >= 40.0 || Instant::now() > deadline {
+            break body;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    for needle in [
+        "pglogsink_records_written_total 4",
+        "pglogsink_records_enqueued_total",
+        "pglogsink_queue_depth",
+        "pglogsink_oldest_unwritten_seconds",
+        "pglogsink_batch_rows_bucket",
+        "pglogsink_copy_duration_seconds_bucket",
+        r#"http_requests_total{route="/recipes/{id}",method="GET",status="200"} 20"#,
+        r#"http_request_duration_seconds_bucket{route="/recipes/{id}""#,
+        "# HELP pglogsink_records_written_total",
+    ] {
+        check(metrics.contains(needle), || {
+            format!("/metrics lacks {needle:?}:\n{metrics}")
+        })?;
+    }
+    serve.signal("-INT")?;
+    let out = serve.wait()?;
+    check(out.status.success(), || text(&out.stderr))
 }

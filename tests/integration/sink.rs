@@ -387,8 +387,8 @@ async fn migrate_is_idempotent() -> Result<(), Failed> {
             &[&schema],
         )
         .await?;
-    check(idx.get::<_, i64>(0) == 2, || {
-        "expected the primary key and the timestamp index".into()
+    check(idx.get::<_, i64>(0) == 3, || {
+        "expected the primary key, the timestamp index and the warn index".into()
     })
 }
 

@@ -1,0 +1,141 @@
+//! `GET /metrics`: Prometheus text format through the `metrics` facade and
+//! its Prometheus exporter.
+//!
+//! The sink's counters live in the library as plain atomics (the hot path
+//! stays free of any metrics call); they are copied into the registry when
+//! Prometheus scrapes. Per-batch histograms and retries by reason are
+//! recorded by the library's consumer as they happen.
+
+use std::time::Instant;
+
+use axum::extract::{MatchedPath, Request};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+use pglogsink::Logger;
+
+/// Install the process-wide recorder. Call once, before serving.
+pub(crate) fn install() -> Result<PrometheusHandle, super::Failure> {
+    let seconds = &[
+        0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+    ];
+    let rows = &[
+        1.0,
+        10.0,
+        100.0,
+        1_000.0,
+        4_096.0,
+        16_384.0,
+        65_536.0,
+        262_144.0,
+        1_048_576.0,
+    ];
+    let handle = PrometheusBuilder::new()
+        .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), seconds)?
+        .set_buckets_for_metric(Matcher::Full("pglogsink_batch_rows".into()), rows)?
+        .install_recorder()?;
+    describe();
+    Ok(handle)
+}
+
+fn describe() {
+    use metrics::{describe_counter, describe_gauge, describe_histogram, Unit};
+    describe_counter!(
+        "pglogsink_records_enqueued_total",
+        "Records taken by log()."
+    );
+    describe_counter!(
+        "pglogsink_records_written_total",
+        "Records committed to the Log table."
+    );
+    describe_counter!(
+        "pglogsink_records_rejected_total",
+        "Records PostgreSQL refused, kept in the rejected table or dead-letter file."
+    );
+    describe_counter!(
+        "pglogsink_records_spooled_total",
+        "Records moved to the on-disk spool."
+    );
+    describe_counter!(
+        "pglogsink_records_replayed_total",
+        "Records written from the spool."
+    );
+    describe_counter!(
+        "pglogsink_records_truncated_total",
+        "Records cut to the maximum record size."
+    );
+    describe_counter!("pglogsink_batches_total", "COPY batches committed.");
+    describe_counter!(
+        "pglogsink_retries_total",
+        "Batch attempts retried after a transient error, by reason."
+    );
+    describe_gauge!(
+        "pglogsink_queue_depth",
+        "Records waiting in the in-memory queue."
+    );
+    describe_gauge!(
+        "pglogsink_oldest_unwritten_seconds",
+        Unit::Seconds,
+        "Age of the oldest record taken by log() and not yet written."
+    );
+    describe_gauge!(
+        "pglogsink_up",
+        "1 while the sink takes records, 0 after it stopped."
+    );
+    describe_histogram!("pglogsink_batch_rows", "Rows per committed COPY batch.");
+    describe_histogram!(
+        "pglogsink_copy_duration_seconds",
+        Unit::Seconds,
+        "Time to write one batch (transaction, ledger row and COPY)."
+    );
+    describe_counter!(
+        "http_requests_total",
+        "HTTP requests answered, by route, method and status."
+    );
+    describe_histogram!(
+        "http_request_duration_seconds",
+        Unit::Seconds,
+        "HTTP request latency, by route."
+    );
+}
+
+/// The scrape endpoint's answer: the sink's counters copied in, then the
+/// whole registry rendered.
+pub(crate) fn render(handle: &PrometheusHandle, logger: &Logger) -> Response {
+    let stats = logger.stats();
+    metrics::counter!("pglogsink_records_enqueued_total").absolute(stats.received + stats.queued);
+    metrics::counter!("pglogsink_records_written_total").absolute(stats.written);
+    metrics::counter!("pglogsink_records_rejected_total")
+        .absolute(stats.rejected + stats.dead_lettered);
+    metrics::counter!("pglogsink_records_spooled_total").absolute(stats.spooled);
+    metrics::counter!("pglogsink_records_replayed_total").absolute(stats.replayed);
+    metrics::counter!("pglogsink_records_truncated_total").absolute(stats.truncated);
+    metrics::counter!("pglogsink_batches_total").absolute(stats.batches);
+    metrics::gauge!("pglogsink_queue_depth").set(stats.queued as f64);
+    metrics::gauge!("pglogsink_oldest_unwritten_seconds")
+        .set(stats.oldest_unwritten.map_or(0.0, |d| d.as_secs_f64()));
+    metrics::gauge!("pglogsink_up").set(if stats.closed { 0.0 } else { 1.0 });
+    (
+        [("content-type", "text/plain; version=0.0.4; charset=utf-8")],
+        handle.render(),
+    )
+        .into_response()
+}
+
+/// Middleware: count and time every request by its route pattern (not its
+/// path, so that `/recipes/{id}` is one series).
+pub(crate) async fn track(request: Request, next: Next) -> Response {
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or_else(|| "unmatched".to_owned(), |p| p.as_str().to_owned());
+    let method = request.method().to_string();
+    let started = Instant::now();
+    let response = next.run(request).await;
+    let status = response.status().as_u16().to_string();
+    metrics::counter!("http_requests_total", "route" => route.clone(), "method" => method, "status" => status)
+        .increment(1);
+    metrics::histogram!("http_request_duration_seconds", "route" => route)
+        .record(started.elapsed().as_secs_f64());
+    response
+}

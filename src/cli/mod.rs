@@ -47,7 +47,7 @@ pub(crate) enum Command {
 }
 
 /// Where the Log table lives. Shared by every subcommand.
-#[derive(Debug, Clone, Args)]
+#[derive(Clone, Args)]
 pub(crate) struct DatabaseArgs {
     /// PostgreSQL to use, e.g. postgres://user:password@127.0.0.1:5432/db. Without it, a private
     /// cluster in --data-dir is used.
@@ -63,6 +63,44 @@ pub(crate) struct DatabaseArgs {
     /// The Log table, optionally schema-qualified (lowercase letters, digits, underscores).
     #[arg(long, env = "PGLOGSINK_TABLE", default_value = pglogsink::DEFAULT_TABLE, value_name = "NAME")]
     pub(crate) table: TableName,
+}
+
+// Written by hand so that the URL's password can never reach a log line.
+impl std::fmt::Debug for DatabaseArgs {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DatabaseArgs")
+            .field(
+                "database_url",
+                &self
+                    .database_url
+                    .as_deref()
+                    .and_then(|url| pglogsink::parse_url(url).ok())
+                    .map(|config| db::describe_config(&config)),
+            )
+            .field("data_dir", &self.data_dir)
+            .field("table", &self.table)
+            .finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[test]
+    fn the_password_never_shows_in_debug_output() {
+        let cli = Cli::try_parse_from([
+            "pglogsink",
+            "logs",
+            "--database-url",
+            "postgres://app:s3cret-pw@127.0.0.1:5432/app",
+        ])
+        .unwrap();
+        let debug = format!("{cli:?}");
+        assert!(!debug.contains("s3cret-pw"), "{debug}");
+        assert!(debug.contains("app@127.0.0.1:5432/app"), "{debug}");
+    }
 }
 
 #[derive(Debug, Args)]

@@ -206,13 +206,23 @@ impl Serve {
         lines[lines.len().saturating_sub(10)..].join(" | ")
     }
 
-    /// SIGTERM, then wait; returns the exit code.
-    fn stop(mut self) -> Result<i32, Fail> {
+    /// SIGTERM, then wait; returns the exit code and the sink's final
+    /// report line (records and batches written).
+    fn stop(mut self) -> Result<(i32, String), Fail> {
         let code = self.terminate()?;
         if code != 0 {
             eprintln!("http: serve on {} said: {}", self.addr, self.log_tail());
         }
-        Ok(code)
+        let text = std::fs::read_to_string(&self.stderr).unwrap_or_default();
+        let report = text
+            .lines()
+            .rev()
+            .find_map(|l| {
+                l.split_once("pglogsink: stopped: ")
+                    .map(|(_, r)| r.to_owned())
+            })
+            .unwrap_or_default();
+        Ok((code, report))
     }
 
     fn terminate(&mut self) -> Result<i32, Fail> {
@@ -336,8 +346,8 @@ fn run(args: &Args, url: &str, table: &TableName) -> Result<serde_json::Value, F
         };
         rounds.push((a, b));
     }
-    let on_code = on.stop()?;
-    let off_code = off.stop()?;
+    let (on_code, on_report) = on.stop()?;
+    let (off_code, _) = off.stop()?;
     if on_code != 0 || off_code != 0 {
         return Err(format!(
             "serve exited with {on_code} (logging on) and {off_code} (--no-log); \
@@ -378,6 +388,7 @@ fn run(args: &Args, url: &str, table: &TableName) -> Result<serde_json::Value, F
         "median", on_rate, on_p99, off_rate, off_p99, ratio
     );
     println!("logging on / off: {ratio:.3} of the requests/s (target >= 0.95)");
+    println!("the logging server's sink: {on_report}");
     Ok(json!({
         "requests": args.requests,
         "rounds": args.rounds,
@@ -385,6 +396,7 @@ fn run(args: &Args, url: &str, table: &TableName) -> Result<serde_json::Value, F
         "logging_on": {"requests_per_s": on_rate, "p50_ms": on_p50, "p99_ms": on_p99},
         "logging_off": {"requests_per_s": off_rate, "p50_ms": off_p50, "p99_ms": off_p99},
         "ratio": ratio,
+        "sink_report": on_report,
         "per_round": rounds.iter().map(|(a, b)| json!({
             "on": {"requests_per_s": a.requests_per_s, "p99_ms": a.p99_ms},
             "off": {"requests_per_s": b.requests_per_s, "p99_ms": b.p99_ms},

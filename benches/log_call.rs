@@ -289,6 +289,8 @@ fn run<M: Method>(method: &M, threads: usize, iters: u64) -> Duration {
         return scaled_median(&mut per_call, iters);
     }
     let slot: RwLock<Option<M::Chunk>> = RwLock::new(None);
+    // The chunk is in the slot / every thread holds its handle / all done.
+    let ready_line = Barrier::new(threads + 1);
     let start_line = Barrier::new(threads + 1);
     let finish_line = Barrier::new(threads + 1);
     let chunks = iters.div_ceil(CHUNK);
@@ -298,6 +300,7 @@ fn run<M: Method>(method: &M, threads: usize, iters: u64) -> Duration {
                 for c in 0..chunks {
                     let first = c * CHUNK;
                     let n = CHUNK.min(iters - first);
+                    ready_line.wait();
                     {
                         let guard = slot.read().expect("slot");
                         let mut local = method.local(guard.as_ref().expect("chunk"));
@@ -313,6 +316,7 @@ fn run<M: Method>(method: &M, threads: usize, iters: u64) -> Duration {
         for c in 0..chunks {
             let n = CHUNK.min(iters - c * CHUNK);
             *slot.write().expect("slot") = Some(method.open());
+            ready_line.wait();
             // Wall time from the common start to the last thread's end:
             // a thread that waits for a core is waiting in `log()` too.
             start_line.wait();

@@ -428,6 +428,13 @@ impl Consumer {
     /// Move everything queued to the spool (or count it lost). Returns how
     /// many records were taken.
     fn spill_queue(&mut self, tally: &mut Tally) -> u64 {
+        if self.spool.is_none() {
+            // Nowhere to keep them: count, without encoding.
+            let lost = self.rx.drain().count() as u64;
+            Shared::add(&self.shared.received, lost);
+            tally.not_written += lost;
+            return lost;
+        }
         let mut records = Vec::with_capacity(self.batch_size);
         let mut taken = 0;
         loop {

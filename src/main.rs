@@ -12,7 +12,10 @@ use cli::{Cli, Command};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    cli::diagnostics::init();
+    if let Err(e) = cli::diagnostics::init() {
+        eprintln!("pglogsink: error: {e}");
+        return ExitCode::from(2);
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

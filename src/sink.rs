@@ -85,7 +85,10 @@ pub fn spawn(
         ledger_retention: config.ledger_retention,
     };
     let task = runtime.spawn(consumer.run());
-    let logger = Logger::new(tx, shared.clone(), config.default_target.clone().into());
+    // Interned once per sink, so that `log()` without a target of its own
+    // copies a pointer instead of allocating a String for every record.
+    let default_target: &'static str = Box::leak(config.default_target.clone().into_boxed_str());
+    let logger = Logger::new(tx, shared.clone(), default_target.into());
     let worker = Worker {
         task,
         shared,

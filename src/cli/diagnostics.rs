@@ -16,7 +16,6 @@ use std::sync::OnceLock;
 use pglogsink::{Logger, PgLogLayer};
 use tracing::span::{Attributes, Id, Record};
 use tracing::{Event, Subscriber};
-use tracing_subscriber::filter::LevelFilter;
 use tracing_subscriber::layer::{Context, Layer};
 use tracing_subscriber::prelude::*;
 use tracing_subscriber::registry::LookupSpan;
@@ -34,9 +33,21 @@ static TABLE_LAYER: OnceLock<PgLogLayer> = OnceLock::new();
 ///
 /// The layer itself drops the events of pglogsink and of the database
 /// crates, so the service's own diagnostics go to stderr only.
-pub(crate) fn init() {
+/// Which `tracing` events of the binary become rows, unless
+/// `PGLOGSINK_TABLE_FILTER` says otherwise (`EnvFilter` syntax).
+const DEFAULT_TABLE_FILTER: &str = "info";
+
+pub(crate) fn init() -> Result<(), String> {
     let stderr_filter =
         EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(DEFAULT_STDERR_FILTER));
+    let table_filter = match std::env::var("PGLOGSINK_TABLE_FILTER") {
+        Ok(spec) => EnvFilter::try_new(&spec).map_err(|e| {
+            format!(
+                "invalid PGLOGSINK_TABLE_FILTER {spec:?}: {e}; use tracing's EnvFilter syntax, e.g. info,http=debug"
+            )
+        })?,
+        Err(_) => EnvFilter::new(DEFAULT_TABLE_FILTER),
+    };
     tracing_subscriber::registry()
         .with(
             tracing_subscriber::fmt::layer()
@@ -44,8 +55,9 @@ pub(crate) fn init() {
                 .with_ansi(std::io::stderr().is_terminal())
                 .with_filter(stderr_filter),
         )
-        .with(LateTableLayer.with_filter(LevelFilter::INFO))
+        .with(LateTableLayer.with_filter(table_filter))
         .init();
+    Ok(())
 }
 
 /// From now on, `tracing` events (of `info` and above) also become rows

@@ -628,17 +628,8 @@ impl Runner {
 
         let pwfile = data_dir.join("initdb.pwfile");
         let _ = fs::remove_file(&pwfile);
-        let written = (|| -> io::Result<()> {
-            let mut file = fs::OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .mode(0o600)
-                .open(&pwfile)?;
-            file.write_all(password.as_bytes())?;
-            file.write_all(b"\n")?;
-            file.sync_all()
-        })();
-        written.map_err(|e| Error::io("writing the initdb password file", &pwfile, e))?;
+        write_private_file(&pwfile, format!("{password}\n").as_bytes())
+            .map_err(|e| Error::io("writing the initdb password file", &pwfile, e))?;
         let result = self.give_to_server_user(&pwfile).and_then(|()| {
             let mut args: Vec<&OsStr> = vec![
                 OsStr::new("-D"),
@@ -957,21 +948,25 @@ impl ConnectionFile {
         );
         let tmp = path.with_extension("conf.tmp");
         let _ = fs::remove_file(&tmp);
-        let written = (|| -> io::Result<()> {
-            let mut file = fs::OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .mode(0o600)
-                .open(&tmp)?;
-            file.write_all(text.as_bytes())?;
-            file.sync_all()?;
-            fs::rename(&tmp, path)
-        })();
+        let written =
+            write_private_file(&tmp, text.as_bytes()).and_then(|()| fs::rename(&tmp, path));
         written.map_err(|e| {
             let _ = fs::remove_file(&tmp);
             Error::io("writing the embedded PostgreSQL connection file", path, e)
         })
     }
+}
+
+/// Create `path` (it must not exist) readable by its owner only, write
+/// `bytes` and sync: for files that hold the password.
+fn write_private_file(path: &Path, bytes: &[u8]) -> io::Result<()> {
+    let mut file = fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)?;
+    file.write_all(bytes)?;
+    file.sync_all()
 }
 
 // ---------------------------------------------------------------------------

@@ -93,18 +93,19 @@ impl Consumer {
     pub(crate) async fn run(mut self) -> Report {
         let mut records = Vec::with_capacity(self.batch_size);
         let mut tally = Tally {
+            // A first guess, replaced by measurement as batches go by.
             avg_record_bytes: 256.0,
             ..Tally::default()
         };
-        let stopped = loop {
+        loop {
             if self.spool.as_ref().is_some_and(|s| !s.is_empty()) {
                 match self.replay_oldest_segment(&mut tally).await {
                     Ok(()) => continue,
-                    Err(stop) => break Some(stop),
+                    Err(_stopped) => break,
                 }
             }
             if !self.next_batch(&mut records).await {
-                break None;
+                break;
             }
             Shared::add(&self.shared.received, records.len() as u64);
             self.shared
@@ -117,15 +118,13 @@ impl Consumer {
             self.shared
                 .oldest_unwritten_micros
                 .store(0, Ordering::Relaxed);
-            if let Err(stop) = delivered {
-                break Some(stop);
+            if delivered.is_err() {
+                break;
             }
             self.prune_ledger_now_and_then(&mut tally).await;
-        };
-        if stopped.is_some() {
-            // Whatever is still queued goes to the spool, or is lost.
-            self.shared.closed.store(true, Ordering::Release);
         }
+        // Drained, or stopped (fatal error, deadline): whatever is still
+        // queued goes to the spool or is counted lost, and later sends fail.
         self.spill_everything(&mut tally);
         self.finish(tally)
     }

@@ -7,6 +7,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use bytes::Bytes;
 
 use crate::copy_format::{copy_stream_of, row_offsets, MalformedCopy, HEADER_LEN};
+use crate::record::unix_micros;
 
 /// The identity of a batch, recorded in the ledger table in the same
 /// transaction as its rows: a retry or a replay of a batch whose key is
@@ -44,10 +45,7 @@ impl KeySource {
     /// A new key. Sequence numbers are microseconds since the Unix epoch
     /// (kept strictly increasing), so they also say when the batch was made.
     pub(crate) fn next(&mut self) -> BatchKey {
-        let now = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.as_micros() as i64);
-        self.last_seq = now.max(self.last_seq + 1);
+        self.last_seq = unix_micros(SystemTime::now()).max(self.last_seq + 1);
         BatchKey {
             instance: self.instance,
             seq: self.last_seq,

@@ -18,7 +18,7 @@ use crate::batch::{EncodedBatch, KeySource};
 use crate::classify::{classify, fatal_error, Class, WriteError};
 use crate::copy::{prune_ledger, store_rejected, write_batch, Committed, Statements};
 use crate::copy_format::{approx_record_size, row_to_json, CopyEncoder};
-use crate::record::Record;
+use crate::record::{unix_micros, Record};
 use crate::report::Report;
 use crate::spool::Spool;
 use crate::stats::Shared;
@@ -470,7 +470,7 @@ impl Consumer {
         let Some(spool) = self.spool.as_mut() else {
             return Ok(());
         };
-        let segment = match spool.oldest() {
+        let mut segment = match spool.oldest() {
             Ok(Some(segment)) => segment,
             Ok(None) => return Ok(()),
             Err(e) => {
@@ -494,9 +494,8 @@ impl Consumer {
         }
         let rows: usize = segment.batches.iter().map(EncodedBatch::rows).sum();
         tracing::info!(target: "pglogsink", segment = %segment.path.display(), rows, "replaying spooled records");
-        for batch in &segment.batches {
-            self.deliver_all(batch.clone(), Source::Spool, tally)
-                .await?;
+        for batch in std::mem::take(&mut segment.batches) {
+            self.deliver_all(batch, Source::Spool, tally).await?;
         }
         if let Some(spool) = self.spool.as_mut() {
             if let Err(e) = spool.remove(&segment) {
@@ -550,9 +549,4 @@ impl Consumer {
             spooled_replayed: tally.own_replayed,
         }
     }
-}
-
-fn unix_micros(t: std::time::SystemTime) -> i64 {
-    t.duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_micros() as i64)
 }

@@ -181,6 +181,12 @@ impl Record {
     }
 }
 
+/// Microseconds since the Unix epoch (0 for times before it).
+pub(crate) fn unix_micros(t: SystemTime) -> i64 {
+    t.duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros() as i64)
+}
+
 thread_local! {
     static THREAD_ID: Cell<i64> = const { Cell::new(0) };
 }

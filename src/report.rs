@@ -107,11 +107,7 @@ impl Report {
 
     /// Records of this run left in the spool for a later start.
     pub fn left_in_spool(&self) -> u64 {
-        self.spooled.saturating_sub(self.replayed_of_this_run())
-    }
-
-    fn replayed_of_this_run(&self) -> u64 {
-        self.spooled_replayed
+        self.spooled.saturating_sub(self.spooled_replayed)
     }
 }
 
@@ -135,15 +131,12 @@ impl fmt::Display for Report {
                 write!(f, " and {} in the dead-letter file", self.dead_lettered)?;
             }
         }
-        if self.spooled > self.replayed_of_this_run() {
-            if let Some(dir) = &self.spool_dir {
-                write!(
-                    f,
-                    "; {} records spooled to {} for the next start",
-                    self.spooled - self.replayed_of_this_run(),
-                    dir.display()
-                )?;
-            }
+        if let (Some(dir), kept @ 1..) = (&self.spool_dir, self.left_in_spool()) {
+            write!(
+                f,
+                "; {kept} records spooled to {} for the next start",
+                dir.display()
+            )?;
         }
         if self.not_written == 0 && self.in_doubt == 0 {
             f.write_str("; nothing lost")?;

@@ -2,8 +2,9 @@
 
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::Mutex;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime};
 
+use crate::record::unix_micros;
 use crate::report::FatalError;
 
 /// State shared between the loggers, the consumer and the worker handle.
@@ -40,10 +41,8 @@ impl Shared {
     pub(crate) fn snapshot(&self, queued: usize) -> Stats {
         let oldest = self.oldest_unwritten_micros.load(Ordering::Relaxed);
         let oldest_unwritten = (oldest > 0).then(|| {
-            let now = SystemTime::now()
-                .duration_since(UNIX_EPOCH)
-                .map_or(0, |d| d.as_micros() as i64);
-            Duration::from_micros(now.saturating_sub(oldest).max(0) as u64)
+            let age = unix_micros(SystemTime::now()).saturating_sub(oldest);
+            Duration::from_micros(age.max(0) as u64)
         });
         Stats {
             oldest_unwritten,

@@ -161,21 +161,12 @@ fn parse_requests(s: &str) -> Result<u64, String> {
     }
 }
 
-fn parse_seconds(s: &str, max: f64) -> Result<Duration, String> {
-    match s.trim().parse::<f64>() {
-        Ok(secs) if secs > 0.0 && secs <= max => Ok(Duration::from_secs_f64(secs)),
-        _ => Err(format!(
-            "must be a number of seconds, more than 0 and at most {max}"
-        )),
-    }
-}
-
 fn parse_duration(s: &str) -> Result<Duration, String> {
-    parse_seconds(s, MAX_DURATION_SECS)
+    super::parse_seconds(s, false, MAX_DURATION_SECS)
 }
 
 fn parse_verify_timeout(s: &str) -> Result<Duration, String> {
-    parse_seconds(s, 86_400.0)
+    super::parse_seconds(s, false, 86_400.0)
 }
 
 /// `load-<unix millis>-<pid>`: unique per run on this machine.

@@ -614,6 +614,13 @@ pub(crate) async fn run(args: LogsArgs) -> Result<(), Failure> {
     result
 }
 
+/// The server's own message ("relation ... does not exist"), not the
+/// driver's bare "db error".
+fn server_message(e: &tokio_postgres::Error) -> String {
+    e.as_db_error()
+        .map_or_else(|| e.to_string(), |d| d.message().to_owned())
+}
+
 /// What a failed query means for the user.
 fn read_error(e: &tokio_postgres::Error, table: &TableName, db: &Database) -> Failure {
     if e.code() == Some(&tokio_postgres::error::SqlState::UNDEFINED_TABLE) {
@@ -623,12 +630,7 @@ fn read_error(e: &tokio_postgres::Error, table: &TableName, db: &Database) -> Fa
         )
         .into()
     } else {
-        format!(
-            "reading table {table}: {}",
-            e.as_db_error()
-                .map_or(e.to_string(), |d| d.message().to_owned())
-        )
-        .into()
+        format!("reading table {table}: {}", server_message(e)).into()
     }
 }
 
@@ -715,9 +717,7 @@ async fn resolve_when(
                 .query_one("SELECT $1::text::timestamptz", &[text])
                 .await
                 .map_err(|e| {
-                    let why = e
-                        .as_db_error()
-                        .map_or(e.to_string(), |d| d.message().to_owned());
+                    let why = server_message(&e);
                     format!("invalid value {text:?} for {option}: {why}; {WHEN_FORM}")
                 })?;
             Ok(Some(row.try_get(0)?))

@@ -109,6 +109,25 @@ pub(crate) struct MigrateArgs {
     pub(crate) db: DatabaseArgs,
 }
 
+/// Seconds, whole or fractional, up to `max`; zero only when `zero_ok`.
+/// The error says the accepted range.
+pub(crate) fn parse_seconds(
+    s: &str,
+    zero_ok: bool,
+    max: f64,
+) -> Result<std::time::Duration, String> {
+    let min_ok = |secs: f64| if zero_ok { secs >= 0.0 } else { secs > 0.0 };
+    match s.trim().parse::<f64>() {
+        Ok(secs) if min_ok(secs) && secs <= max => Ok(std::time::Duration::from_secs_f64(secs)),
+        _ if zero_ok => Err(format!(
+            "expected a number of seconds from 0 to {max}, e.g. 10 or 2.5"
+        )),
+        _ => Err(format!(
+            "must be a number of seconds, more than 0 and at most {max}"
+        )),
+    }
+}
+
 /// The error of a subcommand: printed as one line by `main`.
 pub(crate) type Failure = Box<dyn std::error::Error + Send + Sync>;
 

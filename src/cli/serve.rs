@@ -54,12 +54,9 @@ pub(crate) struct ServeArgs {
     pub(crate) no_log: bool,
 }
 
-/// Seconds, whole or fractional, from 0 to one day.
-pub(crate) fn parse_seconds(s: &str) -> Result<Duration, String> {
-    match s.parse::<f64>() {
-        Ok(secs) if (0.0..=86_400.0).contains(&secs) => Ok(Duration::from_secs_f64(secs)),
-        _ => Err("expected a number of seconds from 0 to 86400, e.g. 10 or 2.5".to_owned()),
-    }
+/// The shutdown deadline: 0 (do not wait) to one day.
+fn parse_seconds(s: &str) -> Result<Duration, String> {
+    super::parse_seconds(s, true, 86_400.0)
 }
 
 #[derive(Clone)]

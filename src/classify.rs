@@ -135,7 +135,8 @@ fn hint(code: Option<&str>, table: &str) -> String {
             "the columns of {table} do not match what pglogsink writes; apply sql/schema.sql to a new table or fix the columns"
         ),
         "42501" => format!(
-            "grant the role INSERT on the table (GRANT INSERT ON {table} TO <role>), then restart"
+            "grant the role INSERT on the table and USAGE on its id sequence (GRANT INSERT ON \
+             {table} TO <role>; GRANT USAGE ON SEQUENCE {table}_id_seq TO <role>), then restart"
         ),
         "28P01" | "28000" => {
             "check the user name and password in DATABASE_URL / --database-url".to_owned()

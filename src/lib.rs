@@ -42,6 +42,9 @@ mod error;
 #[cfg(feature = "tracing-layer")]
 mod layer;
 mod logger;
+mod maintain;
+mod partitions;
+pub mod query;
 mod record;
 mod report;
 mod schema;
@@ -49,6 +52,7 @@ mod sink;
 mod spool;
 mod stats;
 mod table;
+mod upgrade;
 
 pub use config::{
     SinkConfig, DEFAULT_BATCH_SIZE, DEFAULT_LEDGER_RETENTION, DEFAULT_MAX_QUEUE_BYTES,
@@ -59,12 +63,15 @@ pub use error::{Error, ErrorKind};
 #[cfg(feature = "tracing-layer")]
 pub use layer::PgLogLayer;
 pub use logger::{Closed, Logger};
+pub use maintain::{DroppedPartition, Maintenance, MaintenanceReport, DEFAULT_PREMAKE};
+pub use partitions::PartitionInterval;
 pub use record::{Fields, Level, ParseLevelError, Record};
 pub use report::{FatalError, Report};
-pub use schema::{migrate, SCHEMA_SQL};
+pub use schema::{migrate, migrate_with, SCHEMA_SQL};
 pub use sink::{spawn, Worker};
 pub use stats::Stats;
 pub use table::TableName;
+pub use upgrade::{upgrade, Upgrade};
 
 /// Re-exported so that users name the same versions pglogsink uses.
 pub use deadpool_postgres;

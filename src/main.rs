@@ -32,6 +32,7 @@ fn main() -> ExitCode {
             Command::Load(args) => cli::load::run(args).await,
             Command::Logs(args) => cli::logs::run(args).await.map(|()| ExitCode::SUCCESS),
             Command::Migrate(args) => cli::migrate(args).await.map(|()| ExitCode::SUCCESS),
+            Command::Maintain(args) => cli::maintain::run(args).await.map(|()| ExitCode::SUCCESS),
         }
     });
     match result {

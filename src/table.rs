@@ -65,6 +65,22 @@ impl TableName {
         self.sibling("_rejected")
     }
 
+    /// A table of this name in the same schema as this one.
+    pub(crate) fn sibling_table(&self, name: &str) -> TableName {
+        TableName {
+            schema: self.schema.clone(),
+            name: name.to_owned(),
+        }
+    }
+
+    /// A name read from the catalog (already valid for PostgreSQL).
+    pub(crate) fn from_parts(schema: String, name: String) -> TableName {
+        TableName {
+            schema: Some(schema),
+            name,
+        }
+    }
+
     fn sibling(&self, suffix: &str) -> TableName {
         let keep = self.name.len().min(63 - suffix.len());
         TableName {
@@ -76,10 +92,16 @@ impl TableName {
     /// The name quoted for SQL: `"schema"."name"` or `"name"`.
     pub fn quoted(&self) -> String {
         match &self.schema {
-            Some(schema) => format!("\"{schema}\".\"{}\"", self.name),
-            None => format!("\"{}\"", self.name),
+            Some(schema) => format!("{}.{}", quote(schema), quote(&self.name)),
+            None => quote(&self.name),
         }
     }
+}
+
+/// An identifier in double quotes (a name read from the catalog may hold
+/// any character).
+fn quote(identifier: &str) -> String {
+    format!("\"{}\"", identifier.replace('"', "\"\""))
 }
 
 impl fmt::Display for TableName {

@@ -6,6 +6,7 @@ pub(crate) mod diagnostics;
 pub(crate) mod health;
 pub(crate) mod load;
 pub(crate) mod logs;
+pub(crate) mod maintain;
 pub(crate) mod metrics;
 pub(crate) mod request_span;
 pub(crate) mod serve;
@@ -42,8 +43,12 @@ pub(crate) enum Command {
     Load(load::LoadArgs),
     /// Show the newest rows of the Log table, filtered; --follow for new rows as they arrive.
     Logs(logs::LogsArgs),
-    /// Create the Log table (idempotent).
+    /// Create the Log table and its first partitions (idempotent), or upgrade a table of
+    /// pglogsink's earlier, unpartitioned shape in place.
     Migrate(MigrateArgs),
+    /// Keep the Log table in shape once: make partitions ahead, move rows out of the DEFAULT
+    /// partition, drop partitions past --retention. `serve` does the same on a timer.
+    Maintain(maintain::MaintainArgs),
 }
 
 /// Where the Log table lives. Shared by every subcommand.
@@ -107,6 +112,9 @@ mod tests {
 pub(crate) struct MigrateArgs {
     #[command(flatten)]
     pub(crate) db: DatabaseArgs,
+
+    #[command(flatten)]
+    pub(crate) partitions: maintain::MaintenanceArgs,
 }
 
 /// Seconds, whole or fractional, up to `max`; zero only when `zero_ok`.
@@ -131,11 +139,23 @@ pub(crate) fn parse_seconds(
 /// The error of a subcommand: printed as one line by `main`.
 pub(crate) type Failure = Box<dyn std::error::Error + Send + Sync>;
 
-/// `pglogsink migrate`.
+/// `pglogsink migrate`: create, or upgrade in place.
 pub(crate) async fn migrate(args: MigrateArgs) -> Result<(), Failure> {
     let db = db::Database::open(&args.db, db::Mode::CreateIfMissing).await?;
-    pglogsink::migrate(&db.pool, &args.db.table).await?;
-    println!("table {} is ready in {}", args.db.table, db.description);
+    let table = &args.db.table;
+    let done = pglogsink::upgrade(&db.pool, table, &args.partitions.maintenance(None)).await;
+    let description = db.description.clone();
     db.close();
+    match done? {
+        pglogsink::Upgrade::Upgraded {
+            partition,
+            bound,
+            rows,
+        } => println!(
+            "table {table} is partitioned now in {description}: its {rows} earlier rows are \
+             partition {partition} (up to {bound}), dropped as a whole once retention passes it"
+        ),
+        _ => println!("table {table} is ready in {description}"),
+    }
     Ok(())
 }

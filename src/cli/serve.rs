@@ -20,6 +20,7 @@ use pglogsink::{CancellationToken, Level, Logger, Record, Report};
 use tokio::net::TcpListener;
 
 use super::db::{Database, Mode};
+use super::maintain::{parse_retention, MaintenanceArgs};
 use super::request_span::{trace_request, RequestId};
 use super::signal::shutdown_signal;
 use super::sink_args::SinkArgs;
@@ -42,6 +43,21 @@ pub(crate) struct ServeArgs {
     #[command(flatten)]
     pub(crate) sink: SinkArgs,
 
+    #[command(flatten)]
+    pub(crate) partitions: MaintenanceArgs,
+
+    /// Drop partitions of the Log table whose whole time range is older than this (30d, 12h,
+    /// 2d12h), on the maintenance timer. Without it nothing is dropped.
+    #[arg(long, env = "PGLOGSINK_RETENTION", value_parser = parse_retention, value_name = "AGE")]
+    pub(crate) retention: Option<Duration>,
+
+    /// How often to run maintenance (partitions ahead, retention): 10m, 1h... Instances sharing a
+    /// table take turns (an advisory lock); a role that may not create or drop partitions gets
+    /// one warning and ingest goes on.
+    #[arg(long, env = "PGLOGSINK_MAINTENANCE_INTERVAL", default_value = "10m",
+          value_parser = parse_every, value_name = "EVERY")]
+    pub(crate) maintenance_interval: Duration,
+
     /// Seconds to wait at shutdown for in-flight requests to finish and, separately, for the
     /// queue to be written; what is not written by then is reported.
     #[arg(long, env = "PGLOGSINK_SHUTDOWN_TIMEOUT", default_value = "10",
@@ -52,6 +68,14 @@ pub(crate) struct ServeArgs {
     #[arg(long, env = "PGLOGSINK_NO_LOG",
           value_parser = clap::builder::BoolishValueParser::new())]
     pub(crate) no_log: bool,
+}
+
+/// The maintenance period: at least a second.
+fn parse_every(s: &str) -> Result<Duration, String> {
+    match pglogsink::query::parse_duration(s) {
+        Some(d) if d >= Duration::from_secs(1) => Ok(d),
+        _ => Err("expected a period of at least 1s, such as 10m, 1h or 30s".to_owned()),
+    }
 }
 
 /// The shutdown deadline: 0 (do not wait) to one day.
@@ -145,7 +169,8 @@ pub(crate) async fn run(args: ServeArgs) -> Result<ExitCode, Failure> {
         .map_err(|e| format!("cannot listen on {}: {e}", args.listen))?;
     let metrics = super::metrics::install()?;
     let db = Database::open(&args.db, Mode::CreateIfMissing).await?;
-    pglogsink::migrate(&db.pool, &args.db.table).await?;
+    let maintenance = args.partitions.maintenance(args.retention);
+    pglogsink::migrate_with(&db.pool, &args.db.table, &maintenance).await?;
     let config = args.sink.config(&args.db, &db.state_dir);
 
     let token = CancellationToken::new();
@@ -161,6 +186,14 @@ pub(crate) async fn run(args: ServeArgs) -> Result<ExitCode, Failure> {
         args.db.table,
         db.description
     );
+
+    let maintenance_task = tokio::spawn(super::maintain::on_timer(
+        db.pool.clone(),
+        args.db.table.clone(),
+        maintenance,
+        args.maintenance_interval,
+        token.clone(),
+    ));
 
     let signal_token = token.clone();
     tokio::spawn(async move {
@@ -191,6 +224,9 @@ pub(crate) async fn run(args: ServeArgs) -> Result<ExitCode, Failure> {
     }
 
     let report = worker.shutdown(args.shutdown_timeout).await;
+    // The token is cancelled: the timer returns at once (a run in progress
+    // is abandoned; each of its changes is a transaction of its own).
+    let _ = maintenance_task.await;
     db.close();
     Ok(print_report(&report))
 }

@@ -477,7 +477,9 @@ async fn fatal_stop_spools_then_replays() -> Result<(), Failed> {
         .await?
         .batch_execute(&format!(
             "CREATE ROLE {role} LOGIN PASSWORD 'pw'; GRANT USAGE ON SCHEMA public TO {role}; \
-             GRANT SELECT, INSERT, DELETE ON {t}, {l}, {r} TO {role};",
+             GRANT SELECT, INSERT, DELETE ON {t}, {l}, {r} TO {role}; \
+             GRANT USAGE ON SEQUENCE \"{name}_id_seq\" TO {role};",
+            name = table.name(),
             t = table.quoted(),
             l = table.ledger_table().quoted(),
             r = table.rejected_table().quoted()

@@ -381,15 +381,44 @@ async fn migrate_is_idempotent() -> Result<(), Failed> {
         )
         .await?;
     check(row.get::<_, i64>(0) == 1, || "level ordering in SQL".into())?;
-    let idx = client
-        .query_one(
-            "SELECT count(*) FROM pg_indexes WHERE schemaname = $1 AND tablename = 'app_log'",
+    let indexes: Vec<String> = client
+        .query(
+            "SELECT indexdef FROM pg_indexes WHERE schemaname = $1 AND tablename = 'app_log' \
+             ORDER BY indexname",
             &[&schema],
         )
-        .await?;
-    check(idx.get::<_, i64>(0) == 3, || {
-        "expected the primary key, the timestamp index and the warn index".into()
-    })
+        .await?
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    check(indexes.len() == 4, || {
+        format!("expected the BRIN indexes on id and time, the warn and the request id index: {indexes:#?}")
+    })?;
+    check(indexes[0].contains("USING brin (id)"), || {
+        format!("{indexes:#?}")
+    })?;
+    // Made ahead: today and three days; a row of now lands in today's.
+    let partitions: i64 = client
+        .query_one(
+            &format!(
+                "SELECT count(*) FROM pg_inherits WHERE inhparent = '{}'::regclass",
+                table.quoted()
+            ),
+            &[],
+        )
+        .await?
+        .get(0);
+    check(partitions == 5, || {
+        format!("{partitions} partitions; expected 4 days and DEFAULT")
+    })?;
+    let in_default: i64 = client
+        .query_one(
+            &format!("SELECT count(*) FROM {schema}.app_log_default"),
+            &[],
+        )
+        .await?
+        .get(0);
+    check(in_default == 0, || "the row went to DEFAULT".into())
 }
 
 /// A server stopped for a few seconds while producers keep logging: every

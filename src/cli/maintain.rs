@@ -1,0 +1,145 @@
+//! `pglogsink maintain`, and the same maintenance on a timer inside `serve`:
+//! partitions made ahead, rows moved out of the DEFAULT partition, whole
+//! partitions dropped past the retention.
+
+use std::time::Duration;
+
+use pglogsink::{Maintenance, PartitionInterval, TableName};
+use tokio_util::sync::CancellationToken;
+
+use super::db::{Database, Mode};
+use super::{DatabaseArgs, Failure};
+
+/// The maintenance settings, shared by `maintain`, `migrate` and `serve`.
+#[derive(Debug, Clone, clap::Args)]
+pub(crate) struct MaintenanceArgs {
+    /// Time covered by one partition of the Log table: 1h, 1d or 7d (weeks start on Monday, UTC).
+    #[arg(long, env = "PGLOGSINK_PARTITION_INTERVAL", default_value = "1d",
+          value_parser = parse_interval, value_name = "INTERVAL")]
+    pub(crate) partition_interval: PartitionInterval,
+
+    /// Partitions to create ahead of the current one.
+    #[arg(long, env = "PGLOGSINK_PREMAKE", default_value_t = pglogsink::DEFAULT_PREMAKE,
+          value_parser = clap::value_parser!(u32).range(0..=1000), value_name = "N")]
+    pub(crate) premake: u32,
+}
+
+impl MaintenanceArgs {
+    pub(crate) fn maintenance(&self, retention: Option<Duration>) -> Maintenance {
+        Maintenance {
+            interval: self.partition_interval,
+            premake: self.premake,
+            retention,
+        }
+    }
+}
+
+#[derive(Debug, clap::Args)]
+pub(crate) struct MaintainArgs {
+    #[command(flatten)]
+    pub(crate) db: DatabaseArgs,
+
+    #[command(flatten)]
+    pub(crate) partitions: MaintenanceArgs,
+
+    /// Drop partitions whose whole time range is older than this (30d, 12h, 2d12h), and delete such
+    /// rows from the DEFAULT partition. Without it nothing is dropped.
+    #[arg(long, env = "PGLOGSINK_RETENTION", value_parser = parse_retention, value_name = "AGE")]
+    pub(crate) retention: Option<Duration>,
+}
+
+fn parse_interval(s: &str) -> Result<PartitionInterval, String> {
+    s.parse().map_err(|e: pglogsink::Error| e.to_string())
+}
+
+/// A retention: at least one hour (a shorter one would drop the partition
+/// being written).
+pub(crate) fn parse_retention(s: &str) -> Result<Duration, String> {
+    match pglogsink::query::parse_duration(s) {
+        Some(d) if d >= Duration::from_secs(3600) => Ok(d),
+        Some(_) => Err("must be at least 1h".to_owned()),
+        None => Err("expected an age such as 30d, 12h or 2d12h".to_owned()),
+    }
+}
+
+/// `pglogsink maintain`: one run, its report on stdout.
+pub(crate) async fn run(args: MaintainArgs) -> Result<(), Failure> {
+    let db = Database::open(&args.db, Mode::Existing).await?;
+    let maintenance = args.partitions.maintenance(args.retention);
+    let result = maintenance.run(&db.pool, &args.db.table).await;
+    db.close();
+    let report = result.map_err(|e| explain(&e, &args.db.table))?;
+    println!("table {}: {report}", args.db.table);
+    Ok(())
+}
+
+/// The error, with what to do when it is a missing privilege.
+fn explain(e: &pglogsink::Error, table: &TableName) -> Failure {
+    if e.sqlstate() == Some(INSUFFICIENT_PRIVILEGE) {
+        format!(
+            "{e}: creating and dropping partitions needs the owner of table {table} \
+             (run `pglogsink maintain` as that role)"
+        )
+        .into()
+    } else {
+        e.to_string().into()
+    }
+}
+
+const INSUFFICIENT_PRIVILEGE: &str = "42501";
+
+/// `serve`'s maintenance: a run now, then every `every`, until `stop`.
+/// Never stops the service: a failure is a warning (once per kind of
+/// failure while it lasts) and a count in
+/// `pglogsink_maintenance_failures_total`.
+pub(crate) async fn on_timer(
+    pool: deadpool_postgres::Pool,
+    table: TableName,
+    maintenance: Maintenance,
+    every: Duration,
+    stop: CancellationToken,
+) {
+    let mut ticks = tokio::time::interval(every);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut last_failure: Option<&'static str> = None;
+    loop {
+        tokio::select! {
+            _ = ticks.tick() => {}
+            () = stop.cancelled() => return,
+        }
+        let outcome = tokio::select! {
+            outcome = maintenance.run(&pool, &table) => outcome,
+            () = stop.cancelled() => return,
+        };
+        match outcome {
+            Ok(report) => {
+                metrics::counter!("pglogsink_maintenance_runs_total").increment(1);
+                metrics::counter!("pglogsink_partitions_dropped_total")
+                    .increment(report.dropped.len() as u64);
+                if last_failure.take().is_some() {
+                    tracing::info!("maintenance of table {table} works again");
+                }
+                if !report.skipped && report.to_string() != "nothing to do" {
+                    tracing::info!("maintenance of table {table}: {report}");
+                }
+            }
+            Err(e) => {
+                let reason = match e.sqlstate() {
+                    Some(INSUFFICIENT_PRIVILEGE) => "privilege",
+                    Some(_) => "database",
+                    None => "other",
+                };
+                metrics::counter!("pglogsink_maintenance_failures_total", "reason" => reason)
+                    .increment(1);
+                if last_failure != Some(reason) {
+                    tracing::warn!(
+                        "maintenance of table {table} failed: {}; ingest goes on (premade and \
+                         DEFAULT partitions take the rows); retrying every {every:?}",
+                        explain(&e, &table)
+                    );
+                }
+                last_failure = Some(reason);
+            }
+        }
+    }
+}

@@ -1,0 +1,570 @@
+//! Keeping the Log table in shape: partitions made ahead, rows moved out of
+//! the DEFAULT partition, whole partitions dropped by age.
+//!
+//! Every change is a short transaction of its own with a lock timeout: a
+//! partition drop needs a brief exclusive lock on the parent table, and a
+//! DDL statement waiting in the lock queue behind a long query would hold up
+//! every COPY queued behind it. A change that cannot get its lock quickly is
+//! retried a few times, then left for the next run.
+//!
+//! Runs are serialised by a transaction-scoped advisory lock held on a
+//! connection of its own, so that any number of instances can run
+//! maintenance on a timer (and it works through a transaction-mode pooler).
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::time::Duration;
+
+use deadpool_postgres::{Object, Pool};
+use tokio_postgres::types::Type;
+use tokio_postgres::SimpleQueryMessage;
+
+use crate::database::connection;
+use crate::partitions::{
+    self, default_partition, now_micros, sql_timestamp, Partition, PartitionInterval, Shape,
+};
+use crate::table::TableName;
+use crate::Error;
+
+/// Partitions made ahead of the current one by default.
+pub const DEFAULT_PREMAKE: u32 = 3;
+/// How long one DDL statement may wait for its lock before it is retried.
+const LOCK_TIMEOUT: &str = "200ms";
+/// Attempts at one change before it is left for the next run.
+const ATTEMPTS: u32 = 5;
+
+/// What a maintenance run does. `Default`: daily partitions, three made
+/// ahead, nothing dropped.
+///
+/// ```no_run
+/// # async fn demo(pool: deadpool_postgres::Pool) -> Result<(), pglogsink::Error> {
+/// use std::time::Duration;
+/// use pglogsink::{Maintenance, TableName};
+///
+/// let maintenance = Maintenance {
+///     retention: Some(Duration::from_secs(30 * 86_400)),
+///     ..Maintenance::default()
+/// };
+/// let report = maintenance.run(&pool, &TableName::parse("log")?).await?;
+/// println!("{report}");
+/// # Ok(()) }
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Maintenance {
+    /// The time one partition covers.
+    pub interval: PartitionInterval,
+    /// Partitions made ahead of the current one.
+    pub premake: u32,
+    /// Drop partitions whose whole range is older than this (and delete
+    /// such rows from the DEFAULT partition); `None` keeps everything.
+    pub retention: Option<Duration>,
+}
+
+impl Default for Maintenance {
+    fn default() -> Maintenance {
+        Maintenance {
+            interval: PartitionInterval::default(),
+            premake: DEFAULT_PREMAKE,
+            retention: None,
+        }
+    }
+}
+
+/// What a maintenance run changed.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct MaintenanceReport {
+    /// Partitions created.
+    pub created: Vec<String>,
+    /// Rows moved from the DEFAULT partition into partitions created for them.
+    pub moved_from_default: u64,
+    /// Partitions dropped by retention.
+    pub dropped: Vec<DroppedPartition>,
+    /// Rows older than the retention deleted from the DEFAULT partition.
+    pub deleted_from_default: u64,
+    /// Changes that could not get their lock in time; the next run retries.
+    pub postponed: Vec<String>,
+    /// Another instance was running maintenance on this table: nothing done.
+    pub skipped: bool,
+}
+
+/// A partition dropped by retention.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct DroppedPartition {
+    /// Its name.
+    pub name: String,
+    /// The range it covered, as PostgreSQL wrote it.
+    pub range: String,
+    /// Rows it held (PostgreSQL's estimate when the table was analyzed, an
+    /// exact count otherwise).
+    pub rows: i64,
+    /// Bytes it took, with its indexes.
+    pub bytes: i64,
+}
+
+impl fmt::Display for MaintenanceReport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.skipped {
+            return f.write_str("skipped: another instance is running maintenance on this table");
+        }
+        let mut parts = Vec::new();
+        if !self.created.is_empty() {
+            parts.push(format!(
+                "created {} partition(s) ({})",
+                self.created.len(),
+                self.created.join(", ")
+            ));
+        }
+        if self.moved_from_default > 0 {
+            parts.push(format!(
+                "moved {} row(s) out of the DEFAULT partition",
+                self.moved_from_default
+            ));
+        }
+        for d in &self.dropped {
+            parts.push(format!(
+                "dropped {} ({}; {} rows, {})",
+                d.name,
+                d.range,
+                d.rows,
+                human_bytes(d.bytes)
+            ));
+        }
+        if self.deleted_from_default > 0 {
+            parts.push(format!(
+                "deleted {} row(s) past the retention from the DEFAULT partition",
+                self.deleted_from_default
+            ));
+        }
+        if !self.postponed.is_empty() {
+            parts.push(format!(
+                "postponed (lock busy): {}",
+                self.postponed.join(", ")
+            ));
+        }
+        if parts.is_empty() {
+            f.write_str("nothing to do")
+        } else {
+            f.write_str(&parts.join("; "))
+        }
+    }
+}
+
+fn human_bytes(bytes: i64) -> String {
+    const MIB: f64 = 1024.0 * 1024.0;
+    if bytes as f64 >= 1024.0 * MIB {
+        format!("{:.1} GiB", bytes as f64 / (1024.0 * MIB))
+    } else {
+        format!("{:.1} MiB", bytes as f64 / MIB)
+    }
+}
+
+impl Maintenance {
+    /// Run maintenance once on `table`: create the partitions from the
+    /// current interval to `premake` intervals ahead, move rows out of the
+    /// DEFAULT partition into partitions created for them (up to that
+    /// horizon), and, with a retention, drop the partitions and delete the
+    /// DEFAULT partition's rows it has passed. Each change is logged.
+    ///
+    /// Errors when the table is missing or not partitioned (run
+    /// [`migrate`](crate::migrate)), or when the role may not change it
+    /// (SQLSTATE 42501: run maintenance as the table's owner).
+    pub async fn run(&self, pool: &Pool, table: &TableName) -> Result<MaintenanceReport, Error> {
+        let context = format!("maintaining table {table}");
+        let mut guard = connection(pool, &context).await?;
+        let guard_tx = guard
+            .transaction()
+            .await
+            .map_err(|e| Error::database(context.as_str(), e))?;
+        let locked: bool = guard_tx
+            .query_typed_one(
+                "SELECT pg_try_advisory_xact_lock($1)",
+                &[(&lock_key(table), Type::INT8)],
+            )
+            .await
+            .map_err(|e| Error::database(context.as_str(), e))?
+            .get(0);
+        if !locked {
+            return Ok(MaintenanceReport {
+                skipped: true,
+                ..MaintenanceReport::default()
+            });
+        }
+        let mut work = connection(pool, &context).await?;
+        let report = self.run_locked(&mut work, table, &context).await;
+        // Ending the guard transaction releases the lock; a failure to end
+        // it only means the connection is gone, which releases it too.
+        let _ = guard_tx.commit().await;
+        report
+    }
+
+    async fn run_locked(
+        &self,
+        client: &mut Object,
+        table: &TableName,
+        context: &str,
+    ) -> Result<MaintenanceReport, Error> {
+        let db = |e| Error::database(context, e);
+        match partitions::shape(client, table).await.map_err(db)? {
+            Shape::Partitioned => {}
+            Shape::Missing => {
+                return Err(Error::config(
+                    "table",
+                    format!("{table} does not exist: run `pglogsink migrate` first"),
+                ))
+            }
+            Shape::Plain => {
+                return Err(Error::config(
+                    "table",
+                    format!(
+                        "{table} is not partitioned (pglogsink's earlier shape): run \
+                         `pglogsink migrate` to upgrade it in place"
+                    ),
+                ))
+            }
+        }
+        let existing = partitions::list(client, table).await.map_err(db)?;
+        let default = existing.iter().any(|p| p.is_default);
+        let now = now_micros();
+        let cutoff = self
+            .retention
+            .map(|r| now.saturating_sub(i64::try_from(r.as_micros()).unwrap_or(i64::MAX)));
+        let in_default = if default {
+            self.default_rows_by_bin(client, table).await.map_err(db)?
+        } else {
+            BTreeMap::new()
+        };
+
+        let mut report = MaintenanceReport::default();
+        for start in self.bins_to_create(now, cutoff, &existing, &in_default) {
+            let moving = in_default.contains_key(&start);
+            self.create(client, table, start, moving, &mut report)
+                .await
+                .map_err(db)?;
+        }
+        if let Some(cutoff) = cutoff {
+            for partition in existing.iter().filter(|p| expired(p, cutoff)) {
+                drop_partition(client, partition, &mut report)
+                    .await
+                    .map_err(db)?;
+            }
+            if in_default
+                .keys()
+                .any(|&bin| bin + self.interval.micros() <= cutoff)
+            {
+                self.delete_expired_defaults(client, table, cutoff, &mut report)
+                    .await
+                    .map_err(db)?;
+            }
+        }
+        Ok(report)
+    }
+
+    /// Bins that should have a partition and have none: the current one and
+    /// `premake` ahead, and those holding rows in the DEFAULT partition that
+    /// retention keeps (up to the same horizon: further ahead they wait).
+    fn bins_to_create(
+        &self,
+        now: i64,
+        cutoff: Option<i64>,
+        existing: &[Partition],
+        in_default: &BTreeMap<i64, u64>,
+    ) -> Vec<i64> {
+        let step = self.interval.micros();
+        let first = self.interval.floor(now);
+        let horizon = first + (i64::from(self.premake) + 1) * step;
+        let ahead = (0..=i64::from(self.premake)).map(|i| first + i * step);
+        let kept = |&bin: &i64| bin < horizon && cutoff.map_or(true, |c| bin + step > c);
+        let mut bins: Vec<i64> = in_default
+            .keys()
+            .copied()
+            .filter(kept)
+            .chain(ahead)
+            .collect();
+        bins.sort_unstable();
+        bins.dedup();
+        bins.retain(|&bin| !existing.iter().any(|p| p.overlaps(bin, bin + step)));
+        bins
+    }
+
+    /// Rows of the DEFAULT partition, counted by the bin they belong to.
+    async fn default_rows_by_bin(
+        &self,
+        client: &Object,
+        table: &TableName,
+    ) -> Result<BTreeMap<i64, u64>, tokio_postgres::Error> {
+        let sql = format!(
+            "SELECT (extract(epoch FROM date_bin('{}', \"timestamp\", '2000-01-03 00:00:00+00')) \
+             * 1000000)::int8, count(*) FROM {} GROUP BY 1",
+            self.interval.sql_interval(),
+            default_partition(table).quoted()
+        );
+        let rows = client.query_typed(&sql, &[]).await?;
+        Ok(rows
+            .iter()
+            .map(|r| (r.get::<_, i64>(0), r.get::<_, i64>(1) as u64))
+            .collect())
+    }
+
+    /// Create the partition for the bin starting at `start`; with `moving`,
+    /// first take its rows out of the DEFAULT partition (a new partition
+    /// cannot be attached while the DEFAULT one holds rows in its range).
+    async fn create(
+        &self,
+        client: &mut Object,
+        table: &TableName,
+        start: i64,
+        moving: bool,
+        report: &mut MaintenanceReport,
+    ) -> Result<(), tokio_postgres::Error> {
+        let name = table.sibling_table(&self.interval.partition_name(table, start));
+        let (from, to) = (
+            sql_timestamp(start),
+            sql_timestamp(start + self.interval.micros()),
+        );
+        let (parent, partition) = (table.quoted(), name.quoted());
+        let statements = if moving {
+            vec![
+                format!("CREATE TABLE {partition} (LIKE {parent} INCLUDING DEFAULTS)"),
+                format!(
+                    "WITH moved AS (DELETE FROM {} WHERE \"timestamp\" >= {from} \
+                     AND \"timestamp\" < {to} RETURNING *) INSERT INTO {partition} SELECT * FROM moved",
+                    default_partition(table).quoted()
+                ),
+                format!("ALTER TABLE {parent} ATTACH PARTITION {partition} FOR VALUES FROM ({from}) TO ({to})"),
+            ]
+        } else {
+            vec![format!(
+                "CREATE TABLE {partition} PARTITION OF {parent} FOR VALUES FROM ({from}) TO ({to})"
+            )]
+        };
+        match in_short_transaction(client, &statements).await? {
+            Some(counts) => {
+                let moved = if moving { counts[1] } else { 0 };
+                tracing::info!(
+                    target: "pglogsink::maintain",
+                    partition = %name, from = from.trim_matches('\''), to = to.trim_matches('\''),
+                    moved_from_default = moved,
+                    "created partition"
+                );
+                report.created.push(name.to_string());
+                report.moved_from_default += moved;
+            }
+            None => report.postponed.push(format!("create {name}")),
+        }
+        Ok(())
+    }
+
+    /// Delete the DEFAULT partition's rows whose bin is past the retention.
+    async fn delete_expired_defaults(
+        &self,
+        client: &mut Object,
+        table: &TableName,
+        cutoff: i64,
+        report: &mut MaintenanceReport,
+    ) -> Result<(), tokio_postgres::Error> {
+        let before = sql_timestamp(self.interval.floor(cutoff));
+        let default = default_partition(table);
+        let sql = format!(
+            "DELETE FROM {} WHERE \"timestamp\" < {before}",
+            default.quoted()
+        );
+        match in_short_transaction(client, &[sql]).await? {
+            Some(counts) => {
+                tracing::info!(
+                    target: "pglogsink::maintain",
+                    partition = %default, before = before.trim_matches('\''), rows = counts[0],
+                    "deleted rows past the retention from the DEFAULT partition"
+                );
+                report.deleted_from_default += counts[0];
+            }
+            None => report.postponed.push(format!("delete from {default}")),
+        }
+        Ok(())
+    }
+}
+
+/// Whether retention has passed the whole of `partition`.
+fn expired(partition: &Partition, cutoff: i64) -> bool {
+    !partition.is_default && partition.to.is_some_and(|to| to <= cutoff)
+}
+
+/// Drop one partition, logging what it held.
+async fn drop_partition(
+    client: &mut Object,
+    partition: &Partition,
+    report: &mut MaintenanceReport,
+) -> Result<(), tokio_postgres::Error> {
+    let name = partition.name.quoted();
+    let row = client
+        .query_typed_one(
+            "SELECT c.reltuples::int8, pg_total_relation_size(c.oid), \
+                    pg_get_expr(c.relpartbound, c.oid) \
+             FROM pg_class c WHERE c.oid = to_regclass($1)",
+            &[(&name, Type::TEXT)],
+        )
+        .await?;
+    let (mut rows, bytes, range): (i64, i64, String) = (row.get(0), row.get(1), row.get(2));
+    if rows < 0 {
+        // Never analyzed: count (a partition past retention takes no writes).
+        rows = client
+            .query_typed_one(&format!("SELECT count(*) FROM {name}"), &[])
+            .await?
+            .get(0);
+    }
+    match in_short_transaction(client, &[format!("DROP TABLE {name}")]).await? {
+        Some(_) => {
+            tracing::info!(
+                target: "pglogsink::maintain",
+                partition = %partition.name, range, rows, bytes,
+                "dropped partition past the retention"
+            );
+            report.dropped.push(DroppedPartition {
+                name: partition.name.to_string(),
+                range: range.trim_start_matches("FOR VALUES ").to_owned(),
+                rows,
+                bytes,
+            });
+        }
+        None => report.postponed.push(format!("drop {}", partition.name)),
+    }
+    Ok(())
+}
+
+/// Run `statements` in one transaction with a short lock timeout, retrying
+/// a few times when a lock is busy. The rows each statement affected, or
+/// `None` when the lock stayed busy.
+async fn in_short_transaction(
+    client: &mut Object,
+    statements: &[String],
+) -> Result<Option<Vec<u64>>, tokio_postgres::Error> {
+    let mut pause = Duration::from_millis(100);
+    for attempt in 1..=ATTEMPTS {
+        match try_transaction(client, statements).await {
+            Ok(counts) => return Ok(Some(counts)),
+            Err(e) if e.code() == Some(&tokio_postgres::error::SqlState::LOCK_NOT_AVAILABLE) => {
+                tracing::debug!(
+                    target: "pglogsink::maintain",
+                    attempt, statement = %statements[0], "lock busy; retrying"
+                );
+                tokio::time::sleep(pause).await;
+                pause *= 2;
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(None)
+}
+
+async fn try_transaction(
+    client: &mut Object,
+    statements: &[String],
+) -> Result<Vec<u64>, tokio_postgres::Error> {
+    let tx = client.transaction().await?;
+    tx.batch_execute(&format!("SET LOCAL lock_timeout = '{LOCK_TIMEOUT}'"))
+        .await?;
+    let mut counts = Vec::with_capacity(statements.len());
+    for statement in statements {
+        let messages = tx.simple_query(statement).await?;
+        counts.push(
+            messages
+                .iter()
+                .find_map(|m| match m {
+                    SimpleQueryMessage::CommandComplete(n) => Some(*n),
+                    _ => None,
+                })
+                .unwrap_or(0),
+        );
+    }
+    tx.commit().await?;
+    Ok(counts)
+}
+
+/// The advisory lock key of `table`'s maintenance (FNV-1a of its name).
+fn lock_key(table: &TableName) -> i64 {
+    let name = format!("pglogsink maintain {}", table.quoted());
+    name.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
+    }) as i64
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const DAY: i64 = 86_400_000_000;
+
+    fn partition(from: i64, to: i64) -> Partition {
+        Partition {
+            name: TableName::parse("p").unwrap(),
+            from: Some(from),
+            to: Some(to),
+            is_default: false,
+        }
+    }
+
+    #[test]
+    fn premade_bins_skip_existing_partitions() {
+        let m = Maintenance::default();
+        let today = PartitionInterval::Day.floor(1_796_307_907_000_000);
+        let existing = [partition(today, today + DAY)];
+        let bins = m.bins_to_create(today + 5, None, &existing, &BTreeMap::new());
+        assert_eq!(bins, vec![today + DAY, today + 2 * DAY, today + 3 * DAY]);
+    }
+
+    #[test]
+    fn default_rows_get_a_partition_unless_past_retention_or_beyond_the_horizon() {
+        let m = Maintenance {
+            premake: 1,
+            ..Maintenance::default()
+        };
+        let today = PartitionInterval::Day.floor(1_796_307_907_000_000);
+        let in_default: BTreeMap<i64, u64> = [
+            (today - 40 * DAY, 1),  // past a 30-day retention: deleted, not moved
+            (today - 2 * DAY, 5),   // kept: gets its partition
+            (today + 400 * DAY, 1), // a year ahead: stays in DEFAULT
+        ]
+        .into_iter()
+        .collect();
+        let cutoff = Some(today - 30 * DAY);
+        let bins = m.bins_to_create(today, cutoff, &[], &in_default);
+        assert_eq!(bins, vec![today - 2 * DAY, today, today + DAY]);
+        let keep_all = m.bins_to_create(today, None, &[], &in_default);
+        assert_eq!(keep_all[0], today - 40 * DAY);
+    }
+
+    #[test]
+    fn expiry_needs_the_whole_range_past_the_cutoff() {
+        assert!(expired(&partition(0, DAY), DAY));
+        assert!(!expired(&partition(0, DAY), DAY - 1));
+        let legacy = Partition {
+            from: None,
+            ..partition(0, DAY)
+        };
+        assert!(
+            expired(&legacy, DAY),
+            "the upgraded old table (MINVALUE) too"
+        );
+    }
+
+    #[test]
+    fn the_report_says_what_changed() {
+        let report = MaintenanceReport {
+            created: vec!["log_p20261204".into()],
+            dropped: vec![DroppedPartition {
+                name: "log_p20261001".into(),
+                range: "FROM ('2026-10-01 00:00:00+00') TO ('2026-10-02 00:00:00+00')".into(),
+                rows: 1200,
+                bytes: 3 * 1024 * 1024,
+            }],
+            ..MaintenanceReport::default()
+        };
+        assert_eq!(
+            report.to_string(),
+            "created 1 partition(s) (log_p20261204); dropped log_p20261001 \
+             (FROM ('2026-10-01 00:00:00+00') TO ('2026-10-02 00:00:00+00'); 1200 rows, 3.0 MiB)"
+        );
+        assert_eq!(MaintenanceReport::default().to_string(), "nothing to do");
+    }
+}

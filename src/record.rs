@@ -95,8 +95,8 @@ pub type Fields = Vec<(Cow<'static, str>, serde_json::Value)>;
 /// A log record on its way to the Log table.
 ///
 /// Build one with [`Record::new`] and the chained setters, then hand it to
-/// [`Logger::send`](crate::Logger::send). The timestamp and producing thread
-/// are stamped when it is sent.
+/// [`Logger::send`](crate::Logger::send). The timestamp (unless set with
+/// [`Record::at`]) and the producing thread are stamped when it is sent.
 ///
 /// ```
 /// use pglogsink::{Level, Record};
@@ -110,6 +110,8 @@ pub type Fields = Vec<(Cow<'static, str>, serde_json::Value)>;
 #[derive(Debug, Clone)]
 pub struct Record {
     pub(crate) timestamp: SystemTime,
+    /// Set by [`Record::at`]: sending keeps the timestamp.
+    timed: bool,
     pub(crate) thread_id: i64,
     pub(crate) level: Level,
     pub(crate) target: Option<Cow<'static, str>>,
@@ -122,12 +124,30 @@ impl Record {
     pub fn new(level: Level, message: impl Into<Cow<'static, str>>) -> Record {
         Record {
             timestamp: SystemTime::UNIX_EPOCH,
+            timed: false,
             thread_id: 0,
             level,
             target: None,
             message: message.into(),
             fields: Vec::new(),
         }
+    }
+
+    /// When the event happened, for a record relayed from elsewhere (another
+    /// service, a file): sending keeps this time instead of stamping now.
+    ///
+    /// ```
+    /// use std::time::{Duration, SystemTime};
+    /// use pglogsink::{Level, Record};
+    ///
+    /// let then = SystemTime::now() - Duration::from_secs(60);
+    /// let record = Record::new(Level::Info, "relayed").at(then);
+    /// assert_eq!(record.timestamp(), then);
+    /// ```
+    pub fn at(mut self, timestamp: SystemTime) -> Record {
+        self.timestamp = timestamp;
+        self.timed = true;
+        self
     }
 
     /// Set the target (the component that logs, such as a module path).
@@ -168,7 +188,8 @@ impl Record {
         &self.fields
     }
 
-    /// When the record was sent (the Unix epoch before it is sent).
+    /// When the record was sent (the Unix epoch before it is sent), or the
+    /// time given to [`Record::at`].
     pub fn timestamp(&self) -> SystemTime {
         self.timestamp
     }
@@ -176,7 +197,9 @@ impl Record {
     /// Stamp time and thread: done by the logger at the moment of `log()`.
     #[inline]
     pub(crate) fn stamp(&mut self) {
-        self.timestamp = SystemTime::now();
+        if !self.timed {
+            self.timestamp = SystemTime::now();
+        }
         self.thread_id = current_thread_id();
     }
 }

@@ -76,6 +76,19 @@ pub async fn migrate_with(
 
 /// Run `sql/schema.sql` for `table`: creates only what is missing.
 pub(crate) async fn create_missing(pool: &Pool, table: &TableName) -> Result<(), Error> {
+    match run_schema(pool, table).await {
+        // Another process created the same objects at the same moment: the
+        // script's existence checks can miss that within one transaction
+        // (they read a catalog snapshot older than the advisory lock), so
+        // run it again, in a new one that sees them.
+        Err(e) if matches!(e.sqlstate(), Some("42710" | "42P07" | "23505")) => {
+            run_schema(pool, table).await
+        }
+        done => done,
+    }
+}
+
+async fn run_schema(pool: &Pool, table: &TableName) -> Result<(), Error> {
     let context = format!("creating table {table}");
     let mut client = connection(pool, &context).await?;
     let tx = client

@@ -10,6 +10,7 @@ mod common;
 mod embedded;
 mod faults;
 mod layer;
+mod lifecycle;
 mod logs;
 mod service;
 mod sink;
@@ -23,6 +24,7 @@ fn main() {
     trials.extend(embedded::trials());
     trials.extend(layer::trials());
     trials.extend(logs::trials());
+    trials.extend(lifecycle::trials());
     let conclusion = libtest_mimic::run(&args, trials);
     common::shutdown();
     conclusion.exit();

@@ -12,7 +12,7 @@ use pglogsink::TableName;
 
 use crate::common::{check, fresh_table, url};
 
-const BIN: &str = env!("CARGO_BIN_EXE_pglogsink");
+pub const BIN: &str = env!("CARGO_BIN_EXE_pglogsink");
 
 pub fn trials() -> Vec<Trial> {
     vec![
@@ -44,14 +44,14 @@ fn free_port() -> Result<u16, Failed> {
 }
 
 /// A running `pglogsink serve`, killed if the test fails before it stops it.
-struct Serve {
+pub struct Serve {
     child: Option<Child>,
-    addr: String,
+    pub addr: String,
     spool: std::path::PathBuf,
 }
 
 impl Serve {
-    fn start(db_args: &[&str], extra: &[&str]) -> Result<Serve, Failed> {
+    pub fn start(db_args: &[&str], extra: &[&str]) -> Result<Serve, Failed> {
         Serve::start_with_env(db_args, extra, &[])
     }
 
@@ -105,11 +105,11 @@ impl Serve {
         Ok(serve)
     }
 
-    fn url(&self) -> String {
+    pub fn url(&self) -> String {
         format!("http://{}", self.addr)
     }
 
-    fn signal(&self, sig: &str) -> Result<(), Failed> {
+    pub fn signal(&self, sig: &str) -> Result<(), Failed> {
         let pid = self.child.as_ref().ok_or("not running")?.id();
         let status = Command::new("kill")
             .args([sig, &pid.to_string()])
@@ -118,7 +118,7 @@ impl Serve {
     }
 
     /// Wait (at most 30 s) for the process to exit and collect its output.
-    fn wait(&mut self) -> Result<Output, Failed> {
+    pub fn wait(&mut self) -> Result<Output, Failed> {
         let mut child = self.child.take().ok_or("not running")?;
         let deadline = Instant::now() + Duration::from_secs(30);
         while child.try_wait()?.is_none() {
@@ -150,7 +150,7 @@ impl Drop for Serve {
 }
 
 /// A minimal HTTP/1.0 GET: status code and body.
-fn http_get(addr: &str, path: &str) -> Result<(u16, String), Failed> {
+pub fn http_get(addr: &str, path: &str) -> Result<(u16, String), Failed> {
     let mut stream = TcpStream::connect(addr)?;
     stream.set_read_timeout(Some(Duration::from_secs(5)))?;
     write!(stream, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n")?;

@@ -1,0 +1,467 @@
+//! The Log table's lifecycle: partitions made ahead, retention that drops
+//! whole partitions while a COPY stream keeps running, records with skewed
+//! clocks, the upgrade of the old shape in place, least-privilege roles, and
+//! `--follow` with commits out of id order.
+
+use std::time::{Duration, Instant};
+
+use futures_util::SinkExt;
+use libtest_mimic::{Failed, Trial};
+use pglogsink::deadpool_postgres::Pool;
+use pglogsink::query::{Filter, Reader};
+use pglogsink::tokio_postgres;
+use pglogsink::{CancellationToken, Level, Maintenance, Record, SinkConfig, TableName};
+
+use crate::common::{async_trial, check, config, fresh_table, pool};
+use crate::service::{http_get, Serve, BIN};
+
+const DAY: Duration = Duration::from_secs(86_400);
+
+pub fn trials() -> Vec<Trial> {
+    vec![
+        async_trial(
+            "lifecycle::retention_drops_whole_partitions_while_copy_goes_on",
+            retention_drops_whole_partitions,
+        ),
+        async_trial(
+            "lifecycle::records_from_skewed_clocks_are_stored",
+            skewed_clocks,
+        ),
+        async_trial(
+            "lifecycle::upgrade_in_place_under_writes_keeps_every_row",
+            upgrade_in_place,
+        ),
+        async_trial(
+            "lifecycle::follow_sees_rows_committed_out_of_id_order",
+            follow_out_of_order,
+        ),
+        Trial::test(
+            "lifecycle::serve_as_an_insert_only_role_and_maintain_as_the_owner",
+            least_privilege,
+        ),
+    ]
+}
+
+async fn scalar(pool: &Pool, sql: &str) -> Result<i64, Failed> {
+    Ok(pool.get().await?.query_one(sql, &[]).await?.get(0))
+}
+
+async fn partitions_of(pool: &Pool, table: &TableName) -> Result<Vec<String>, Failed> {
+    Ok(pool
+        .get()
+        .await?
+        .query(
+            "SELECT c.relname::text FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid \
+             WHERE i.inhparent = $1::text::regclass ORDER BY 1",
+            &[&table.quoted()],
+        )
+        .await?
+        .iter()
+        .map(|r| r.get(0))
+        .collect())
+}
+
+/// Bytes of the table but today's partition (which the test writes to).
+async fn size_but_today(pool: &Pool, table: &TableName) -> Result<i64, Failed> {
+    scalar(
+        pool,
+        &format!(
+            "SELECT sum(pg_total_relation_size(relid))::int8 FROM pg_partition_tree('{}') \
+             WHERE relid::text NOT LIKE '%\\_p' || to_char(now() AT TIME ZONE 'UTC', 'YYYYMMDD')",
+            table.quoted()
+        ),
+    )
+    .await
+}
+
+/// Rows at noon (UTC) of each of the `days` days before today.
+fn noon_rows(table: &TableName, days: i32, per_day: i32) -> String {
+    format!(
+        "INSERT INTO {} (\"timestamp\", level, target, message) \
+         SELECT date_trunc('day', now(), 'UTC') - d * interval '1 day' + interval '12 hours' \
+                + s * interval '1 millisecond', 'info', 'old', 'day ' || d \
+         FROM generate_series(1, {days}) d, generate_series(1, {per_day}) s",
+        table.quoted()
+    )
+}
+
+/// Binary-free COPY of `rows` rows stamped now, in a transaction that may
+/// wait at most 100 ms for any lock: an error here is a lock wait over that.
+async fn copy_now(
+    client: &mut tokio_postgres::Client,
+    table: &TableName,
+    rows: usize,
+) -> Result<(), tokio_postgres::Error> {
+    let tx = client.transaction().await?;
+    tx.batch_execute("SET LOCAL lock_timeout = '100ms'").await?;
+    let sink = tx
+        .copy_in::<_, bytes::Bytes>(&format!(
+            "COPY {} (\"timestamp\", level, target, message) FROM STDIN",
+            table.quoted()
+        ))
+        .await?;
+    futures_util::pin_mut!(sink);
+    let data = "now\tinfo\twriter\tcopy stream\n".repeat(rows);
+    sink.send(bytes::Bytes::from(data)).await?;
+    sink.as_mut().finish().await?;
+    tx.commit().await
+}
+
+async fn retention_drops_whole_partitions() -> Result<(), Failed> {
+    let pool = pool()?;
+    let table = fresh_table("ret");
+    pglogsink::migrate(&pool, &table).await?;
+    pool.get()
+        .await?
+        .batch_execute(&noon_rows(&table, 40, 250))
+        .await?;
+    // The 40 past days went to DEFAULT; maintenance gives each its partition.
+    let moved = Maintenance::default().run(&pool, &table).await?;
+    check(
+        moved.moved_from_default == 10_000 && moved.created.len() == 40,
+        || format!("{moved}"),
+    )?;
+    let before = size_but_today(&pool, &table).await?;
+
+    // A COPY stream into today's partition for the whole maintenance run.
+    let stop = CancellationToken::new();
+    let writer = {
+        let (stop, table) = (stop.clone(), table.clone());
+        let mut client = pool.get().await?;
+        tokio::spawn(async move {
+            let mut batches = 0u64;
+            while !stop.is_cancelled() {
+                copy_now(&mut client, &table, 200).await?;
+                batches += 1;
+            }
+            Ok::<u64, tokio_postgres::Error>(batches)
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let started = Instant::now();
+    let retention = Maintenance {
+        retention: Some(30 * DAY),
+        ..Maintenance::default()
+    };
+    let report = retention.run(&pool, &table).await?;
+    let took = started.elapsed();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    stop.cancel();
+    let batches = writer
+        .await?
+        .map_err(|e| format!("the COPY stream waited over 100 ms for a lock: {e}"))?;
+    eprintln!(
+        "    retention 30d: {} partitions dropped in {took:?} while {batches} COPYs of 200 rows ran",
+        report.dropped.len()
+    );
+
+    check(report.dropped.len() == 10, || format!("{report}"))?;
+    check(report.postponed.is_empty(), || format!("{report}"))?;
+    let old_rows = scalar(
+        &pool,
+        &format!(
+            "SELECT count(*) FROM {} WHERE target = 'old'",
+            table.quoted()
+        ),
+    )
+    .await?;
+    check(old_rows == 30 * 250, || {
+        format!("{old_rows} old rows left; expected the 30 newest days")
+    })?;
+    let oldest_day = scalar(
+        &pool,
+        &format!(
+            "SELECT max(substr(message, 5)::int)::int8 FROM {} WHERE target = 'old'",
+            table.quoted()
+        ),
+    )
+    .await?;
+    check(oldest_day == 30, || {
+        format!("day {oldest_day} is still there")
+    })?;
+    let written = scalar(
+        &pool,
+        &format!(
+            "SELECT count(*) FROM {} WHERE target = 'writer'",
+            table.quoted()
+        ),
+    )
+    .await?;
+    check(written == batches as i64 * 200, || {
+        format!(
+            "{written} rows of the COPY stream, expected {}",
+            batches * 200
+        )
+    })?;
+    // A quarter of the old days is gone, and with them about a quarter of
+    // the bytes (the premade partitions' empty indexes stay).
+    let after = size_but_today(&pool, &table).await?;
+    check((after as f64) < before as f64 * 0.85, || {
+        format!("size {before} -> {after}")
+    })?;
+    let names = partitions_of(&pool, &table).await?;
+    check(names.len() == 40 - 10 + 4 + 1, || format!("{names:?}"))
+}
+
+async fn skewed_clocks() -> Result<(), Failed> {
+    let pool = pool()?;
+    let table = fresh_table("skew");
+    pglogsink::migrate(&pool, &table).await?;
+    let sink_config = SinkConfig {
+        table: table.to_string(),
+        ..SinkConfig::default()
+    };
+    let token = CancellationToken::new();
+    let (logger, worker) = pglogsink::spawn(pool.clone(), &sink_config, token.clone())?;
+    let now = std::time::SystemTime::now();
+    logger.send(Record::new(Level::Info, "three years ago").at(now - 3 * 365 * DAY))?;
+    logger.send(Record::new(Level::Info, "two days ahead").at(now + 2 * DAY))?;
+    let report = worker.shutdown(Duration::from_secs(10)).await;
+    check(report.written == 2 && report.fatal.is_none(), || {
+        format!("{report:?}")
+    })?;
+    check(!token.is_cancelled(), || "the sink stopped the app".into())?;
+    let places: Vec<(String, String)> = pool
+        .get()
+        .await?
+        .query(
+            &format!(
+                "SELECT tableoid::regclass::text, message FROM {} ORDER BY \"timestamp\"",
+                table.quoted()
+            ),
+            &[],
+        )
+        .await?
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    check(
+        places[0].0.ends_with("_default") && !places[1].0.ends_with("_default"),
+        || format!("{places:?}: the old one in DEFAULT, the future one in its premade partition"),
+    )?;
+    // Without retention, maintenance gives the old record its own partition.
+    let report = Maintenance::default().run(&pool, &table).await?;
+    check(report.moved_from_default == 1, || format!("{report}"))
+}
+
+async fn upgrade_in_place() -> Result<(), Failed> {
+    let pool = pool()?;
+    let table = fresh_table("upg");
+    {
+        let client = pool.get().await?;
+        client
+            .batch_execute(&format!(
+                "BEGIN; SELECT set_config('pglogsink.table', '{table}', true); {} COMMIT;",
+                include_str!("../fixtures/old_shape.sql")
+            ))
+            .await?;
+        client.batch_execute(&noon_rows(&table, 10, 2_000)).await?;
+    }
+    // Writers keep writing through the upgrade.
+    let sink_config = SinkConfig {
+        table: table.to_string(),
+        batch_size: 500,
+        ..SinkConfig::default()
+    };
+    let token = CancellationToken::new();
+    let (logger, worker) = pglogsink::spawn(pool.clone(), &sink_config, token.clone())?;
+    let producer = {
+        let logger = logger.clone();
+        tokio::spawn(async move {
+            let mut sent = 0u64;
+            for i in 0..40_000 {
+                if logger.log(Level::Info, format!("during {i}")).is_ok() {
+                    sent += 1;
+                }
+                if i % 1_000 == 0 {
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+            }
+            sent
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(30)).await;
+    let done = pglogsink::upgrade(&pool, &table, &Maintenance::default()).await?;
+    let sent = producer.await?;
+    let report = worker.shutdown(Duration::from_secs(30)).await;
+    check(report.written == sent && report.fatal.is_none(), || {
+        format!("sent {sent}: {report:?}")
+    })?;
+    check(matches!(done, pglogsink::Upgrade::Upgraded { .. }), || {
+        format!("{done:?}")
+    })?;
+    let kind = scalar(
+        &pool,
+        &format!(
+            "SELECT (relkind = 'p')::int::int8 FROM pg_class WHERE oid = '{}'::regclass",
+            table.quoted()
+        ),
+    )
+    .await?;
+    check(kind == 1, || "not partitioned".into())?;
+    let (rows, distinct_ids) = {
+        let row = pool
+            .get()
+            .await?
+            .query_one(
+                &format!(
+                    "SELECT count(*), count(DISTINCT id) FROM {}",
+                    table.quoted()
+                ),
+                &[],
+            )
+            .await?;
+        (row.get::<_, i64>(0), row.get::<_, i64>(1))
+    };
+    check(rows == 20_000 + sent as i64 && distinct_ids == rows, || {
+        format!("{rows} rows, {distinct_ids} distinct ids; expected 20000 + {sent}")
+    })?;
+    // The old table became a partition without a copy: its indexes were
+    // adopted, and the new shape's come along.
+    let names = partitions_of(&pool, &table).await?;
+    check(names.iter().any(|n| n.ends_with("_legacy")), || {
+        format!("{names:?}")
+    })?;
+    // Upgrading again is a no-op; maintenance works on the result.
+    let again = pglogsink::upgrade(&pool, &table, &Maintenance::default()).await?;
+    check(again == pglogsink::Upgrade::AlreadyPartitioned, || {
+        format!("{again:?}")
+    })?;
+    Maintenance::default().run(&pool, &table).await?;
+    Ok(())
+}
+
+async fn follow_out_of_order() -> Result<(), Failed> {
+    let pool = pool()?;
+    let table = fresh_table("fol");
+    pglogsink::migrate(&pool, &table).await?;
+    let insert = |message: &str| {
+        format!(
+            "INSERT INTO {} (\"timestamp\", level, target, message) VALUES (now(), 'info', 't', '{message}')",
+            table.quoted()
+        )
+    };
+    let mut reader_client = pool.get().await?;
+    let reader = Reader::new(table.clone());
+    pool.get().await?.batch_execute(&insert("before")).await?;
+    let (newest, mut follower) = reader
+        .follow(&mut reader_client, &Filter::default(), 10)
+        .await?;
+    check(newest.len() == 1, || format!("{newest:?}"))?;
+
+    // A takes the lower id but commits after B.
+    let mut slow = pool.get().await?;
+    let slow_tx = slow.transaction().await?;
+    slow_tx.batch_execute(&insert("slow A")).await?;
+    pool.get().await?.batch_execute(&insert("fast B")).await?;
+    let first = follower.poll(&mut reader_client).await?;
+    check(
+        first.iter().map(|r| r.message.as_str()).eq(["fast B"]),
+        || format!("{first:?}"),
+    )?;
+    slow_tx.commit().await?;
+    let mut later = Vec::new();
+    for _ in 0..3 {
+        later.extend(follower.poll(&mut reader_client).await?);
+    }
+    check(
+        later.iter().map(|r| r.message.as_str()).eq(["slow A"]),
+        || format!("after A's commit: {later:?}"),
+    )?;
+    check(later[0].id < first[0].id, || "A has the lower id".into())
+}
+
+/// The owner creates the table; `serve` runs as a role that may only write
+/// rows (no CREATE on the schema): it starts, logs, and its maintenance
+/// timer warns once and counts the failure; `maintain` as the owner works.
+fn least_privilege() -> Result<(), Failed> {
+    let table = fresh_table("lp");
+    let role = format!("{}_w", table.name());
+    let owner_url = crate::common::url()?;
+    crate::common::block_on(async {
+        let pool = pool()?;
+        pglogsink::migrate(&pool, &table).await?;
+        let t = table.quoted();
+        pool.get()
+            .await?
+            .batch_execute(&format!(
+                "CREATE ROLE {role} LOGIN PASSWORD 'pw';
+                 GRANT USAGE ON SCHEMA public TO {role};
+                 GRANT INSERT ON {t} TO {role};
+                 GRANT USAGE ON SEQUENCE \"{name}_id_seq\" TO {role};
+                 GRANT SELECT, INSERT, DELETE ON {l} TO {role};
+                 GRANT INSERT ON {r} TO {role};
+                 INSERT INTO {t} (\"timestamp\", level, target, message)
+                     VALUES (now() - interval '5 days', 'info', 'late', 'replayed from a spool');",
+                name = table.name(),
+                l = table.ledger_table().quoted(),
+                r = table.rejected_table().quoted()
+            ))
+            .await?;
+        Ok(())
+    })?;
+    let mut as_role = config()?;
+    as_role.user(&role).password("pw");
+    let host = match &as_role.get_hosts()[0] {
+        tokio_postgres::config::Host::Tcp(h) => h.clone(),
+        tokio_postgres::config::Host::Unix(p) => p.display().to_string(),
+    };
+    let role_url = format!(
+        "postgres://{role}:pw@{host}:{}/{}",
+        as_role.get_ports()[0],
+        as_role.get_dbname().unwrap_or("postgres")
+    );
+    let table_arg = table.to_string();
+    let mut serve = Serve::start(
+        &["--database-url", &role_url, "--table", &table_arg],
+        &["--maintenance-interval", "1s", "--retention", "30d"],
+    )?;
+    for n in 0..5 {
+        let (status, _) = http_get(&serve.addr, &format!("/recipes/{n}"))?;
+        check(status == 200, || format!("GET /recipes/{n}: {status}"))?;
+    }
+    std::thread::sleep(Duration::from_millis(2_500));
+    let (_, metrics) = http_get(&serve.addr, "/metrics")?;
+    check(
+        metrics.contains("pglogsink_maintenance_failures_total{reason=\"privilege\"}"),
+        || format!("no privilege failure counted:\n{metrics}"),
+    )?;
+    serve.signal("-INT")?;
+    let out = serve.wait()?;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    check(out.status.success(), || format!("serve failed: {stderr}"))?;
+    let warnings = stderr.matches("maintenance of table").count();
+    check(warnings == 1, || {
+        format!("{warnings} maintenance warnings:\n{stderr}")
+    })?;
+    check(stderr.contains("owner"), || {
+        format!("the warning says who can: {stderr}")
+    })?;
+
+    let maintain = std::process::Command::new(BIN)
+        .args([
+            "maintain",
+            "--database-url",
+            &owner_url,
+            "--table",
+            &table_arg,
+        ])
+        .env_remove("DATABASE_URL")
+        .output()?;
+    let said = String::from_utf8_lossy(&maintain.stdout);
+    check(
+        maintain.status.success() && said.contains("moved 1 row"),
+        || format!("{said}{}", String::from_utf8_lossy(&maintain.stderr)),
+    )?;
+    crate::common::block_on(async {
+        let rows = scalar(
+            &pool()?,
+            &format!(
+                "SELECT count(*) FROM {} WHERE target = 'recipes'",
+                table.quoted()
+            ),
+        )
+        .await?;
+        check(rows == 5, || format!("{rows} request rows"))
+    })
+}

@@ -21,6 +21,10 @@
 //!   `Worker::shutdown` returns with every record committed
 //!   (`report.written == N`). The pool's connection is opened beforehand,
 //!   as it is in a running service.
+//! * `pglogsink_old_shape`: the same as `pglogsink`, into the Log table's
+//!   shape before partitioning (identity primary key, btree on "timestamp",
+//!   partial btree on warnings; `tests/fixtures/old_shape.sql`), run in the
+//!   same rounds, to measure what the partitioned shape saves per row.
 //! * `seed`: multi-row `INSERT ... VALUES` of 10 rows, one connection (the
 //!   seed article's MAX_BATCH_SIZE).
 //! * `row_at_a_time`: one `INSERT` per record, on N/20 records.
@@ -93,9 +97,10 @@ const LIGHT_SECONDS: f64 = 5.0;
 /// CopyData message size for `limit`, as the sink uses.
 const COPY_CHUNK: usize = 256 * 1024;
 const COLUMNS: &str = r#""timestamp", level, target, message, thread_id, fields"#;
-const METHODS: [&str; 6] = [
+const METHODS: [&str; 7] = [
     "limit",
     "pglogsink",
+    "pglogsink_old_shape",
     "seed",
     "row_at_a_time",
     "vector_jsonb",
@@ -433,6 +438,18 @@ fn json_array(rows: &[Row], out: &mut Vec<u8>) {
 // ---------------------------------------------------------------------------
 // The database and the tables
 
+/// The Log table's shape before partitioning, for `pglogsink_old_shape`.
+const OLD_SHAPE: &str = include_str!("../tests/fixtures/old_shape.sql");
+
+/// Which Log table a method writes to.
+#[derive(Clone, Copy, PartialEq)]
+enum Shape {
+    /// `sql/schema.sql`, through `pglogsink::migrate`.
+    Partitioned,
+    /// `tests/fixtures/old_shape.sql`.
+    Old,
+}
+
 /// How latency is read back: the commit timestamp, or the per-row default.
 #[derive(Clone, Copy, PartialEq)]
 enum Stamp {
@@ -524,12 +541,28 @@ impl<'rt> Bench<'rt> {
 
     /// A fresh Log table (migrate, as the sink's users create it).
     fn fresh_table(&mut self, name: &str) -> Result<TableName, Fail> {
+        self.fresh_table_shaped(name, Shape::Partitioned)
+    }
+
+    fn fresh_table_shaped(&mut self, name: &str, shape: Shape) -> Result<TableName, Fail> {
         let table = TableName::parse(&format!("bench_{name}_{}", std::process::id()))?;
         self.drop_table(&table);
         self.tables.push(table.clone());
         let stamp = self.stamp;
         self.rt.block_on(async {
-            pglogsink::migrate(&self.pool, &table).await?;
+            match shape {
+                Shape::Partitioned => pglogsink::migrate(&self.pool, &table).await?,
+                Shape::Old => {
+                    self.pool
+                        .get()
+                        .await?
+                        .batch_execute(&format!(
+                            "BEGIN; SELECT set_config('pglogsink.table', '{table}', true); \
+                             {OLD_SHAPE} COMMIT;"
+                        ))
+                        .await?
+                }
+            }
             if stamp == Stamp::WrittenAt {
                 let client = self.pool.get().await?;
                 client
@@ -651,7 +684,19 @@ impl<'rt> Bench<'rt> {
         producers: usize,
         rate: Option<f64>,
     ) -> Result<(Duration, (f64, f64)), Fail> {
-        let table = self.fresh_table(name)?;
+        self.pglogsink_into(rows, name, batch_size, producers, rate, Shape::Partitioned)
+    }
+
+    fn pglogsink_into(
+        &mut self,
+        rows: &[Row],
+        name: &str,
+        batch_size: usize,
+        producers: usize,
+        rate: Option<f64>,
+        shape: Shape,
+    ) -> Result<(Duration, (f64, f64)), Fail> {
+        let table = self.fresh_table_shaped(name, shape)?;
         let per_producer = rows.len().div_ceil(producers);
         let parts: Vec<Vec<Record>> = rows
             .chunks(per_producer)
@@ -931,6 +976,7 @@ impl<'rt> Bench<'rt> {
         let mut results: Vec<(&str, usize, Duration)> = Vec::new();
         let mut limit_runs = Vec::new();
         let mut sink_runs = Vec::new();
+        let mut old_shape_runs = Vec::new();
         let mut full_latency = None;
         let sink_wanted = wants("pglogsink") || args.sweep;
         for round in 0..args.rounds {
@@ -944,6 +990,18 @@ impl<'rt> Bench<'rt> {
                     self.pglogsink(&rows, "pglogsink", args.batch_size, args.producers, None)?;
                 sink_runs.push(d);
                 full_latency.get_or_insert(Vec::new()).push(lat);
+            }
+            if wants("pglogsink_old_shape") && !args.sweep {
+                eprintln!("pipeline: pglogsink_old_shape (round {})...", round + 1);
+                let (d, _) = self.pglogsink_into(
+                    &rows,
+                    "pglogsink_old_shape",
+                    args.batch_size,
+                    args.producers,
+                    None,
+                    Shape::Old,
+                )?;
+                old_shape_runs.push(d);
             }
         }
         if !limit_runs.is_empty() {
@@ -975,6 +1033,10 @@ impl<'rt> Bench<'rt> {
         if !sink_runs.is_empty() {
             let d = median_duration(&mut sink_runs);
             results.push(("pglogsink", rows.len(), d));
+            if !old_shape_runs.is_empty() {
+                let old = median_duration(&mut old_shape_runs);
+                results.push(("pglogsink_old_shape", rows.len(), old));
+            }
             let rate = rows.len() as f64 / d.as_secs_f64() / 2.0;
             let n = ((rate * LIGHT_SECONDS) as usize).clamp(1000.min(rows.len()), rows.len());
             eprintln!("pipeline: pglogsink at {rate:.0} rows/s (half the maximum), {n} records...");
@@ -1060,6 +1122,7 @@ impl<'rt> Bench<'rt> {
                 json!({
                     "limit_seconds": limit_runs.iter().map(Duration::as_secs_f64).collect::<Vec<_>>(),
                     "pglogsink_seconds": sink_runs.iter().map(Duration::as_secs_f64).collect::<Vec<_>>(),
+                    "pglogsink_old_shape_seconds": old_shape_runs.iter().map(Duration::as_secs_f64).collect::<Vec<_>>(),
                 }),
             );
         }

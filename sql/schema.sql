@@ -32,8 +32,9 @@
 --
 -- Indexes (each one costs every COPY; these are the ones the queries of
 -- `pglogsink logs` need, chosen by measurement, see the README):
---   BRIN on "timestamp"      time ranges; "newest N" reads a widening window
---   BRIN on id               `logs --follow` reads the ids above what it saw
+--   BRIN on ("timestamp", id)  time ranges ("newest N" reads a widening
+--                            window) and `logs --follow` (the ids above what
+--                            it saw); one index, so one summary update per row
 --   btree on "timestamp" for level >= warn only (about 1% of rows)
 --   btree on fields->>'request_id' for rows that carry one: one request's
 --                            lines without a time bound
@@ -97,10 +98,8 @@ BEGIN
                        tbl_schema, left(tbl, 56) || '_id_seq', tbl_schema, tbl);
         EXECUTE format('CREATE TABLE %I.%I PARTITION OF %I.%I DEFAULT',
                        tbl_schema, left(tbl, 55) || '_default', tbl_schema, tbl);
-        EXECUTE format('CREATE INDEX %I ON %I.%I USING brin ("timestamp")',
-                       left(tbl, 53) || '_time_brin', tbl_schema, tbl);
-        EXECUTE format('CREATE INDEX %I ON %I.%I USING brin (id)',
-                       left(tbl, 55) || '_id_brin', tbl_schema, tbl);
+        EXECUTE format('CREATE INDEX %I ON %I.%I USING brin ("timestamp", id)',
+                       left(tbl, 58) || '_brin', tbl_schema, tbl);
         -- Warnings and errors only: tiny, and turns `WHERE level >= 'error'`
         -- from a scan into a lookup.
         EXECUTE format('CREATE INDEX %I ON %I.%I ("timestamp" DESC) WHERE level >= ''warn''',

@@ -120,8 +120,7 @@ async fn prepare_old_table(
     // ATTACH PARTITION adopts them instead of building its own under lock.
     // The old table's "warn" index already matches and is kept.
     let indexes = [
-        ("_time_brin", "USING brin (\"timestamp\")"),
-        ("_id_brin", "USING brin (id)"),
+        ("_brin", "USING brin (\"timestamp\", id)"),
         (
             "_request_id_idx",
             "((fields->>'request_id')) WHERE fields ? 'request_id'",

@@ -98,7 +98,10 @@ BEGIN
                        tbl_schema, left(tbl, 56) || '_id_seq', tbl_schema, tbl);
         EXECUTE format('CREATE TABLE %I.%I PARTITION OF %I.%I DEFAULT',
                        tbl_schema, left(tbl, 55) || '_default', tbl_schema, tbl);
-        EXECUTE format('CREATE INDEX %I ON %I.%I USING brin ("timestamp", id)',
+        -- autosummarize: a block range is summarised (by autovacuum, within
+        -- about a minute) as soon as writes move past it, instead of at the
+        -- next VACUUM; an unsummarised range is read by every query.
+        EXECUTE format('CREATE INDEX %I ON %I.%I USING brin ("timestamp", id) WITH (autosummarize = on)',
                        left(tbl, 58) || '_brin', tbl_schema, tbl);
         -- Warnings and errors only: tiny, and turns `WHERE level >= 'error'`
         -- from a scan into a lookup.

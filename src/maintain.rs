@@ -58,6 +58,11 @@ pub struct Maintenance {
     /// Drop partitions whose whole range is older than this (and delete
     /// such rows from the DEFAULT partition); `None` keeps everything.
     pub retention: Option<Duration>,
+    /// Give every partition whose range has ended a trigram index on
+    /// `message` (`pg_trgm`, built concurrently, once), so that a
+    /// `grep` over older data is an index lookup; the partition being
+    /// written never has one, so COPY pays nothing for it.
+    pub search_index: bool,
 }
 
 impl Default for Maintenance {
@@ -66,6 +71,7 @@ impl Default for Maintenance {
             interval: PartitionInterval::default(),
             premake: DEFAULT_PREMAKE,
             retention: None,
+            search_index: false,
         }
     }
 }
@@ -82,6 +88,8 @@ pub struct MaintenanceReport {
     pub dropped: Vec<DroppedPartition>,
     /// Rows older than the retention deleted from the DEFAULT partition.
     pub deleted_from_default: u64,
+    /// Partitions given a trigram index on `message`.
+    pub search_indexed: Vec<String>,
     /// Changes that could not get their lock in time; the next run retries.
     pub postponed: Vec<String>,
     /// Another instance was running maintenance on this table: nothing done.
@@ -135,6 +143,12 @@ impl fmt::Display for MaintenanceReport {
             parts.push(format!(
                 "deleted {} row(s) past the retention from the DEFAULT partition",
                 self.deleted_from_default
+            ));
+        }
+        if !self.search_indexed.is_empty() {
+            parts.push(format!(
+                "built the search index of {}",
+                self.search_indexed.join(", ")
             ));
         }
         if !self.postponed.is_empty() {
@@ -257,6 +271,17 @@ impl Maintenance {
                     .await
                     .map_err(db)?;
             }
+        }
+        if self.search_index {
+            let ended = self.interval.floor(now);
+            let closed: Vec<&Partition> = existing
+                .iter()
+                .filter(|p| p.to.is_some_and(|to| to <= ended))
+                .filter(|p| !cutoff.is_some_and(|c| expired(p, c)))
+                .collect();
+            build_search_indexes(client, &closed, &mut report)
+                .await
+                .map_err(db)?;
         }
         Ok(report)
     }
@@ -428,6 +453,54 @@ async fn drop_partition(
             });
         }
         None => report.postponed.push(format!("drop {}", partition.name)),
+    }
+    Ok(())
+}
+
+/// A trigram index on `message` for each of `partitions` that has none.
+async fn build_search_indexes(
+    client: &Object,
+    partitions: &[&Partition],
+    report: &mut MaintenanceReport,
+) -> Result<(), tokio_postgres::Error> {
+    if partitions.is_empty() {
+        return Ok(());
+    }
+    client
+        .batch_execute(
+            "SET client_min_messages = warning; CREATE EXTENSION IF NOT EXISTS pg_trgm; \
+             RESET client_min_messages",
+        )
+        .await?;
+    for partition in partitions {
+        let index = partition.name.sibling_table(&partitions::cut_name(
+            partition.name.name(),
+            "_message_trgm",
+        ));
+        crate::upgrade::drop_if_invalid(client, &index).await?;
+        let exists = client
+            .query_typed(
+                "SELECT 1 FROM pg_class WHERE oid = to_regclass($1)",
+                &[(&index.quoted(), Type::TEXT)],
+            )
+            .await?;
+        if !exists.is_empty() {
+            continue;
+        }
+        let started = std::time::Instant::now();
+        client
+            .batch_execute(&format!(
+                "CREATE INDEX CONCURRENTLY \"{}\" ON {} USING gin (message gin_trgm_ops)",
+                index.name().replace('"', "\"\""),
+                partition.name.quoted()
+            ))
+            .await?;
+        tracing::info!(
+            target: "pglogsink::maintain",
+            partition = %partition.name, seconds = started.elapsed().as_secs_f64(),
+            "built the search index"
+        );
+        report.search_indexed.push(partition.name.to_string());
     }
     Ok(())
 }

@@ -50,6 +50,7 @@ pub async fn migrate_with(
     create_missing(pool, table).await?;
     let premake_only = Maintenance {
         retention: None,
+        search_index: false,
         ..maintenance.clone()
     };
     if table_shape(pool, table).await? != Shape::Partitioned {

@@ -120,7 +120,10 @@ async fn prepare_old_table(
     // ATTACH PARTITION adopts them instead of building its own under lock.
     // The old table's "warn" index already matches and is kept.
     let indexes = [
-        ("_brin", "USING brin (\"timestamp\", id)"),
+        (
+            "_brin",
+            "USING brin (\"timestamp\", id) WITH (autosummarize = on)",
+        ),
         (
             "_request_id_idx",
             "((fields->>'request_id')) WHERE fields ? 'request_id'",
@@ -195,7 +198,10 @@ async fn undo_prepare(
 
 /// An index left invalid by an interrupted `CREATE INDEX CONCURRENTLY` is
 /// dropped so that it is built again.
-async fn drop_if_invalid(client: &Object, index: &TableName) -> Result<(), tokio_postgres::Error> {
+pub(crate) async fn drop_if_invalid(
+    client: &Object,
+    index: &TableName,
+) -> Result<(), tokio_postgres::Error> {
     let invalid = client
         .query_typed(
             "SELECT 1 FROM pg_index WHERE indexrelid = to_regclass($1) AND NOT indisvalid",

@@ -25,11 +25,16 @@ pub(crate) struct MaintenanceArgs {
 }
 
 impl MaintenanceArgs {
-    pub(crate) fn maintenance(&self, retention: Option<Duration>) -> Maintenance {
+    pub(crate) fn maintenance(
+        &self,
+        retention: Option<Duration>,
+        search_index: bool,
+    ) -> Maintenance {
         Maintenance {
             interval: self.partition_interval,
             premake: self.premake,
             retention,
+            search_index,
         }
     }
 }
@@ -46,6 +51,14 @@ pub(crate) struct MaintainArgs {
     /// rows from the DEFAULT partition. Without it nothing is dropped.
     #[arg(long, env = "PGLOGSINK_RETENTION", value_parser = parse_retention, value_name = "AGE")]
     pub(crate) retention: Option<Duration>,
+
+    /// Give each partition whose day (or interval) has ended a trigram index on message (pg_trgm,
+    /// built concurrently, once), so that --grep over older rows is an index lookup. The partition
+    /// being written never gets one. Needs the right to create the pg_trgm extension (or have it
+    /// created by a superuser first).
+    #[arg(long, env = "PGLOGSINK_SEARCH_INDEX",
+          value_parser = clap::builder::BoolishValueParser::new())]
+    pub(crate) search_index: bool,
 }
 
 fn parse_interval(s: &str) -> Result<PartitionInterval, String> {
@@ -65,7 +78,9 @@ pub(crate) fn parse_retention(s: &str) -> Result<Duration, String> {
 /// `pglogsink maintain`: one run, its report on stdout.
 pub(crate) async fn run(args: MaintainArgs) -> Result<(), Failure> {
     let db = Database::open(&args.db, Mode::Existing).await?;
-    let maintenance = args.partitions.maintenance(args.retention);
+    let maintenance = args
+        .partitions
+        .maintenance(args.retention, args.search_index);
     let result = maintenance.run(&db.pool, &args.db.table).await;
     db.close();
     let report = result.map_err(|e| explain(&e, &args.db.table))?;

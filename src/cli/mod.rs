@@ -143,7 +143,7 @@ pub(crate) type Failure = Box<dyn std::error::Error + Send + Sync>;
 pub(crate) async fn migrate(args: MigrateArgs) -> Result<(), Failure> {
     let db = db::Database::open(&args.db, db::Mode::CreateIfMissing).await?;
     let table = &args.db.table;
-    let done = pglogsink::upgrade(&db.pool, table, &args.partitions.maintenance(None)).await;
+    let done = pglogsink::upgrade(&db.pool, table, &args.partitions.maintenance(None, false)).await;
     let description = db.description.clone();
     db.close();
     match done? {

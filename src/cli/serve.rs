@@ -58,6 +58,12 @@ pub(crate) struct ServeArgs {
           value_parser = parse_every, value_name = "EVERY")]
     pub(crate) maintenance_interval: Duration,
 
+    /// On the maintenance timer, give each partition whose interval has ended a trigram index on
+    /// message (see `pglogsink maintain --help`).
+    #[arg(long, env = "PGLOGSINK_SEARCH_INDEX",
+          value_parser = clap::builder::BoolishValueParser::new())]
+    pub(crate) search_index: bool,
+
     /// Seconds to wait at shutdown for in-flight requests to finish and, separately, for the
     /// queue to be written; what is not written by then is reported.
     #[arg(long, env = "PGLOGSINK_SHUTDOWN_TIMEOUT", default_value = "10",
@@ -169,7 +175,9 @@ pub(crate) async fn run(args: ServeArgs) -> Result<ExitCode, Failure> {
         .map_err(|e| format!("cannot listen on {}: {e}", args.listen))?;
     let metrics = super::metrics::install()?;
     let db = Database::open(&args.db, Mode::CreateIfMissing).await?;
-    let maintenance = args.partitions.maintenance(args.retention);
+    let maintenance = args
+        .partitions
+        .maintenance(args.retention, args.search_index);
     pglogsink::migrate_with(&db.pool, &args.db.table, &maintenance).await?;
     let config = args.sink.config(&args.db, &db.state_dir);
 

@@ -49,12 +49,13 @@ mod sink;
 mod spool;
 mod stats;
 mod table;
+mod tls;
 
 pub use config::{
     SinkConfig, DEFAULT_BATCH_SIZE, DEFAULT_LEDGER_RETENTION, DEFAULT_MAX_QUEUE_BYTES,
     DEFAULT_MAX_RECORD_BYTES, DEFAULT_SHUTDOWN_TIMEOUT, DEFAULT_TABLE, MAX_BATCH_SIZE,
 };
-pub use database::{parse_url, pool, DEFAULT_POOL_SIZE};
+pub use database::{parse_url, pool, ConnectConfig, DEFAULT_POOL_SIZE};
 pub use error::{Error, ErrorKind};
 #[cfg(feature = "tracing-layer")]
 pub use layer::PgLogLayer;
@@ -65,6 +66,7 @@ pub use schema::{migrate, SCHEMA_SQL};
 pub use sink::{spawn, Worker};
 pub use stats::Stats;
 pub use table::TableName;
+pub use tls::{RootCert, SslMode};
 
 /// Re-exported so that users name the same versions pglogsink uses.
 pub use deadpool_postgres;

@@ -11,6 +11,7 @@ mod embedded;
 mod faults;
 mod layer;
 mod logs;
+mod pooler;
 mod service;
 mod sink;
 
@@ -23,6 +24,7 @@ fn main() {
     trials.extend(embedded::trials());
     trials.extend(layer::trials());
     trials.extend(logs::trials());
+    trials.extend(pooler::trials());
     let conclusion = libtest_mimic::run(&args, trials);
     common::shutdown();
     conclusion.exit();

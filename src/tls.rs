@@ -30,6 +30,8 @@ use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::server::ParsedCertificate;
 use rustls::{CertificateError, DigitallySignedStruct, RootCertStore, SignatureScheme};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio_postgres::tls::MakeTlsConnect;
 use tokio_postgres_rustls::MakeRustlsConnect;
 
 use crate::Error;
@@ -159,6 +161,34 @@ fn default_root_file() -> Option<PathBuf> {
     Some(Path::new(&home).join(".postgresql").join("root.crt"))
 }
 
+/// rustls behind tokio-postgres, for every host of a configuration.
+#[derive(Clone)]
+pub(crate) struct Connector(MakeRustlsConnect);
+
+impl<S> MakeTlsConnect<S> for Connector
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    type Stream = <MakeRustlsConnect as MakeTlsConnect<S>>::Stream;
+    type TlsConnect = <MakeRustlsConnect as MakeTlsConnect<S>>::TlsConnect;
+    type Error = <MakeRustlsConnect as MakeTlsConnect<S>>::Error;
+
+    fn make_tls_connect(&mut self, hostname: &str) -> Result<Self::TlsConnect, Self::Error> {
+        // tokio-postgres asks with "" for a Unix socket (and for a bare
+        // hostaddr), and tokio-postgres-rustls 0.13 refuses "" outright,
+        // which would fail even `prefer`. PostgreSQL never speaks TLS on a
+        // Unix socket (it answers the TLS request with "no"), and without
+        // a host name tokio-postgres refuses to start a handshake, so the
+        // name below is never used: it only lets the connection go on.
+        let name = if hostname.is_empty() {
+            "localhost"
+        } else {
+            hostname
+        };
+        MakeTlsConnect::<S>::make_tls_connect(&mut self.0, name)
+    }
+}
+
 /// The TLS connector for `mode`, or `None` when connections are plain.
 ///
 /// Reads the root certificates now, so that a missing or unreadable
@@ -166,7 +196,7 @@ fn default_root_file() -> Option<PathBuf> {
 pub(crate) fn connector(
     mode: SslMode,
     root: Option<&RootCert>,
-) -> Result<Option<MakeRustlsConnect>, Error> {
+) -> Result<Option<Connector>, Error> {
     if mode == SslMode::Disable {
         return Ok(None);
     }
@@ -215,7 +245,7 @@ pub(crate) fn connector(
         .dangerous()
         .with_custom_certificate_verifier(Arc::new(verifier))
         .with_no_client_auth();
-    Ok(Some(MakeRustlsConnect::new(config)))
+    Ok(Some(Connector(MakeRustlsConnect::new(config))))
 }
 
 fn load_roots(root: &RootCert) -> Result<Arc<RootCertStore>, Error> {
@@ -366,8 +396,8 @@ pub(crate) fn explain(e: &rustls::Error) -> Option<&'static str> {
     };
     Some(match cert {
         CertificateError::UnknownIssuer => {
-            "the server's certificate is not signed by a certificate in sslrootcert \
-             (wrong root certificate, or the server sends an incomplete chain)"
+            "the server's certificate is not signed by a certificate in sslrootcert: a wrong \
+             root certificate, or the server sends an incomplete chain"
         }
         CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. } => {
             "the server's certificate does not name the host connected to: connect with a \
@@ -448,5 +478,13 @@ mod tests {
     fn no_checking_modes_build_without_any_certificate() {
         assert!(connector(SslMode::Disable, None).unwrap().is_none());
         assert!(connector(SslMode::Prefer, None).unwrap().is_some());
+    }
+
+    #[test]
+    fn a_unix_socket_host_does_not_stop_prefer() {
+        let Ok(Some(mut tls)) = connector(SslMode::Prefer, None) else {
+            panic!("no connector for prefer");
+        };
+        assert!(MakeTlsConnect::<tokio_postgres::Socket>::make_tls_connect(&mut tls, "").is_ok());
     }
 }

@@ -27,8 +27,10 @@ use crate::common::{
 };
 use crate::service::{free_port, text, Serve, BIN};
 
-/// Requests per `load` run; each writes one `recipes` row.
+/// Requests per `load` run; each writes one `recipes` row. More when a
+/// backend is to be caught busy writing.
 const REQUESTS: u64 = 2000;
+const REQUESTS_WITH_KILL: u64 = 4000;
 
 pub fn trials() -> Vec<Trial> {
     let missing = PgBouncer::binary().is_none();
@@ -125,6 +127,11 @@ async fn backend_pid(client: &pglogsink::deadpool_postgres::Client) -> Result<St
 }
 
 fn three_services(kill_a_backend: bool) -> Result<(), Failed> {
+    let requests = if kill_a_backend {
+        REQUESTS_WITH_KILL
+    } else {
+        REQUESTS
+    };
     // A cluster of its own: the test counts and kills its backends.
     let cluster = EmbeddedPostgres::temporary()?;
     let direct = cluster.config();
@@ -154,7 +161,7 @@ fn three_services(kill_a_backend: bool) -> Result<(), Failed> {
         .map(|serve| {
             Command::new(BIN)
                 .args(["load", "--url", &serve.url()])
-                .args(["--requests", &REQUESTS.to_string(), "--concurrency", "8"])
+                .args(["--requests", &requests.to_string(), "--concurrency", "8"])
                 .args(["--verify", "--verify-timeout", "30"])
                 .args(db_args)
                 .env_remove("DATABASE_URL")
@@ -196,7 +203,7 @@ fn three_services(kill_a_backend: bool) -> Result<(), Failed> {
         let stdout = text(&out.stdout);
         check(
             out.status.success()
-                && stdout.contains(&format!("{REQUESTS} ok"))
+                && stdout.contains(&format!("{requests} ok"))
                 && stdout.contains(": OK"),
             || format!("load through PgBouncer failed: {stdout}\n{}", said()),
         )?;
@@ -230,11 +237,11 @@ fn three_services(kill_a_backend: bool) -> Result<(), Failed> {
         per_run.len() == 3
             && per_run
                 .iter()
-                .all(|&(rows, distinct)| rows == REQUESTS as i64 && distinct == rows),
+                .all(|&(rows, distinct)| rows == requests as i64 && distinct == rows),
         || {
             format!(
                 "rows per run (rows, distinct request ids): {per_run:?}, expected 3 x \
-                 {REQUESTS}; {retries} retries; killed {:?}",
+                 {requests}; {retries} retries; killed {:?}",
                 watched.killed
             )
         },
@@ -280,13 +287,16 @@ async fn watch(
         watched.most_backends = watched.most_backends.max(row.get(0));
         if kill_a_backend
             && watched.killed.is_none()
-            && started.elapsed() > Duration::from_millis(300)
+            && started.elapsed() > Duration::from_millis(100)
         {
             let busy = client
                 .query_typed_opt(
+                    // A sink's write transaction (its ledger INSERT or
+                    // its COPY), not load --verify's count.
                     "SELECT state, pg_terminate_backend(pid) FROM pg_stat_activity \
                      WHERE backend_type = 'client backend' AND datname = current_database() \
-                     AND pid <> pg_backend_pid() AND state <> 'idle' LIMIT 1",
+                     AND pid <> pg_backend_pid() AND state <> 'idle' \
+                     AND (query LIKE 'COPY %' OR query LIKE 'INSERT INTO %') LIMIT 1",
                     &[],
                 )
                 .await?;

@@ -51,6 +51,11 @@ pub fn trials() -> Vec<Trial> {
         )
         .with_ignored_flag(missing),
         Trial::test(
+            "pooler::pgbouncer_full_is_waited_out_and_a_refused_password_stops",
+            pgbouncer_errors,
+        )
+        .with_ignored_flag(missing),
+        Trial::test(
             "pooler::a_backend_killed_behind_pgbouncer_loses_and_doubles_nothing",
             || three_services(true),
         )
@@ -124,6 +129,81 @@ async fn backend_pid(client: &pglogsink::deadpool_postgres::Client) -> Result<St
             _ => None,
         })
         .ok_or_else(|| "no pid".into())
+}
+
+/// PgBouncer's own errors, as the sink meets them: a full house (08P01 "no
+/// more connections allowed") is waited out, a refused password (08P01
+/// "password authentication failed") stops the sink at once.
+fn pgbouncer_errors() -> Result<(), Failed> {
+    let cluster = EmbeddedPostgres::temporary()?;
+    let direct = cluster.config();
+    let bouncer = PgBouncer::start_with(&direct, 1)?;
+    let through = pglogsink::parse_url(&bouncer.url(&direct))?;
+    let table = fresh_table("pgberr");
+    let config = SinkConfig {
+        table: table.to_string(),
+        retry_initial: Duration::from_millis(20),
+        retry_max: Duration::from_millis(200),
+        ..SinkConfig::default()
+    };
+    block_on(async {
+        pglogsink::migrate(&pglogsink::pool(direct.clone(), 1)?, &table).await?;
+        // The one client PgBouncer accepts, held while the sink tries.
+        let holder = pglogsink::pool(through.clone(), 1)?;
+        let held = holder.get().await?;
+        let token = CancellationToken::new();
+        let (logger, worker) =
+            pglogsink::spawn(pglogsink::pool(through.clone(), 1)?, &config, token.clone())?;
+        for i in 0..100 {
+            logger.log(Level::Info, format!("waiting for room {i}"))?;
+        }
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while logger.stats().retries < 3 && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let last_error = logger.last_error().unwrap_or_default();
+        check(
+            last_error.contains("no more connections allowed") && !token.is_cancelled(),
+            || {
+                format!(
+                    "while PgBouncer was full: {:?}, {last_error}",
+                    logger.stats()
+                )
+            },
+        )?;
+        drop(held);
+        holder.close();
+        let report = worker.shutdown(Duration::from_secs(20)).await;
+        check(
+            report.is_complete() && report.written == 100 && report.retries >= 3,
+            || format!("{report:?}\n{}", bouncer.log()),
+        )?;
+
+        let mut wrong = through.clone();
+        wrong.password("not-the-password");
+        let token = CancellationToken::new();
+        let (logger, worker) =
+            pglogsink::spawn(pglogsink::pool(wrong, 1)?, &config, token.clone())?;
+        logger.log(Level::Info, "refused")?;
+        tokio::time::timeout(Duration::from_secs(10), token.cancelled())
+            .await
+            .map_err(|_| "a refused password did not stop the sink within 10 s")?;
+        let report = worker.shutdown(Duration::from_secs(5)).await;
+        let fatal = report
+            .fatal
+            .as_ref()
+            .map(ToString::to_string)
+            .unwrap_or_default();
+        check(
+            fatal.contains("authentication failed")
+                && fatal.contains("password")
+                && report.retries == 0,
+            || format!("{report:?}"),
+        )
+    })?;
+    drop(bouncer);
+    cluster.stop()?;
+    Ok(())
 }
 
 fn three_services(kill_a_backend: bool) -> Result<(), Failed> {
@@ -366,6 +446,11 @@ impl PgBouncer {
 
     /// Start one in front of `upstream` (user and password taken from it).
     pub(crate) fn start(upstream: &ConnectConfig) -> Result<PgBouncer, Failed> {
+        PgBouncer::start_with(upstream, 200)
+    }
+
+    /// The same, accepting at most `max_client_conn` clients.
+    fn start_with(upstream: &ConnectConfig, max_client_conn: u32) -> Result<PgBouncer, Failed> {
         static NEXT: AtomicU32 = AtomicU32::new(0);
         let binary = PgBouncer::binary().ok_or("pgbouncer is not installed")?;
         let dir = std::env::temp_dir().join(format!(
@@ -399,7 +484,7 @@ impl PgBouncer {
                  auth_file = {}\n\
                  pool_mode = transaction\n\
                  default_pool_size = 2\n\
-                 max_client_conn = 200\n\
+                 max_client_conn = {max_client_conn}\n\
                  server_login_retry = 1\n",
                 dir.join("userlist.txt").display()
             ),

@@ -193,9 +193,14 @@ fn take_tls_keys(url: &str) -> TlsKeys {
         _ => keys.sslrootcert = Some(value),
     };
     if url.starts_with("postgres://") || url.starts_with("postgresql://") {
-        let Some((base, query)) = url.split_once('?') else {
+        // tokio-postgres reads the credentials up to the first '@', so a
+        // '?' before it belongs to the password, not to the query.
+        let after_credentials = url.find('@').map_or(0, |at| at + 1);
+        let Some(question) = url[after_credentials..].find('?') else {
             return keys;
         };
+        let (base, query) = url.split_at(after_credentials + question);
+        let query = &query[1..];
         let mut kept = Vec::new();
         for pair in query.split('&') {
             let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
@@ -396,6 +401,10 @@ mod tests {
         assert_eq!(keys.rest, "postgresql://h/db");
         assert_eq!(keys.sslmode.as_deref(), Some("require"));
         assert_eq!(take_tls_keys("postgres://h/db").rest, "postgres://h/db");
+        // A '?' in the password is the password's.
+        let keys = take_tls_keys("postgres://u:p?sslmode=x@h/db?sslmode=require");
+        assert_eq!(keys.rest, "postgres://u:p?sslmode=x@h/db");
+        assert_eq!(keys.sslmode.as_deref(), Some("require"));
     }
 
     #[test]
@@ -456,6 +465,7 @@ mod tests {
             "postgres://app:s3cret@h:notaport/db",
             "host=h password=s3cret sslmode=verify_full",
             "host=h password=s3cret bogus=1",
+            "postgres://app:s3cret?sslmode=x@h/db?sslmode=bogus",
         ] {
             let err = parse_with_env(url, no_env).unwrap_err().to_string();
             assert!(!err.contains("s3cret"), "{url}: {err}");

@@ -460,8 +460,15 @@ impl PgBouncer {
         ));
         let _ = fs::remove_dir_all(&dir);
         fs::DirBuilder::new().mode(0o700).create(&dir)?;
+        // From here on, an early return removes the directory.
+        let mut bouncer = PgBouncer {
+            child: None,
+            port: free_port()?,
+            dir,
+        };
+        let dir = bouncer.dir.clone();
+        let port = bouncer.port;
         give_to_server_user(&dir)?;
-        let port = free_port()?;
         let user = upstream.get_user().ok_or("no user")?;
         let password = String::from_utf8(upstream.get_password().ok_or("no password")?.to_vec())?;
         let upstream_port = *upstream.get_ports().first().ok_or("no port")?;
@@ -501,11 +508,7 @@ impl PgBouncer {
         if let Some((uid, gid)) = server_os_user()? {
             command.uid(uid).gid(gid);
         }
-        let mut bouncer = PgBouncer {
-            child: Some(command.spawn()?),
-            port,
-            dir,
-        };
+        bouncer.child = Some(command.spawn()?);
         let deadline = Instant::now() + Duration::from_secs(10);
         while TcpStream::connect(("127.0.0.1", port)).is_err() {
             let exited = bouncer

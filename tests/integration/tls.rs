@@ -55,8 +55,16 @@ impl TlsServer {
         ));
         let _ = fs::remove_dir_all(&dir);
         fs::create_dir_all(&dir)?;
-        make_certificates(&dir)?;
+        let started = TlsServer::start_in(&dir);
+        if started.is_err() {
+            let _ = fs::remove_dir_all(&dir);
+        }
+        started
+    }
 
+    /// Make the certificates in `dir`, and the cluster.
+    fn start_in(dir: &Path) -> Result<TlsServer, Failed> {
+        make_certificates(dir)?;
         let cluster = EmbeddedPostgres::temporary()?;
         let config = cluster.config();
         let password = String::from_utf8(config.get_password().ok_or("no password")?.to_vec())?;
@@ -94,7 +102,7 @@ impl TlsServer {
             cluster: Some(cluster),
             root: dir.join("ca.crt"),
             wrong_root: dir.join("other-ca.crt"),
-            dir,
+            dir: dir.to_owned(),
             port,
             password,
         })

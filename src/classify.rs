@@ -7,6 +7,13 @@
 //! (missing table or column, no privilege, bad credentials, unknown database)
 //! and so is anything unrecognised, which stops the application rather than
 //! retrying forever.
+//!
+//! Connection poolers (PgBouncer, ...) add errors of their own: protocol
+//! violations (08P01) whose message says what the pooler saw (a wait
+//! timeout, a full client list, a lost server connection), and prepared
+//! statements missing (26000) or already there (42P05) when a statement made
+//! on one server connection is used on another. A retry on a fresh
+//! connection fixes those; a pooler refusing our credentials does not.
 
 use std::error::Error as _;
 use std::fmt::Write as _;
@@ -39,6 +46,14 @@ impl From<tokio_postgres::Error> for WriteError {
 }
 
 impl WriteError {
+    /// The driver's error, if there is one.
+    fn postgres(&self) -> Option<&tokio_postgres::Error> {
+        match self {
+            WriteError::Postgres(e) | WriteError::Pool(PoolError::Backend(e)) => Some(e),
+            _ => None,
+        }
+    }
+
     pub(crate) fn sqlstate(&self) -> Option<&str> {
         match self {
             WriteError::Postgres(e) | WriteError::Pool(PoolError::Backend(e)) => {
@@ -88,8 +103,14 @@ pub(crate) fn classify(err: &WriteError) -> Class {
 }
 
 fn classify_postgres(e: &tokio_postgres::Error) -> Class {
-    if let Some(code) = e.code() {
-        return classify_sqlstate(code.code());
+    if let Some(db) = e.as_db_error() {
+        return classify_server(db.code().code(), db.message());
+    }
+    // A TLS handshake that failed on the certificate or the protocol will
+    // fail the same way next time; rustls' errors arrive wrapped in an
+    // io::Error, so this comes before the io check below.
+    if crate::tls::tls_error(e).is_some() {
+        return Class::Fatal;
     }
     // No SQLSTATE: the connection itself failed (refused, reset, closed,
     // timed out). Anything else (bad configuration, protocol errors) is fatal.
@@ -106,9 +127,31 @@ fn classify_postgres(e: &tokio_postgres::Error) -> Class {
     Class::Fatal
 }
 
-/// Classify by SQLSTATE (five characters, class first).
-pub(crate) fn classify_sqlstate(code: &str) -> Class {
+/// Messages of PgBouncer's own 08P01 errors that retrying cannot fix: it
+/// refused our credentials or does not know the database.
+const POOLER_FATAL: [&str; 6] = [
+    "authentication failed",
+    "no such database",
+    "no such user",
+    "unsupported startup parameter",
+    "not allowed",
+    "login rejected",
+];
+
+/// Classify a server (or pooler) error by SQLSTATE (five characters, class
+/// first) and, for 08P01, its message.
+pub(crate) fn classify_server(code: &str, message: &str) -> Class {
     match code {
+        // A pooler speaks for the server with 08P01. Its own refusals (bad
+        // password, unknown database) are as fatal as the server's 28P01 or
+        // 3D000; everything else it says (query_wait_timeout, no more
+        // connections allowed, server conn crashed?, client_idle_timeout...)
+        // is fixed by a retry on a fresh connection, like the rest of 08.
+        "08P01" if POOLER_FATAL.iter().any(|m| message.contains(m)) => Class::Fatal,
+        "08P01" => Class::Transient("connection pooler"),
+        // A named statement made on one server connection, used (26000) or
+        // made again (42P05) on another: a transaction pooler moved us.
+        "26000" | "42P05" => Class::Transient("prepared statement lost by a connection pooler"),
         "57P01" | "57P02" | "57P03" => Class::Transient("server restarting"),
         "57014" => Class::Transient("statement cancelled"),
         "40001" | "40P01" => Class::Transient("serialization failure or deadlock"),
@@ -121,6 +164,19 @@ pub(crate) fn classify_sqlstate(code: &str) -> Class {
             Some("22") | Some("23") | Some("54") => Class::Poison,
             _ => Class::Fatal,
         },
+    }
+}
+
+/// Whether the connection a write failed on should be dropped rather than
+/// go back to the pool: it is gone, or its session (or the pooler's server
+/// connection behind it) holds state the next write must not meet.
+pub(crate) fn needs_fresh_connection(err: &WriteError) -> bool {
+    let Some(e) = err.postgres() else {
+        return false;
+    };
+    match e.code().map(|c| c.code()) {
+        Some(code) => code.starts_with("08") || code == "26000" || code == "42P05",
+        None => true,
     }
 }
 
@@ -145,6 +201,9 @@ fn hint(code: Option<&str>, table: &str) -> String {
             "create the database, or fix the database name in DATABASE_URL / --database-url"
                 .to_owned()
         }
+        "08P01" => "the connection pooler refused the connection: check the user name, password \
+             and database name in DATABASE_URL / --database-url against the pooler's settings"
+            .to_owned(),
         _ if code.starts_with("22") || code.starts_with("23") => format!(
             "a record was rejected by a type or constraint check on {table}; check constraints added to the table"
         ),
@@ -155,12 +214,36 @@ fn hint(code: Option<&str>, table: &str) -> String {
 /// Build the report of a fatal write error.
 pub(crate) fn fatal_error(err: &WriteError, table: &str) -> FatalError {
     let sqlstate = err.sqlstate().map(str::to_owned);
+    let tls = err
+        .postgres()
+        .is_some_and(|e| is_tls_problem(e) || needs_tls(e));
     FatalError {
-        hint: hint(sqlstate.as_deref(), table),
+        hint: if tls {
+            TLS_HINT.to_owned()
+        } else {
+            hint(sqlstate.as_deref(), table)
+        },
         table: table.to_owned(),
         message: err.to_string(),
         sqlstate,
     }
+}
+
+const TLS_HINT: &str = "check sslmode and sslrootcert in DATABASE_URL / --database-url \
+     (or PGSSLMODE, PGSSLROOTCERT) against the server's TLS setup";
+
+/// The connection failed in its TLS step: a certificate that does not
+/// check out, or a server that does not speak TLS.
+fn is_tls_problem(e: &tokio_postgres::Error) -> bool {
+    crate::tls::tls_error(e).is_some()
+        || (e.as_db_error().is_none() && !e.is_closed() && e.to_string().contains("TLS"))
+}
+
+/// pg_hba.conf lets this client in only over TLS (`hostssl`), and the
+/// connection was plain.
+fn needs_tls(e: &tokio_postgres::Error) -> bool {
+    e.as_db_error()
+        .is_some_and(|db| db.code().code() == "28000" && db.message().ends_with("no encryption"))
 }
 
 /// Render a driver error with the server's message, detail and hint, or
@@ -172,6 +255,12 @@ pub(crate) fn describe(e: &tokio_postgres::Error) -> String {
         if let Some(detail) = db.detail() {
             let _ = write!(s, " ({detail})");
         }
+        if needs_tls(e) {
+            s.push_str(
+                "; the server accepts this connection only with TLS: set sslmode=require \
+                 (or verify-ca, verify-full) in the URL or PGSSLMODE",
+            );
+        }
         return s;
     }
     let mut s = e.to_string();
@@ -179,6 +268,9 @@ pub(crate) fn describe(e: &tokio_postgres::Error) -> String {
     while let Some(cause) = source {
         let _ = write!(s, ": {cause}");
         source = cause.source();
+    }
+    if let Some(meaning) = crate::tls::tls_error(e).and_then(crate::tls::explain) {
+        let _ = write!(s, " ({meaning})");
     }
     s
 }
@@ -228,6 +320,21 @@ mod tests {
             ("42704", "undefined_object (the level type)", F),
             ("42501", "insufficient_privilege", F),
             ("42601", "syntax_error", F),
+            (
+                "26000",
+                "invalid_sql_statement_name (statement made on another server connection)",
+                T,
+            ),
+            (
+                "42P05",
+                "duplicate_prepared_statement (another client's statement on a pooled connection)",
+                T,
+            ),
+            (
+                "08P01",
+                "protocol_violation (a pooler's message we do not know)",
+                T,
+            ),
             ("28P01", "invalid_password", F),
             ("28000", "invalid_authorization_specification", F),
             ("3D000", "invalid_catalog_name (unknown database)", F),
@@ -244,7 +351,7 @@ mod tests {
             ("", "empty", F),
         ];
         for (code, name, expected) in table {
-            let class = classify_sqlstate(code);
+            let class = classify_server(code, "");
             let kind = match class {
                 Class::Transient(_) => T,
                 Class::Poison => P,
@@ -252,6 +359,43 @@ mod tests {
             };
             assert_eq!(&kind, expected, "{code} {name} classified as {class:?}");
         }
+    }
+
+    /// PgBouncer reports its own errors with 08P01 and says what happened
+    /// in the message (1.18's wording; newer versions use the same words).
+    #[test]
+    fn pooler_messages_classify_as_documented() {
+        let transient = [
+            "query_wait_timeout",
+            "no more connections allowed (max_client_conn)",
+            "server conn crashed?",
+            "server login has been failing, try again later (server_login_retry)",
+            "pgbouncer cannot connect to server",
+            "client_idle_timeout",
+            "client_login_timeout (server down)",
+            "query_timeout",
+            "idle transaction timeout",
+            "database configuration changed",
+        ];
+        for message in transient {
+            assert_eq!(
+                classify_server("08P01", message),
+                Class::Transient("connection pooler"),
+                "{message}"
+            );
+        }
+        let fatal = [
+            "password authentication failed",
+            "SASL authentication failed",
+            "no such database: nosuchdb",
+            "no such user: nobody",
+            "unsupported startup parameter: search_path",
+            "not allowed",
+        ];
+        for message in fatal {
+            assert_eq!(classify_server("08P01", message), Class::Fatal, "{message}");
+        }
+        assert!(hint(Some("08P01"), "log").contains("password"));
     }
 
     #[test]

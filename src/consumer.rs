@@ -15,7 +15,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::backoff::Backoff;
 use crate::batch::{EncodedBatch, KeySource};
-use crate::classify::{classify, fatal_error, Class, WriteError};
+use crate::classify::{classify, fatal_error, needs_fresh_connection, Class, WriteError};
 use crate::copy::{prune_ledger, store_rejected, write_batch, Committed, Statements};
 use crate::copy_format::{approx_record_size, row_to_json, CopyEncoder};
 use crate::record::{unix_micros, Record};
@@ -227,11 +227,26 @@ impl Consumer {
             };
             let started = Instant::now();
             let result = match client {
-                Ok(mut client) => tokio::select! {
-                    biased;
-                    _ = self.abort.cancelled() => return Delivery::StoppedDuring,
-                    result = write_batch(&mut client, &self.statements, batch) => result,
-                },
+                Ok(mut client) => {
+                    let outcome = tokio::select! {
+                        biased;
+                        _ = self.abort.cancelled() => None,
+                        result = write_batch(&mut client, &self.statements, batch) => Some(result),
+                    };
+                    match outcome {
+                        None => {
+                            // Cut off mid-transaction: the connection must
+                            // not go back to the pool for someone else.
+                            drop(deadpool_postgres::Object::take(client));
+                            return Delivery::StoppedDuring;
+                        }
+                        Some(Err(e)) if needs_fresh_connection(&e) => {
+                            drop(deadpool_postgres::Object::take(client));
+                            Err(e)
+                        }
+                        Some(result) => result,
+                    }
+                }
                 Err(e) => Err(e),
             };
             let error = match result {

@@ -3,6 +3,7 @@
 
 use bytes::Bytes;
 use futures_util::SinkExt;
+use tokio_postgres::types::{ToSql, Type};
 
 use crate::batch::EncodedBatch;
 use crate::classify::WriteError;
@@ -55,6 +56,13 @@ pub(crate) enum Committed {
 }
 
 /// Write `batch` in one transaction with its ledger row.
+///
+/// Pooler-safe: nothing is left on the server connection when the
+/// transaction ends, so this works through PgBouncer in transaction mode
+/// (which hands each transaction to any server connection). The ledger row
+/// goes through the unnamed statement (Parse, Bind, Execute and Sync in one
+/// round trip); the COPY needs a named statement, which is prepared inside
+/// the transaction and closed before it ends, also when it fails.
 pub(crate) async fn write_batch(
     client: &mut deadpool_postgres::Client,
     statements: &Statements,
@@ -63,28 +71,22 @@ pub(crate) async fn write_batch(
     let rows = batch.rows() as u64;
     let key = batch.key;
     let tx = client.transaction().await?;
-    let claim = tx.prepare_cached(&statements.claim).await?;
     let claimed = tx
-        .execute(
-            &claim,
-            &[&key.instance, &key.seq, &key.part, &(rows as i32)],
+        .execute_typed(
+            &statements.claim,
+            &[
+                (&key.instance, Type::INT8),
+                (&key.seq, Type::INT8),
+                (&key.part, Type::INT4),
+                (&(rows as i32), Type::INT4),
+            ],
         )
         .await?;
     if claimed == 0 {
         tx.rollback().await?;
         return Ok(Committed::AlreadyWritten);
     }
-    let copy = tx.prepare_cached(&statements.copy).await?;
-    let sink = tx.copy_in::<_, Bytes>(&copy).await?;
-    futures_util::pin_mut!(sink);
-    let data = &batch.data;
-    let mut offset = 0;
-    while offset < data.len() {
-        let end = (offset + CHUNK).min(data.len());
-        sink.feed(data.slice(offset..end)).await?;
-        offset = end;
-    }
-    let copied = sink.as_mut().finish().await?;
+    let copied = copy_rows(&tx, statements, batch).await?;
     if copied != rows {
         return Err(WriteError::RowCount {
             sent: rows,
@@ -95,7 +97,31 @@ pub(crate) async fn write_batch(
     Ok(Committed::Written)
 }
 
-/// Store a row PostgreSQL refused in the rejected-rows table.
+/// COPY the batch's rows. The statement is dropped when this returns, on
+/// every path: its Close (and Sync) is queued on the connection before the
+/// caller's COMMIT or ROLLBACK, so it reaches the same server connection
+/// while the transaction still holds it. (A Close is accepted in an aborted
+/// transaction too.)
+async fn copy_rows(
+    tx: &deadpool_postgres::Transaction<'_>,
+    statements: &Statements,
+    batch: &EncodedBatch,
+) -> Result<u64, WriteError> {
+    let copy = tx.prepare(&statements.copy).await?;
+    let sink = tx.copy_in::<_, Bytes>(&copy).await?;
+    futures_util::pin_mut!(sink);
+    let data = &batch.data;
+    let mut offset = 0;
+    while offset < data.len() {
+        let end = (offset + CHUNK).min(data.len());
+        sink.feed(data.slice(offset..end)).await?;
+        offset = end;
+    }
+    Ok(sink.as_mut().finish().await?)
+}
+
+/// Store a row PostgreSQL refused in the rejected-rows table (one unnamed
+/// statement: pooler-safe).
 pub(crate) async fn store_rejected(
     client: &deadpool_postgres::Client,
     statements: &Statements,
@@ -103,20 +129,30 @@ pub(crate) async fn store_rejected(
     error: &str,
     record: &serde_json::Value,
 ) -> Result<(), WriteError> {
-    let statement = client.prepare_cached(&statements.reject).await?;
     client
-        .execute(&statement, &[&sqlstate, &error, record])
+        .execute_typed(
+            &statements.reject,
+            &[
+                (&sqlstate as &(dyn ToSql + Sync), Type::TEXT),
+                (&error, Type::TEXT),
+                (record, Type::JSONB),
+            ],
+        )
         .await?;
     Ok(())
 }
 
-/// Delete ledger rows older than `retention`; returns how many.
+/// Delete ledger rows older than `retention`; returns how many (one unnamed
+/// statement: pooler-safe).
 pub(crate) async fn prune_ledger(
     client: &deadpool_postgres::Client,
     statements: &Statements,
     retention: std::time::Duration,
 ) -> Result<u64, WriteError> {
     Ok(client
-        .execute(&statements.prune, &[&retention.as_secs_f64()])
+        .execute_typed(
+            &statements.prune,
+            &[(&retention.as_secs_f64(), Type::FLOAT8)],
+        )
         .await?)
 }

@@ -246,25 +246,28 @@ impl EmbeddedPostgres {
     }
 
     /// How to connect: host `127.0.0.1`, the port, user, password and
-    /// database name.
-    pub fn config(&self) -> tokio_postgres::Config {
+    /// database name, without TLS (the server listens on loopback only and
+    /// has no certificate).
+    pub fn config(&self) -> crate::ConnectConfig {
         let mut config = tokio_postgres::Config::new();
         config
             .host("127.0.0.1")
             .port(self.port)
             .user(&self.user)
             .password(&self.password)
-            .dbname(&self.dbname);
-        config
+            .dbname(&self.dbname)
+            .ssl_mode(tokio_postgres::config::SslMode::Disable);
+        crate::ConnectConfig::from(config)
     }
 
-    /// `postgres://user:password@127.0.0.1:port/dbname`.
+    /// `postgres://user:password@127.0.0.1:port/dbname?sslmode=disable`.
     ///
     /// It contains the password: hand it to child processes or put it in
-    /// their environment, never print it.
+    /// their environment, never print it. `sslmode=disable` keeps a
+    /// `PGSSLMODE` in the environment from asking this server for TLS.
     pub fn url(&self) -> String {
         format!(
-            "postgres://{}:{}@127.0.0.1:{}/{}",
+            "postgres://{}:{}@127.0.0.1:{}/{}?sslmode=disable",
             percent_encode(&self.user),
             percent_encode(&self.password),
             self.port,

@@ -52,13 +52,14 @@ mod sink;
 mod spool;
 mod stats;
 mod table;
+mod tls;
 mod upgrade;
 
 pub use config::{
     SinkConfig, DEFAULT_BATCH_SIZE, DEFAULT_LEDGER_RETENTION, DEFAULT_MAX_QUEUE_BYTES,
     DEFAULT_MAX_RECORD_BYTES, DEFAULT_SHUTDOWN_TIMEOUT, DEFAULT_TABLE, MAX_BATCH_SIZE,
 };
-pub use database::{parse_url, pool, DEFAULT_POOL_SIZE};
+pub use database::{parse_url, pool, ConnectConfig, DEFAULT_POOL_SIZE};
 pub use error::{Error, ErrorKind};
 #[cfg(feature = "tracing-layer")]
 pub use layer::PgLogLayer;
@@ -71,6 +72,7 @@ pub use schema::{migrate, migrate_with, SCHEMA_SQL};
 pub use sink::{spawn, Worker};
 pub use stats::Stats;
 pub use table::TableName;
+pub use tls::{RootCert, SslMode};
 pub use upgrade::{upgrade, Upgrade};
 
 /// Re-exported so that users name the same versions pglogsink uses.

@@ -20,6 +20,7 @@ use hyper::client::conn::http1::{self, SendRequest};
 use hyper::{header, Request, StatusCode, Uri};
 use hyper_util::rt::TokioIo;
 use indicatif::{ProgressBar, ProgressStyle};
+use pglogsink::tokio_postgres::types::Type;
 use pglogsink::CancellationToken;
 use tokio::net::TcpStream;
 
@@ -490,8 +491,10 @@ async fn verify(
             .max(VERIFY_POLL);
         let query = async {
             let client = db.pool.get().await.map_err(|e| describe(&e))?;
+            // The unnamed statement: nothing outlives the query, so this
+            // works through a transaction-mode pooler.
             let row = client
-                .query_one(sql.as_str(), &[&run_id])
+                .query_typed_one(sql.as_str(), &[(&run_id, Type::TEXT)])
                 .await
                 .map_err(|e| describe(&e))?;
             let count: i64 = row.try_get(0).map_err(|e| describe(&e))?;

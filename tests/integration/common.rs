@@ -6,11 +6,10 @@ use std::sync::{Mutex, OnceLock};
 
 use libtest_mimic::{Failed, Trial};
 use pglogsink::embedded::EmbeddedPostgres;
-use pglogsink::tokio_postgres;
 use pglogsink::TableName;
 
 struct TestDb {
-    config: tokio_postgres::Config,
+    config: pglogsink::ConnectConfig,
     url: String,
     server: Mutex<Option<EmbeddedPostgres>>,
 }
@@ -49,7 +48,7 @@ pub fn shutdown() {
 }
 
 /// Connection settings of the shared test database.
-pub fn config() -> Result<tokio_postgres::Config, Failed> {
+pub fn config() -> Result<pglogsink::ConnectConfig, Failed> {
     Ok(db()?.config.clone())
 }
 
@@ -107,4 +106,33 @@ pub async fn count(
         .query_one(&format!("SELECT count(*) FROM {}", table.quoted()), &[])
         .await?;
     Ok(row.get(0))
+}
+
+/// The uid and gid servers run as: the `postgres` OS user when we are root
+/// (PostgreSQL and PgBouncer refuse to run as root), else `None` (they run
+/// as us).
+pub fn server_os_user() -> Result<Option<(u32, u32)>, Failed> {
+    // SAFETY: geteuid cannot fail.
+    if unsafe { libc::geteuid() } != 0 {
+        return Ok(None);
+    }
+    // SAFETY: a NUL-terminated name; the result is read before any other
+    // getpw* call on this thread could overwrite it.
+    let entry = unsafe { libc::getpwnam(c"postgres".as_ptr()) };
+    if entry.is_null() {
+        return Err("running as root, and there is no `postgres` OS user to run servers as".into());
+    }
+    // SAFETY: non-null, points to libc's static passwd entry.
+    let entry = unsafe { &*entry };
+    Ok(Some((entry.pw_uid, entry.pw_gid)))
+}
+
+/// Hand `path` to the servers' OS user (when we are root), so that a
+/// server can read a file the test wrote.
+pub fn give_to_server_user(path: &std::path::Path) -> Result<(), Failed> {
+    if let Some((uid, gid)) = server_os_user()? {
+        std::os::unix::fs::chown(path, Some(uid), Some(gid))
+            .map_err(|e| format!("chown {}: {e}", path.display()))?;
+    }
+    Ok(())
 }

@@ -12,8 +12,10 @@ mod faults;
 mod layer;
 mod lifecycle;
 mod logs;
+mod pooler;
 mod service;
 mod sink;
+mod tls;
 
 fn main() {
     let args = libtest_mimic::Arguments::from_args();
@@ -25,6 +27,8 @@ fn main() {
     trials.extend(layer::trials());
     trials.extend(logs::trials());
     trials.extend(lifecycle::trials());
+    trials.extend(pooler::trials());
+    trials.extend(tls::trials());
     let conclusion = libtest_mimic::run(&args, trials);
     common::shutdown();
     conclusion.exit();

@@ -12,7 +12,7 @@ use pglogsink::TableName;
 
 use crate::common::{check, fresh_table, url};
 
-pub const BIN: &str = env!("CARGO_BIN_EXE_pglogsink");
+pub(crate) const BIN: &str = env!("CARGO_BIN_EXE_pglogsink");
 
 pub fn trials() -> Vec<Trial> {
     vec![
@@ -39,23 +39,23 @@ pub fn trials() -> Vec<Trial> {
     ]
 }
 
-fn free_port() -> Result<u16, Failed> {
+pub(crate) fn free_port() -> Result<u16, Failed> {
     Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
 
 /// A running `pglogsink serve`, killed if the test fails before it stops it.
-pub struct Serve {
+pub(crate) struct Serve {
     child: Option<Child>,
-    pub addr: String,
+    pub(crate) addr: String,
     spool: std::path::PathBuf,
 }
 
 impl Serve {
-    pub fn start(db_args: &[&str], extra: &[&str]) -> Result<Serve, Failed> {
+    pub(crate) fn start(db_args: &[&str], extra: &[&str]) -> Result<Serve, Failed> {
         Serve::start_with_env(db_args, extra, &[])
     }
 
-    fn start_with_env(
+    pub(crate) fn start_with_env(
         db_args: &[&str],
         extra: &[&str],
         env: &[(&str, &str)],
@@ -105,11 +105,11 @@ impl Serve {
         Ok(serve)
     }
 
-    pub fn url(&self) -> String {
+    pub(crate) fn url(&self) -> String {
         format!("http://{}", self.addr)
     }
 
-    pub fn signal(&self, sig: &str) -> Result<(), Failed> {
+    pub(crate) fn signal(&self, sig: &str) -> Result<(), Failed> {
         let pid = self.child.as_ref().ok_or("not running")?.id();
         let status = Command::new("kill")
             .args([sig, &pid.to_string()])
@@ -118,7 +118,7 @@ impl Serve {
     }
 
     /// Wait (at most 30 s) for the process to exit and collect its output.
-    pub fn wait(&mut self) -> Result<Output, Failed> {
+    pub(crate) fn wait(&mut self) -> Result<Output, Failed> {
         let mut child = self.child.take().ok_or("not running")?;
         let deadline = Instant::now() + Duration::from_secs(30);
         while child.try_wait()?.is_none() {
@@ -150,7 +150,7 @@ impl Drop for Serve {
 }
 
 /// A minimal HTTP/1.0 GET: status code and body.
-pub fn http_get(addr: &str, path: &str) -> Result<(u16, String), Failed> {
+pub(crate) fn http_get(addr: &str, path: &str) -> Result<(u16, String), Failed> {
     let mut stream = TcpStream::connect(addr)?;
     stream.set_read_timeout(Some(Duration::from_secs(5)))?;
     write!(stream, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n")?;
@@ -165,14 +165,14 @@ pub fn http_get(addr: &str, path: &str) -> Result<(u16, String), Failed> {
     Ok((status, body))
 }
 
-fn run(args: &[&str]) -> Result<Output, Failed> {
+pub(crate) fn run(args: &[&str]) -> Result<Output, Failed> {
     Ok(Command::new(BIN)
         .args(args)
         .env_remove("DATABASE_URL")
         .output()?)
 }
 
-fn text(bytes: &[u8]) -> String {
+pub(crate) fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
 }
 

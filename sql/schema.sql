@@ -100,8 +100,10 @@ BEGIN
                        tbl_schema, left(tbl, 55) || '_default', tbl_schema, tbl);
         -- autosummarize: a block range is summarised (by autovacuum, within
         -- about a minute) as soon as writes move past it, instead of at the
-        -- next VACUUM; an unsummarised range is read by every query.
-        EXECUTE format('CREATE INDEX %I ON %I.%I USING brin ("timestamp", id) WITH (autosummarize = on)',
+        -- next VACUUM; an unsummarised range is read by every query, and the
+        -- last, partial range of each partition always is: 32 pages (256 kB)
+        -- per range keeps that read small.
+        EXECUTE format('CREATE INDEX %I ON %I.%I USING brin ("timestamp", id) WITH (pages_per_range = 32, autosummarize = on)',
                        left(tbl, 58) || '_brin', tbl_schema, tbl);
         -- Warnings and errors only: tiny, and turns `WHERE level >= 'error'`
         -- from a scan into a lookup.

@@ -7,9 +7,12 @@
 //! every COPY queued behind it. A change that cannot get its lock quickly is
 //! retried a few times, then left for the next run.
 //!
-//! Runs are serialised by a transaction-scoped advisory lock held on a
-//! connection of its own, so that any number of instances can run
-//! maintenance on a timer (and it works through a transaction-mode pooler).
+//! Each change's transaction first takes the table's maintenance lock (a
+//! transaction-scoped advisory lock, so it works through a transaction-mode
+//! pooler): when another instance holds it, this run stops and reports
+//! itself skipped, so any number of instances can run maintenance on a
+//! timer. A change another instance made between listing and doing (the
+//! partition exists, or is gone) counts as done.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -186,37 +189,16 @@ impl Maintenance {
     /// (SQLSTATE 42501: run maintenance as the table's owner).
     pub async fn run(&self, pool: &Pool, table: &TableName) -> Result<MaintenanceReport, Error> {
         let context = format!("maintaining table {table}");
-        let mut guard = connection(pool, &context).await?;
-        let guard_tx = guard
-            .transaction()
-            .await
-            .map_err(|e| Error::database(context.as_str(), e))?;
-        let locked: bool = guard_tx
-            .query_typed_one(
-                "SELECT pg_try_advisory_xact_lock($1)",
-                &[(&lock_key(table), Type::INT8)],
-            )
-            .await
-            .map_err(|e| Error::database(context.as_str(), e))?
-            .get(0);
-        if !locked {
-            return Ok(MaintenanceReport {
-                skipped: true,
-                ..MaintenanceReport::default()
-            });
-        }
-        let mut work = connection(pool, &context).await?;
-        let report = self.run_locked(&mut work, table, &context).await;
-        // Ending the guard transaction releases the lock; a failure to end
-        // it only means the connection is gone, which releases it too.
-        let _ = guard_tx.commit().await;
-        report
+        let mut client = connection(pool, &context).await?;
+        let lock = lock_key(table);
+        self.run_on(&mut client, table, lock, &context).await
     }
 
-    async fn run_locked(
+    async fn run_on(
         &self,
         client: &mut Object,
         table: &TableName,
+        lock: i64,
         context: &str,
     ) -> Result<MaintenanceReport, Error> {
         let db = |e| Error::database(context, e);
@@ -251,39 +233,59 @@ impl Maintenance {
         };
 
         let mut report = MaintenanceReport::default();
-        for start in self.bins_to_create(now, cutoff, &existing, &in_default) {
-            let moving = in_default.contains_key(&start);
-            self.create(client, table, start, moving, &mut report)
-                .await
-                .map_err(db)?;
-        }
-        if let Some(cutoff) = cutoff {
-            for partition in existing.iter().filter(|p| expired(p, cutoff)) {
-                drop_partition(client, partition, &mut report)
-                    .await
-                    .map_err(db)?;
-            }
-            if in_default
-                .keys()
-                .any(|&bin| bin + self.interval.micros() <= cutoff)
-            {
-                self.delete_expired_defaults(client, table, cutoff, &mut report)
-                    .await
-                    .map_err(db)?;
-            }
-        }
-        if self.search_index {
+        let mut changes = Changes {
+            client,
+            lock,
+            report: &mut report,
+        };
+        let go_on = self
+            .apply_changes(&mut changes, table, now, cutoff, &existing, &in_default)
+            .await
+            .map_err(db)?;
+        if go_on && self.search_index {
             let ended = self.interval.floor(now);
             let closed: Vec<&Partition> = existing
                 .iter()
                 .filter(|p| p.to.is_some_and(|to| to <= ended))
                 .filter(|p| !cutoff.is_some_and(|c| expired(p, c)))
                 .collect();
-            build_search_indexes(client, &closed, &mut report)
+            build_search_indexes(changes.client, &closed, changes.report)
                 .await
                 .map_err(db)?;
         }
         Ok(report)
+    }
+
+    /// Create, move, drop and delete, one change at a time; false when
+    /// another instance turned out to be maintaining the table.
+    async fn apply_changes(
+        &self,
+        changes: &mut Changes<'_>,
+        table: &TableName,
+        now: i64,
+        cutoff: Option<i64>,
+        existing: &[Partition],
+        in_default: &BTreeMap<i64, u64>,
+    ) -> Result<bool, tokio_postgres::Error> {
+        for start in self.bins_to_create(now, cutoff, existing, in_default) {
+            let moving = in_default.contains_key(&start);
+            if !self.create(changes, table, start, moving).await? {
+                return Ok(false);
+            }
+        }
+        let Some(cutoff) = cutoff else {
+            return Ok(true);
+        };
+        for partition in existing.iter().filter(|p| expired(p, cutoff)) {
+            if !drop_partition(changes, partition).await? {
+                return Ok(false);
+            }
+        }
+        let step = self.interval.micros();
+        if in_default.keys().any(|&bin| bin + step <= cutoff) {
+            return self.delete_expired_defaults(changes, table, cutoff).await;
+        }
+        Ok(true)
     }
 
     /// Bins that should have a partition and have none: the current one and
@@ -337,12 +339,11 @@ impl Maintenance {
     /// cannot be attached while the DEFAULT one holds rows in its range).
     async fn create(
         &self,
-        client: &mut Object,
+        changes: &mut Changes<'_>,
         table: &TableName,
         start: i64,
         moving: bool,
-        report: &mut MaintenanceReport,
-    ) -> Result<(), tokio_postgres::Error> {
+    ) -> Result<bool, tokio_postgres::Error> {
         let name = table.sibling_table(&self.interval.partition_name(table, start));
         let (from, to) = (
             sql_timestamp(start),
@@ -364,49 +365,50 @@ impl Maintenance {
                 "CREATE TABLE {partition} PARTITION OF {parent} FOR VALUES FROM ({from}) TO ({to})"
             )]
         };
-        match in_short_transaction(client, &statements).await? {
-            Some(counts) => {
-                let moved = if moving { counts[1] } else { 0 };
-                tracing::info!(
-                    target: "pglogsink::maintain",
-                    partition = %name, from = from.trim_matches('\''), to = to.trim_matches('\''),
-                    moved_from_default = moved,
-                    "created partition"
-                );
-                report.created.push(name.to_string());
-                report.moved_from_default += moved;
-            }
-            None => report.postponed.push(format!("create {name}")),
-        }
-        Ok(())
+        let Some(counts) = changes
+            .apply(&statements, || format!("create {name}"))
+            .await?
+        else {
+            return Ok(!changes.report.skipped);
+        };
+        let moved = if moving { counts[1] } else { 0 };
+        tracing::info!(
+            target: "pglogsink::maintain",
+            partition = %name, from = from.trim_matches('\''), to = to.trim_matches('\''),
+            moved_from_default = moved,
+            "created partition"
+        );
+        changes.report.created.push(name.to_string());
+        changes.report.moved_from_default += moved;
+        Ok(true)
     }
 
     /// Delete the DEFAULT partition's rows whose bin is past the retention.
     async fn delete_expired_defaults(
         &self,
-        client: &mut Object,
+        changes: &mut Changes<'_>,
         table: &TableName,
         cutoff: i64,
-        report: &mut MaintenanceReport,
-    ) -> Result<(), tokio_postgres::Error> {
+    ) -> Result<bool, tokio_postgres::Error> {
         let before = sql_timestamp(self.interval.floor(cutoff));
         let default = default_partition(table);
         let sql = format!(
             "DELETE FROM {} WHERE \"timestamp\" < {before}",
             default.quoted()
         );
-        match in_short_transaction(client, &[sql]).await? {
-            Some(counts) => {
-                tracing::info!(
-                    target: "pglogsink::maintain",
-                    partition = %default, before = before.trim_matches('\''), rows = counts[0],
-                    "deleted rows past the retention from the DEFAULT partition"
-                );
-                report.deleted_from_default += counts[0];
-            }
-            None => report.postponed.push(format!("delete from {default}")),
-        }
-        Ok(())
+        let Some(counts) = changes
+            .apply(&[sql], || format!("delete from {default}"))
+            .await?
+        else {
+            return Ok(!changes.report.skipped);
+        };
+        tracing::info!(
+            target: "pglogsink::maintain",
+            partition = %default, before = before.trim_matches('\''), rows = counts[0],
+            "deleted rows past the retention from the DEFAULT partition"
+        );
+        changes.report.deleted_from_default += counts[0];
+        Ok(true)
     }
 }
 
@@ -415,46 +417,54 @@ fn expired(partition: &Partition, cutoff: i64) -> bool {
     !partition.is_default && partition.to.is_some_and(|to| to <= cutoff)
 }
 
-/// Drop one partition, logging what it held.
+/// Drop one partition, logging what it held. False when another instance
+/// is maintaining the table.
 async fn drop_partition(
-    client: &mut Object,
+    changes: &mut Changes<'_>,
     partition: &Partition,
-    report: &mut MaintenanceReport,
-) -> Result<(), tokio_postgres::Error> {
+) -> Result<bool, tokio_postgres::Error> {
     let name = partition.name.quoted();
-    let row = client
-        .query_typed_one(
+    let found = changes
+        .client
+        .query_typed(
             "SELECT c.reltuples::int8, pg_total_relation_size(c.oid), \
                     pg_get_expr(c.relpartbound, c.oid) \
              FROM pg_class c WHERE c.oid = to_regclass($1)",
             &[(&name, Type::TEXT)],
         )
         .await?;
+    let Some(row) = found.first() else {
+        return Ok(true); // dropped by another instance since it was listed
+    };
     let (mut rows, bytes, range): (i64, i64, String) = (row.get(0), row.get(1), row.get(2));
     if rows < 0 {
         // Never analyzed: count (a partition past retention takes no writes).
-        rows = client
+        rows = changes
+            .client
             .query_typed_one(&format!("SELECT count(*) FROM {name}"), &[])
             .await?
             .get(0);
     }
-    match in_short_transaction(client, &[format!("DROP TABLE {name}")]).await? {
-        Some(_) => {
-            tracing::info!(
-                target: "pglogsink::maintain",
-                partition = %partition.name, range, rows, bytes,
-                "dropped partition past the retention"
-            );
-            report.dropped.push(DroppedPartition {
-                name: partition.name.to_string(),
-                range: range.trim_start_matches("FOR VALUES ").to_owned(),
-                rows,
-                bytes,
-            });
-        }
-        None => report.postponed.push(format!("drop {}", partition.name)),
+    let drop = [format!("DROP TABLE {name}")];
+    if changes
+        .apply(&drop, || format!("drop {}", partition.name))
+        .await?
+        .is_none()
+    {
+        return Ok(!changes.report.skipped);
     }
-    Ok(())
+    tracing::info!(
+        target: "pglogsink::maintain",
+        partition = %partition.name, range, rows, bytes,
+        "dropped partition past the retention"
+    );
+    changes.report.dropped.push(DroppedPartition {
+        name: partition.name.to_string(),
+        range: range.trim_start_matches("FOR VALUES ").to_owned(),
+        rows,
+        bytes,
+    });
+    Ok(true)
 }
 
 /// A trigram index on `message` for each of `partitions` that has none.
@@ -505,53 +515,98 @@ async fn build_search_indexes(
     Ok(())
 }
 
-/// Run `statements` in one transaction with a short lock timeout, retrying
-/// a few times when a lock is busy. The rows each statement affected, or
-/// `None` when the lock stayed busy.
-async fn in_short_transaction(
-    client: &mut Object,
-    statements: &[String],
-) -> Result<Option<Vec<u64>>, tokio_postgres::Error> {
-    let mut pause = Duration::from_millis(100);
-    for attempt in 1..=ATTEMPTS {
-        match try_transaction(client, statements).await {
-            Ok(counts) => return Ok(Some(counts)),
-            Err(e) if e.code() == Some(&tokio_postgres::error::SqlState::LOCK_NOT_AVAILABLE) => {
-                tracing::debug!(
-                    target: "pglogsink::maintain",
-                    attempt, statement = %statements[0], "lock busy; retrying"
-                );
-                tokio::time::sleep(pause).await;
-                pause *= 2;
-            }
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(None)
+/// Applies one change at a time, each a short transaction of its own.
+struct Changes<'a> {
+    client: &'a mut Object,
+    /// The table's maintenance lock, taken in each change's transaction.
+    lock: i64,
+    report: &'a mut MaintenanceReport,
 }
 
-async fn try_transaction(
-    client: &mut Object,
-    statements: &[String],
-) -> Result<Vec<u64>, tokio_postgres::Error> {
-    let tx = client.transaction().await?;
-    tx.batch_execute(&format!("SET LOCAL lock_timeout = '{LOCK_TIMEOUT}'"))
-        .await?;
-    let mut counts = Vec::with_capacity(statements.len());
-    for statement in statements {
-        let messages = tx.simple_query(statement).await?;
-        counts.push(
-            messages
-                .iter()
-                .find_map(|m| match m {
-                    SimpleQueryMessage::CommandComplete(n) => Some(*n),
-                    _ => None,
-                })
-                .unwrap_or(0),
-        );
+/// How one try at a change ended.
+enum Attempt {
+    Done(Vec<u64>),
+    /// Another instance holds the maintenance lock.
+    Busy,
+}
+
+impl Changes<'_> {
+    /// Run `statements` in one transaction that first takes the table's
+    /// maintenance lock (without waiting: another instance is at it, so
+    /// this run stops and says it was skipped) and may wait at most
+    /// [`LOCK_TIMEOUT`] for any other lock (retried a few times, then
+    /// postponed to the next run). The rows each statement affected, or
+    /// `None` when nothing was done. A change another instance made first
+    /// (the table exists, or is gone) counts as done by it: `None`.
+    async fn apply(
+        &mut self,
+        statements: &[String],
+        what: impl Fn() -> String,
+    ) -> Result<Option<Vec<u64>>, tokio_postgres::Error> {
+        use tokio_postgres::error::SqlState;
+        let mut pause = Duration::from_millis(100);
+        for attempt in 1..=ATTEMPTS {
+            match self.try_once(statements).await {
+                Ok(Attempt::Done(counts)) => return Ok(Some(counts)),
+                Ok(Attempt::Busy) => {
+                    self.report.skipped = true;
+                    return Ok(None);
+                }
+                Err(e) if e.code() == Some(&SqlState::LOCK_NOT_AVAILABLE) => {
+                    tracing::debug!(
+                        target: "pglogsink::maintain",
+                        attempt, change = %what(), "lock busy; retrying"
+                    );
+                    tokio::time::sleep(pause).await;
+                    pause *= 2;
+                }
+                Err(e)
+                    if e.code() == Some(&SqlState::DUPLICATE_TABLE)
+                        || e.code() == Some(&SqlState::UNDEFINED_TABLE) =>
+                {
+                    tracing::debug!(
+                        target: "pglogsink::maintain",
+                        change = %what(), "done by another instance"
+                    );
+                    return Ok(None);
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        self.report.postponed.push(what());
+        Ok(None)
     }
-    tx.commit().await?;
-    Ok(counts)
+
+    async fn try_once(&mut self, statements: &[String]) -> Result<Attempt, tokio_postgres::Error> {
+        let tx = self.client.transaction().await?;
+        let locked: bool = tx
+            .query_typed_one(
+                "SELECT pg_try_advisory_xact_lock($1)",
+                &[(&self.lock, Type::INT8)],
+            )
+            .await?
+            .get(0);
+        if !locked {
+            return Ok(Attempt::Busy);
+        }
+        tx.batch_execute(&format!("SET LOCAL lock_timeout = '{LOCK_TIMEOUT}'"))
+            .await?;
+        let mut counts = Vec::with_capacity(statements.len());
+        for statement in statements {
+            let messages = tx.simple_query(statement).await?;
+            counts.push(
+                messages
+                    .iter()
+                    .find_map(|m| match m {
+                        SimpleQueryMessage::CommandComplete(n) => Some(*n),
+                        _ => None,
+                    })
+                    .unwrap_or(0),
+            );
+        }
+        tx.commit().await?;
+        Ok(Attempt::Done(counts))
+    }
 }
 
 /// The advisory lock key of `table`'s maintenance (FNV-1a of its name).

@@ -122,7 +122,7 @@ async fn prepare_old_table(
     let indexes = [
         (
             "_brin",
-            "USING brin (\"timestamp\", id) WITH (autosummarize = on)",
+            "USING brin (\"timestamp\", id) WITH (pages_per_range = 32, autosummarize = on)",
         ),
         (
             "_request_id_idx",

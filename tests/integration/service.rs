@@ -357,7 +357,15 @@ fn embedded_default() -> Result<(), Failed> {
         for i in 0..10 {
             http_get(&serve.addr, &format!("/recipes/{i}"))?;
         }
-        let logs = run(&["logs", "--data-dir", &data_dir, "--limit", "3"])?;
+        // The sink writes asynchronously: give it a moment under load.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let logs = loop {
+            let logs = run(&["logs", "--data-dir", &data_dir, "--limit", "3"])?;
+            if text(&logs.stdout).lines().count() == 3 || Instant::now() > deadline {
+                break logs;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        };
         check(text(&logs.stdout).lines().count() == 3, || {
             text(&logs.stdout) + &text(&logs.stderr)
         })?;

@@ -96,6 +96,28 @@ async fn nothing_left_on_the_connection() -> Result<(), Failed> {
         report.written == 997 && report.rejected == 3 && report.is_complete(),
         || format!("{report:?}"),
     )?;
+    // The query layer (`logs`, the viewer) and maintenance, on the same
+    // connection.
+    {
+        let mut client = pool.get().await?;
+        let reader = pglogsink::query::Reader::new(table.clone()).time_zone("Europe/Paris");
+        let filter = pglogsink::query::Filter {
+            level: Some(Level::Info),
+            grep: Some("fine".into()),
+            since: Some(std::time::SystemTime::now() - Duration::from_secs(3600)),
+            ..Default::default()
+        };
+        let newest = reader.newest(&mut client, &filter, 5).await?;
+        check(newest.len() == 5, || format!("{newest:?}"))?;
+        let (_, mut follower) = reader.follow(&mut client, &filter, 5).await?;
+        follower.poll(&mut client).await?;
+    }
+    pglogsink::Maintenance {
+        retention: Some(Duration::from_secs(86_400)),
+        ..Default::default()
+    }
+    .run(&pool, &table)
+    .await?;
     let client = pool.get().await?;
     check(backend_pid(&client).await? == session, || {
         "the pool did not keep its one connection, so its session cannot be inspected".to_owned()
@@ -115,6 +137,41 @@ async fn nothing_left_on_the_connection() -> Result<(), Failed> {
     check(left.is_empty(), || {
         format!("prepared statements left on the connection: {left:?}")
     })
+}
+
+/// `logs` through the pooler: the newest rows, and one request's rows by
+/// its id (unnamed statements in short transactions, like everything else).
+fn logs_through(db_args: &[&str], direct: &ConnectConfig, table: &str) -> Result<(), Failed> {
+    let logs = |args: &[&str]| {
+        Command::new(BIN)
+            .arg("logs")
+            .args(db_args)
+            .args(args)
+            .env_remove("DATABASE_URL")
+            .output()
+    };
+    let out = logs(&["--target", "recipes", "--limit", "5"])?;
+    check(
+        out.status.success() && text(&out.stdout).lines().count() == 5,
+        || format!("logs through PgBouncer: {}{}", text(&out.stdout), text(&out.stderr)),
+    )?;
+    let id: String = block_on_value(async {
+        let (client, connection) = direct.connect(pglogsink::tokio_postgres::NoTls).await?;
+        tokio::spawn(connection);
+        let row = client
+            .query_one(
+                &format!("SELECT fields->>'request_id' FROM \"{table}\" LIMIT 1"),
+                &[],
+            )
+            .await?;
+        Ok::<String, Failed>(row.get(0))
+    })?;
+    let out = logs(&["--request-id", &id, "--json"])?;
+    let lines: Vec<String> = text(&out.stdout).lines().map(str::to_owned).collect();
+    check(
+        out.status.success() && !lines.is_empty() && lines.iter().all(|l| l.contains(&id)),
+        || format!("logs --request-id {id} through PgBouncer: {lines:?} {}", text(&out.stderr)),
+    )
 }
 
 async fn backend_pid(client: &pglogsink::deadpool_postgres::Client) -> Result<String, Failed> {
@@ -330,6 +387,9 @@ fn three_services(kill_a_backend: bool) -> Result<(), Failed> {
             )
         },
     )?;
+    if !kill_a_backend {
+        logs_through(&db_args, &direct, &table)?;
+    }
     drop(bouncer);
     cluster.stop()?;
     Ok(())

@@ -182,8 +182,9 @@ async fn run(args: &Args, config: &tokio_postgres::Config) -> Result<(), Fail> {
         .await
         .map(|r| r.get(0))
         .unwrap_or(-1);
-    let filled = if present == args.rows {
+    let filled = if present >= args.rows {
         eprintln!("queries: reusing {table} ({present} rows)");
+        catch_up(&client, &table, args, present).await?;
         None
     } else {
         Some(fill(&pool, &client, &table, args).await?)
@@ -374,6 +375,15 @@ fn cases(args: &Args) -> Vec<Case> {
             limit: 50,
             follow_poll: true,
         },
+        Case {
+            name: "--follow --since 1h: one poll",
+            filter: Filter {
+                since: ago(3_600),
+                ..Filter::default()
+            },
+            limit: 50,
+            follow_poll: true,
+        },
     ]
 }
 
@@ -416,34 +426,13 @@ async fn fill(
         .await?;
     let span_micros = args.days * 86_400_000_000;
     let step = span_micros as f64 / args.rows as f64;
-    let prefixes = PREFIXES
-        .iter()
-        .map(|p| format!("'{p}'"))
-        .collect::<Vec<_>>()
-        .join(",");
     let mut done = 0;
     while done < args.rows {
         let upto = (done + CHUNK).min(args.rows);
-        let sql = format!(
-            "INSERT INTO {t} (\"timestamp\", level, target, message, thread_id, fields)
-             SELECT now() - make_interval(secs => ({span_micros} - i * {step}) / 1e6),
-                    CASE WHEN i % 1000 = 0 THEN 'error' WHEN i % 100 = 1 THEN 'warn'
-                         WHEN i % 5 = 2 THEN 'debug' ELSE 'info' END::pglogsink_level,
-                    (ARRAY['http','recipes','shop::orders','shop::payments','auth','cache','db::pool','mailer'])[1 + (i / 2) % 8],
-                    CASE WHEN i % 10000 = 7 THEN 'upstream timeout after 30000 ms calling payments for order ' || i
-                         WHEN i % 4 = 0 THEN 'GET /api/v1/recipes/' || (i % 100000) || '?lang=en answered 200 OK in ' || (i % 900) || ' ms'
-                         WHEN i % 4 = 1 THEN 'cache miss for key recipe:' || (i % 100000) || ':ingredients; loaded in ' || (i % 90) || ' ms'
-                         WHEN i % 4 = 2 THEN 'user ' || (i % 50000) || ' signed in; access token refreshed, valid for 3600 s'
-                         ELSE 'payment ' || i || ' authorised by the card provider after ' || (i % 900) || ' ms' END,
-                    1000 + i % 8,
-                    jsonb_build_object(
-                        'request_id', (ARRAY[{prefixes}])[1 + (i / 2) % 4] || '-' || to_hex(i / 8),
-                        'status', CASE WHEN i % 1000 = 0 THEN 500 ELSE 200 END,
-                        'ms', i % 900)
-             FROM generate_series({done}::int8, {}::int8) i",
-            upto - 1
-        );
-        client.batch_execute(&sql).await?;
+        let at = format!("now() - make_interval(secs => ({span_micros} - i * {step}) / 1e6)");
+        client
+            .batch_execute(&insert_sql(&t, &at, done, upto))
+            .await?;
         done = upto;
         eprintln!(
             "queries: filled {done} of {} rows ({:.0} s)",
@@ -454,4 +443,64 @@ async fn fill(
     eprintln!("queries: VACUUM ANALYZE (summarises the BRIN ranges, gathers statistics)...");
     client.batch_execute(&format!("VACUUM ANALYZE {t}")).await?;
     Ok(start.elapsed())
+}
+
+/// Rows `from..upto` of the generated table, stamped by the SQL expression
+/// `at` (of `i`).
+fn insert_sql(t: &str, at: &str, from: i64, upto: i64) -> String {
+    let prefixes = PREFIXES
+        .iter()
+        .map(|p| format!("'{p}'"))
+        .collect::<Vec<_>>()
+        .join(",");
+    format!(
+        "INSERT INTO {t} (\"timestamp\", level, target, message, thread_id, fields)
+         SELECT {at},
+                CASE WHEN i % 1000 = 0 THEN 'error' WHEN i % 100 = 1 THEN 'warn'
+                     WHEN i % 5 = 2 THEN 'debug' ELSE 'info' END::pglogsink_level,
+                (ARRAY['http','recipes','shop::orders','shop::payments','auth','cache','db::pool','mailer'])[1 + (i / 2) % 8],
+                CASE WHEN i % 10000 = 7 THEN 'upstream timeout after 30000 ms calling payments for order ' || i
+                     WHEN i % 4 = 0 THEN 'GET /api/v1/recipes/' || (i % 100000) || '?lang=en answered 200 OK in ' || (i % 900) || ' ms'
+                     WHEN i % 4 = 1 THEN 'cache miss for key recipe:' || (i % 100000) || ':ingredients; loaded in ' || (i % 90) || ' ms'
+                     WHEN i % 4 = 2 THEN 'user ' || (i % 50000) || ' signed in; access token refreshed, valid for 3600 s'
+                     ELSE 'payment ' || i || ' authorised by the card provider after ' || (i % 900) || ' ms' END,
+                1000 + i % 8,
+                jsonb_build_object(
+                    'request_id', (ARRAY[{prefixes}])[1 + (i / 2) % 4] || '-' || to_hex(i / 8),
+                    'status', CASE WHEN i % 1000 = 0 THEN 500 ELSE 200 END,
+                    'ms', i % 900)
+         FROM generate_series({from}::int8, {}::int8) i",
+        upto - 1
+    )
+}
+
+/// A reused table is as a live one would be now: the rows that would have
+/// arrived since it was filled (at the same rate) are added, so that "the
+/// newest rows" are as recent as on a running service.
+async fn catch_up(client: &Client, table: &TableName, args: &Args, present: i64) -> Result<(), Fail> {
+    let t = table.quoted();
+    let newest: Option<f64> = client
+        .query_one(
+            &format!(
+                "SELECT extract(epoch FROM now() - max(\"timestamp\"))::float8 FROM {t} \
+                 WHERE \"timestamp\" > now() - interval '1 day'"
+            ),
+            &[],
+        )
+        .await?
+        .get(0);
+    let Some(gap) = newest.filter(|&g| g > 0.0) else {
+        return Ok(());
+    };
+    let per_second = args.rows as f64 / (args.days as f64 * 86_400.0);
+    let rows = (gap * per_second) as i64;
+    let step = 1e6 / per_second;
+    let at = format!(
+        "now() - make_interval(secs => {gap}) + make_interval(secs => (i - {present}) * {step} / 1e6)"
+    );
+    client
+        .batch_execute(&insert_sql(&t, &at, present, present + rows))
+        .await?;
+    eprintln!("queries: added the {rows} rows of the last {gap:.0} s, as a live table would have");
+    Ok(())
 }

@@ -477,7 +477,12 @@ fn insert_sql(t: &str, at: &str, from: i64, upto: i64) -> String {
 /// A reused table is as a live one would be now: the rows that would have
 /// arrived since it was filled (at the same rate) are added, so that "the
 /// newest rows" are as recent as on a running service.
-async fn catch_up(client: &Client, table: &TableName, args: &Args, present: i64) -> Result<(), Fail> {
+async fn catch_up(
+    client: &Client,
+    table: &TableName,
+    args: &Args,
+    present: i64,
+) -> Result<(), Fail> {
     let t = table.quoted();
     let newest: Option<f64> = client
         .query_one(

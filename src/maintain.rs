@@ -243,6 +243,8 @@ impl Maintenance {
             .await
             .map_err(db)?;
         if go_on && self.search_index {
+            // As they are now: the changes above may have added some.
+            let existing = partitions::list(changes.client, table).await.map_err(db)?;
             let ended = self.interval.floor(now);
             let closed: Vec<&Partition> = existing
                 .iter()

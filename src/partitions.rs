@@ -221,7 +221,7 @@ pub(crate) async fn list(
     // The bound's text carries its UTC offset whatever the session's time
     // zone, so casting it back is exact.
     const SQL: &str = r#"
-        SELECT n.nspname::text, c.relname::text,
+        SELECT nullif(n.nspname, current_schema())::text, c.relname::text,
                pg_get_expr(c.relpartbound, c.oid) = 'DEFAULT',
                (extract(epoch FROM (regexp_match(pg_get_expr(c.relpartbound, c.oid),
                    'FROM \(''([^'']+)''\)'))[1]::timestamptz) * 1000000)::int8,
@@ -238,7 +238,7 @@ pub(crate) async fn list(
     Ok(rows
         .iter()
         .map(|row| Partition {
-            name: TableName::from_parts(row.get::<_, String>(0), row.get::<_, String>(1)),
+            name: TableName::from_parts(row.get(0), row.get(1)),
             is_default: row.get(2),
             from: row.get(3),
             to: row.get(4),

@@ -73,12 +73,10 @@ impl TableName {
         }
     }
 
-    /// A name read from the catalog (already valid for PostgreSQL).
-    pub(crate) fn from_parts(schema: String, name: String) -> TableName {
-        TableName {
-            schema: Some(schema),
-            name,
-        }
+    /// A name read from the catalog (already valid for PostgreSQL); no
+    /// schema for one in the current schema.
+    pub(crate) fn from_parts(schema: Option<String>, name: String) -> TableName {
+        TableName { schema, name }
     }
 
     fn sibling(&self, suffix: &str) -> TableName {

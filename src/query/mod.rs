@@ -266,8 +266,13 @@ impl Reader {
         let windows: &[Duration] = if filter.is_lookup() { &[] } else { &WINDOWS };
         for window in windows {
             let start = anchor.checked_sub(*window).unwrap_or(UNIX_EPOCH);
-            if filter.since.is_some_and(|since| since >= start) {
-                break; // --since is narrower: the last query is the one
+            // --since is narrower than this window, or about as wide: the
+            // last query (with --since alone) is the one to run.
+            if filter
+                .since
+                .is_some_and(|since| since + *window / 4 >= start)
+            {
+                break;
             }
             let windowed = Filter {
                 since: Some(start),

@@ -24,6 +24,10 @@ pub fn trials() -> Vec<Trial> {
             retention_drops_whole_partitions,
         ),
         async_trial(
+            "lifecycle::search_index_goes_on_closed_partitions_only",
+            search_index,
+        ),
+        async_trial(
             "lifecycle::records_from_skewed_clocks_are_stored",
             skewed_clocks,
         ),
@@ -201,6 +205,66 @@ async fn retention_drops_whole_partitions() -> Result<(), Failed> {
     })?;
     let names = partitions_of(&pool, &table).await?;
     check(names.len() == 40 - 10 + 4 + 1, || format!("{names:?}"))
+}
+
+async fn search_index() -> Result<(), Failed> {
+    let pool = pool()?;
+    let table = fresh_table("trgm");
+    pglogsink::migrate(&pool, &table).await?;
+    pool.get()
+        .await?
+        .batch_execute(&noon_rows(&table, 3, 100))
+        .await?;
+    let maintenance = Maintenance {
+        search_index: true,
+        ..Maintenance::default()
+    };
+    let report = maintenance.run(&pool, &table).await?;
+    // The three past days got partitions (moved out of DEFAULT), then their
+    // search index; today's partition and those ahead get none.
+    check(report.search_indexed.len() == 3, || format!("{report}"))?;
+    let indexed: Vec<String> = pool
+        .get()
+        .await?
+        .query(
+            "SELECT t.relname::text FROM pg_index i JOIN pg_class x ON x.oid = i.indexrelid \
+             JOIN pg_class t ON t.oid = i.indrelid JOIN pg_inherits h ON h.inhrelid = t.oid \
+             WHERE h.inhparent = $1::text::regclass AND x.relname LIKE '%\\_message\\_trgm' \
+             AND i.indisvalid ORDER BY 1",
+            &[&table.quoted()],
+        )
+        .await?
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    check(indexed == report.search_indexed, || {
+        format!("valid trigram indexes on {indexed:?}; the report says {report}")
+    })?;
+    let today = partitions_of(&pool, &table)
+        .await?
+        .into_iter()
+        .filter(|p| !indexed.contains(p) && !p.ends_with("_default"))
+        .count();
+    check(today == 4, || {
+        format!("{today} partitions without the index")
+    })?;
+    let again = maintenance.run(&pool, &table).await?;
+    check(again.search_indexed.is_empty(), || format!("{again}"))?;
+    // A grep over those days finds its rows (through the index or not).
+    let mut client = pool.get().await?;
+    let rows = Reader::new(table.clone())
+        .newest(
+            &mut client,
+            &Filter {
+                grep: Some("DAY 2".into()),
+                ..Filter::default()
+            },
+            500,
+        )
+        .await?;
+    check(rows.len() == 100, || {
+        format!("{} rows for day 2", rows.len())
+    })
 }
 
 async fn skewed_clocks() -> Result<(), Failed> {

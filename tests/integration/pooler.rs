@@ -153,7 +153,13 @@ fn logs_through(db_args: &[&str], direct: &ConnectConfig, table: &str) -> Result
     let out = logs(&["--target", "recipes", "--limit", "5"])?;
     check(
         out.status.success() && text(&out.stdout).lines().count() == 5,
-        || format!("logs through PgBouncer: {}{}", text(&out.stdout), text(&out.stderr)),
+        || {
+            format!(
+                "logs through PgBouncer: {}{}",
+                text(&out.stdout),
+                text(&out.stderr)
+            )
+        },
     )?;
     let id: String = block_on_value(async {
         let (client, connection) = direct.connect(pglogsink::tokio_postgres::NoTls).await?;
@@ -170,7 +176,12 @@ fn logs_through(db_args: &[&str], direct: &ConnectConfig, table: &str) -> Result
     let lines: Vec<String> = text(&out.stdout).lines().map(str::to_owned).collect();
     check(
         out.status.success() && !lines.is_empty() && lines.iter().all(|l| l.contains(&id)),
-        || format!("logs --request-id {id} through PgBouncer: {lines:?} {}", text(&out.stderr)),
+        || {
+            format!(
+                "logs --request-id {id} through PgBouncer: {lines:?} {}",
+                text(&out.stderr)
+            )
+        },
     )
 }
 

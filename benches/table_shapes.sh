@@ -53,7 +53,7 @@ run() { # name, index DDL
 
 BRIN='CREATE INDEX ON shapes USING brin ("timestamp", id) WITH (pages_per_range = 32, autosummarize = on);'
 WARN='CREATE INDEX ON shapes ("timestamp" DESC) WHERE level >= '"'warn'"';'
-REQ='CREATE INDEX ON shapes ((fields->>'"'request_id'"')) WHERE fields ? '"'request_id'"';'
+REQ='CREATE INDEX ON shapes USING hash ((fields->>'"'request_id'"')) WHERE fields ? '"'request_id'"';'
 for round in $(seq "$ROUNDS"); do
     echo "round $round"
     run "no index" ""
@@ -61,7 +61,11 @@ for round in $(seq "$ROUNDS"); do
     run "brin (timestamp) + brin (id)" 'CREATE INDEX ON shapes USING brin ("timestamp"); CREATE INDEX ON shapes USING brin (id);'
     run "brin (timestamp, id)" "$BRIN"
     run "+ warn btree" "$BRIN $WARN"
-    run "+ request_id btree (the default)" "$BRIN $WARN $REQ"
+    run "+ request_id hash (the default)" "$BRIN $WARN $REQ"
+    run "+ request_id btree instead" "$BRIN $WARN CREATE INDEX ON shapes ((fields->>'request_id')) WHERE fields ? 'request_id';"
+    run "+ request_id BRIN bloom instead" "$BRIN $WARN CREATE INDEX ON shapes USING brin ((fields->>'request_id') text_bloom_ops) WHERE fields ? 'request_id';"
+    run "old shape (pk, btree time, warn)" 'DROP TABLE shapes; CREATE TABLE shapes (id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY, "timestamp" timestamptz NOT NULL, level pglogsink_level NOT NULL, target text NOT NULL, message text NOT NULL, thread_id bigint, fields jsonb); CREATE INDEX ON shapes ("timestamp" DESC); CREATE INDEX ON shapes ("timestamp" DESC) WHERE level >= '"'warn'"';'
+
 done
 "${P[@]}" -c "DROP TABLE IF EXISTS shapes; DROP SEQUENCE IF EXISTS shapes_seq"
 rm -f "$FILE" 2>/dev/null || echo "(remove $FILE on the server)"

@@ -126,7 +126,7 @@ async fn prepare_old_table(
         ),
         (
             "_request_id_idx",
-            "((fields->>'request_id')) WHERE fields ? 'request_id'",
+            "USING hash ((fields->>'request_id')) WHERE fields ? 'request_id'",
         ),
     ];
     for (suffix, definition) in indexes {

@@ -386,6 +386,20 @@ async fn upgrade_in_place() -> Result<(), Failed> {
     check(names.iter().any(|n| n.ends_with("_legacy")), || {
         format!("{names:?}")
     })?;
+    // Adopted, not built again under the lock: its primary key, its old
+    // "timestamp" and warn indexes, and the two built concurrently.
+    let legacy_indexes: Vec<String> = pool
+        .get()
+        .await?
+        .query(
+            "SELECT indexdef FROM pg_indexes WHERE tablename = $1 ORDER BY 1",
+            &[&format!("{}_legacy", table.name())],
+        )
+        .await?
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    check(legacy_indexes.len() == 5, || format!("{legacy_indexes:#?}"))?;
     // Upgrading again is a no-op; maintenance works on the result.
     let again = pglogsink::upgrade(&pool, &table, &Maintenance::default()).await?;
     check(again == pglogsink::Upgrade::AlreadyPartitioned, || {

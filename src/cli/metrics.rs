@@ -66,6 +66,18 @@ fn describe() {
     );
     describe_counter!("pglogsink_batches_total", "COPY batches committed.");
     describe_counter!(
+        "pglogsink_maintenance_runs_total",
+        "Maintenance runs of the Log table that succeeded (or found another instance at it)."
+    );
+    describe_counter!(
+        "pglogsink_maintenance_failures_total",
+        "Maintenance runs that failed, by reason (privilege: the role may not create or drop partitions)."
+    );
+    describe_counter!(
+        "pglogsink_partitions_dropped_total",
+        "Partitions of the Log table dropped by retention."
+    );
+    describe_counter!(
         "pglogsink_retries_total",
         "Batch attempts retried after a transient error, by reason."
     );

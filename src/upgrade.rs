@@ -144,9 +144,7 @@ async fn prepare_old_table(
             .await?;
     }
     let check = cut_name(legacy_name, "_range");
-    let hold = table
-        .sibling_table(&cut_name(table.name(), "_upgrade_hold"))
-        .quoted();
+    let hold = hold_table(table);
     // Adding the constraint takes a brief exclusive lock; the rows past the
     // bound move aside in the same transaction so that validation passes.
     client
@@ -181,9 +179,7 @@ async fn undo_prepare(
     legacy: &TableName,
 ) -> Result<(), tokio_postgres::Error> {
     let old = table.quoted();
-    let hold = table
-        .sibling_table(&cut_name(table.name(), "_upgrade_hold"))
-        .quoted();
+    let hold = hold_table(table);
     client
         .batch_execute(&format!(
             "BEGIN;
@@ -216,6 +212,13 @@ pub(crate) async fn drop_if_invalid(
     Ok(())
 }
 
+/// Where rows stamped past the bound wait during an upgrade.
+fn hold_table(table: &TableName) -> String {
+    table
+        .sibling_table(&cut_name(table.name(), "_upgrade_hold"))
+        .quoted()
+}
+
 /// The index's name alone, quoted (CREATE INDEX takes no schema: the index
 /// goes in its table's schema).
 fn quoted_name(index: &TableName) -> String {
@@ -232,9 +235,7 @@ async fn swap(
 ) -> Result<i64, tokio_postgres::Error> {
     let old = table.quoted();
     let legacy_q = legacy.quoted();
-    let hold = table
-        .sibling_table(&cut_name(table.name(), "_upgrade_hold"))
-        .quoted();
+    let hold = hold_table(table);
     let warn_old = table.sibling_table(&cut_name(table.name(), "_warn_idx"));
     let warn_new = cut_name(legacy.name(), "_warn_idx");
     let sequence = id_sequence(table).quoted();

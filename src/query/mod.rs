@@ -217,10 +217,7 @@ impl Reader {
         filter: &Filter,
         limit: i64,
     ) -> Result<Vec<LogRow>, tokio_postgres::Error> {
-        let tx = self.begin(client).await?;
-        let rows = self.newest_in(&tx, filter, limit, None).await?;
-        tx.commit().await?;
-        Ok(rows)
+        self.page(client, filter, limit, None).await
     }
 
     /// The `limit` rows matching `filter` just older than `key` (a row's
@@ -232,8 +229,18 @@ impl Reader {
         limit: i64,
         key: (i64, i64),
     ) -> Result<Vec<LogRow>, tokio_postgres::Error> {
+        self.page(client, filter, limit, Some(key)).await
+    }
+
+    async fn page(
+        &self,
+        client: &mut Client,
+        filter: &Filter,
+        limit: i64,
+        before: Option<(i64, i64)>,
+    ) -> Result<Vec<LogRow>, tokio_postgres::Error> {
         let tx = self.begin(client).await?;
-        let rows = self.newest_in(&tx, filter, limit, Some(key)).await?;
+        let rows = self.newest_in(&tx, filter, limit, before).await?;
         tx.commit().await?;
         Ok(rows)
     }

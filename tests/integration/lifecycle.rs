@@ -24,6 +24,10 @@ pub fn trials() -> Vec<Trial> {
             retention_drops_whole_partitions,
         ),
         async_trial(
+            "lifecycle::instances_maintaining_at_once_take_turns",
+            concurrent_maintenance,
+        ),
+        async_trial(
             "lifecycle::search_index_goes_on_closed_partitions_only",
             search_index,
         ),
@@ -205,6 +209,49 @@ async fn retention_drops_whole_partitions() -> Result<(), Failed> {
     })?;
     let names = partitions_of(&pool, &table).await?;
     check(names.len() == 40 - 10 + 4 + 1, || format!("{names:?}"))
+}
+
+/// Four instances run maintenance on one table at the same moment, with
+/// twenty days of rows waiting in DEFAULT: no error, every day gets exactly
+/// one partition with its rows, and the work is not done twice.
+async fn concurrent_maintenance() -> Result<(), Failed> {
+    let pool = pool()?;
+    let table = fresh_table("conc");
+    pglogsink::migrate(&pool, &table).await?;
+    pool.get()
+        .await?
+        .batch_execute(&noon_rows(&table, 20, 50))
+        .await?;
+    let runs = (0..4).map(|_| {
+        let (pool, table) = (pool.clone(), table.clone());
+        tokio::spawn(async move { Maintenance::default().run(&pool, &table).await })
+    });
+    let mut created = Vec::new();
+    let mut moved = 0;
+    for run in runs {
+        let report = run.await??;
+        created.extend(report.created.clone());
+        moved += report.moved_from_default;
+    }
+    created.sort();
+    let distinct = {
+        let mut d = created.clone();
+        d.dedup();
+        d
+    };
+    check(
+        created.len() == 20 && distinct.len() == 20 && moved == 1_000,
+        || format!("created {created:?}, moved {moved}"),
+    )?;
+    let in_default = scalar(
+        &pool,
+        &format!("SELECT count(*) FROM \"{}_default\"", table.name()),
+    )
+    .await?;
+    let total = scalar(&pool, &format!("SELECT count(*) FROM {}", table.quoted())).await?;
+    check(in_default == 0 && total == 1_000, || {
+        format!("{in_default} rows left in DEFAULT, {total} in all")
+    })
 }
 
 async fn search_index() -> Result<(), Failed> {

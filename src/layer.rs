@@ -65,12 +65,15 @@ use crate::record::{Fields, Level, Record};
 /// `postgres_protocol`, `postgres_types`, `deadpool`, `deadpool_postgres`,
 /// `deadpool_runtime`) are not written: while the database is down, each
 /// retry warning or pool complaint would otherwise queue one more record for
-/// the same database. An event is recognised by where it was emitted, its
-/// module path (`deadpool_postgres`), and by its target, whose first segment
-/// before a `::` or a `.` names the crate: deadpool-postgres says
-/// `target: "deadpool.postgres"`. Events bridged from the `log` crate are
-/// judged by their `log.module_path` and `log.target` fields. They still
-/// reach the other layers, such as `fmt`.
+/// the same database. An event is recognised by its target, whose first
+/// segment before a `::` or a `.` names the crate (deadpool-postgres says
+/// `target: "deadpool.postgres"`), and, for the database crates, by where
+/// it was emitted, its module path (`deadpool_postgres`), whatever its
+/// target. Events bridged from the `log` crate are judged by their
+/// `log.target` and `log.module_path` fields. They still reach the other
+/// layers, such as `fmt`. pglogsink's own events are known by their target
+/// only: the `pglogsink` binary shares the crate name, and its request lines
+/// (target `http`) are meant to become rows.
 ///
 /// What can still slip through: events of other crates on the sink's path,
 /// which are not excluded because applications use them for their own
@@ -114,12 +117,6 @@ where
         if self.logger.is_closed() {
             return;
         }
-        // Where the event was emitted, whatever target it chose. Checked
-        // here rather than in `record_of`, whose unit tests emit their
-        // events from this crate's own module.
-        if event.metadata().module_path().is_some_and(is_ignored) {
-            return;
-        }
         if let Some(record) = record_of(event, &ctx) {
             // Closed: the sink stopped in between. Nothing to do; logging
             // about it from here would recurse.
@@ -140,12 +137,25 @@ const IGNORED_CRATES: [&str; 8] = [
     "deadpool_runtime",
 ];
 
-/// True for a target or module path that names one of [`IGNORED_CRATES`]
-/// or a module of one, separated by `::` (module paths, tracing's default
-/// targets) or by `.` (`deadpool.postgres`).
-fn is_ignored(path: &str) -> bool {
-    let krate = path.split([':', '.']).next().unwrap_or(path);
-    IGNORED_CRATES.contains(&krate)
+/// The crate a target or module path names: its first segment before a
+/// `::` (module paths, tracing's default targets) or a `.`
+/// (`deadpool.postgres`).
+fn crate_of(path: &str) -> &str {
+    path.split([':', '.']).next().unwrap_or(path)
+}
+
+/// True for a target that names one of [`IGNORED_CRATES`] or a module of one.
+fn is_ignored(target: &str) -> bool {
+    IGNORED_CRATES.contains(&crate_of(target))
+}
+
+/// True for a module path inside one of the database crates, whatever
+/// target the event chose. Not `pglogsink`: the binary is a crate of that
+/// name too, and its events (the `http` request lines) are wanted; the
+/// library's own events all have a `pglogsink` target.
+fn is_driver_module(module_path: &str) -> bool {
+    let krate = crate_of(module_path);
+    krate != "pglogsink" && IGNORED_CRATES.contains(&krate)
 }
 
 /// A span's fields as JSON, kept in its extensions by `on_new_span` and
@@ -192,7 +202,7 @@ where
     S: Subscriber + for<'a> LookupSpan<'a>,
 {
     let metadata = event.metadata();
-    if is_ignored(metadata.target()) {
+    if is_ignored(metadata.target()) || metadata.module_path().is_some_and(is_driver_module) {
         return None;
     }
     let mut fields = Fields::with_capacity(metadata.fields().len());
@@ -204,7 +214,7 @@ where
         log_module_path,
         ..
     } = visitor;
-    if log_module_path.as_deref().is_some_and(is_ignored) {
+    if log_module_path.as_deref().is_some_and(is_driver_module) {
         return None;
     }
     let target = match log_target {
@@ -602,6 +612,22 @@ mod tests {
         assert_eq!(records[0].target.as_deref(), Some("legacy::module"));
         assert_eq!(records[0].message(), "from log");
         assert_eq!(object(&records[0]), json!({"user": "ann"}));
+    }
+
+    #[test]
+    fn the_database_crates_are_known_by_module_path_but_not_pglogsink() {
+        for driver in [
+            "deadpool_postgres",
+            "deadpool::managed",
+            "tokio_postgres::connection",
+            "postgres_protocol::message",
+        ] {
+            assert!(is_driver_module(driver), "{driver}");
+        }
+        // The binary's modules: their `http` events are wanted.
+        for kept in ["pglogsink::cli::request_span", "app::db", "deadpool_app"] {
+            assert!(!is_driver_module(kept), "{kept}");
+        }
     }
 
     #[test]

@@ -60,13 +60,29 @@ use crate::record::{Fields, Level, Record};
 ///
 /// # No feedback
 ///
-/// Events of the sink itself and of the database crates it writes through
-/// (targets `pglogsink`, `tokio_postgres`, `postgres`, `postgres_protocol`,
-/// `postgres_types`, `deadpool`, `deadpool_postgres`, `deadpool_runtime`,
-/// and their modules) are not written: while the database is down, each
-/// retry warning would otherwise queue one more record for the same
-/// database. Events bridged from the `log` crate are recognised by their
-/// `log.target` field. They still reach the other layers, such as `fmt`.
+/// Events that come from the sink itself or from the database crates it
+/// writes through (`pglogsink`, `tokio_postgres`, `postgres`,
+/// `postgres_protocol`, `postgres_types`, `deadpool`, `deadpool_postgres`,
+/// `deadpool_runtime`) are not written: while the database is down, each
+/// retry warning or pool complaint would otherwise queue one more record for
+/// the same database. An event is recognised by its target, whose first
+/// segment before a `::` or a `.` names the crate (deadpool-postgres says
+/// `target: "deadpool.postgres"`), and, for the database crates, by where
+/// it was emitted, its module path (`deadpool_postgres`), whatever its
+/// target. Events bridged from the `log` crate are judged by their
+/// `log.target` and `log.module_path` fields. They still reach the other
+/// layers, such as `fmt`. pglogsink's own events are known by their target
+/// only: the `pglogsink` binary shares the crate name, and its request lines
+/// (target `http`) are meant to become rows.
+///
+/// What can still slip through: events of other crates on the sink's path,
+/// which are not excluded because applications use them for their own
+/// connections too (`rustls`, `tokio_postgres_rustls`, `tokio`, `socket2`);
+/// an event whose module path is unknown (a `log` record built by hand, or
+/// a bridge that drops it) and whose target names no crate of the list (say
+/// `"pool"`); and the application's own events about the sink, such as a
+/// warning it logs when [`Logger::send`] fails. Filter those with
+/// [`Layer::with_filter`].
 ///
 /// Once the sink has stopped, events are dropped silently; the layer never
 /// panics and never logs.
@@ -121,10 +137,25 @@ const IGNORED_CRATES: [&str; 8] = [
     "deadpool_runtime",
 ];
 
-/// True for a target that is one of [`IGNORED_CRATES`] or a module of one.
+/// The crate a target or module path names: its first segment before a
+/// `::` (module paths, tracing's default targets) or a `.`
+/// (`deadpool.postgres`).
+fn crate_of(path: &str) -> &str {
+    path.split([':', '.']).next().unwrap_or(path)
+}
+
+/// True for a target that names one of [`IGNORED_CRATES`] or a module of one.
 fn is_ignored(target: &str) -> bool {
-    let krate = target.split("::").next().unwrap_or(target);
-    IGNORED_CRATES.contains(&krate)
+    IGNORED_CRATES.contains(&crate_of(target))
+}
+
+/// True for a module path inside one of the database crates, whatever
+/// target the event chose. Not `pglogsink`: the binary is a crate of that
+/// name too, and its events (the `http` request lines) are wanted; the
+/// library's own events all have a `pglogsink` target.
+fn is_driver_module(module_path: &str) -> bool {
+    let krate = crate_of(module_path);
+    krate != "pglogsink" && IGNORED_CRATES.contains(&krate)
 }
 
 /// A span's fields as JSON, kept in its extensions by `on_new_span` and
@@ -171,7 +202,7 @@ where
     S: Subscriber + for<'a> LookupSpan<'a>,
 {
     let metadata = event.metadata();
-    if is_ignored(metadata.target()) {
+    if is_ignored(metadata.target()) || metadata.module_path().is_some_and(is_driver_module) {
         return None;
     }
     let mut fields = Fields::with_capacity(metadata.fields().len());
@@ -180,8 +211,12 @@ where
     let FieldVisitor {
         message,
         log_target,
+        log_module_path,
         ..
     } = visitor;
+    if log_module_path.as_deref().is_some_and(is_driver_module) {
+        return None;
+    }
     let target = match log_target {
         Some(target) if is_ignored(&target) => return None,
         Some(target) => Cow::Owned(target),
@@ -221,13 +256,15 @@ fn level_of(level: &tracing::Level) -> Level {
 /// Converts field values to JSON into `fields`. For events, `message` is
 /// taken out as the record's message, and the `log.*` fields of events
 /// bridged from the `log` crate are dropped except `log.target`, which
-/// becomes the target.
+/// becomes the target, and `log.module_path`, kept to tell where the event
+/// came from.
 struct FieldVisitor<'a> {
     fields: &'a mut Fields,
     is_event: bool,
     from_log: bool,
     message: Option<String>,
     log_target: Option<String>,
+    log_module_path: Option<String>,
 }
 
 impl<'a> FieldVisitor<'a> {
@@ -238,6 +275,7 @@ impl<'a> FieldVisitor<'a> {
             from_log: false,
             message: None,
             log_target: None,
+            log_module_path: None,
         }
     }
 
@@ -248,6 +286,7 @@ impl<'a> FieldVisitor<'a> {
             from_log,
             message: None,
             log_target: None,
+            log_module_path: None,
         }
     }
 
@@ -329,6 +368,8 @@ impl Visit for FieldVisitor<'_> {
             self.message = Some(value.to_owned());
         } else if field.name() == "log.target" {
             self.log_target = Some(value.to_owned());
+        } else if field.name() == "log.module_path" {
+            self.log_module_path = Some(value.to_owned());
         }
     }
 
@@ -510,6 +551,9 @@ mod tests {
             "postgres",
             "deadpool",
             "deadpool_postgres::managed",
+            // deadpool-postgres 0.14 warns under this dotted target.
+            "deadpool.postgres",
+            "tokio_postgres.connection",
         ] {
             assert!(is_ignored(ignored), "{ignored}");
         }
@@ -518,6 +562,8 @@ mod tests {
             "pglogsinks",
             "postgresql_app",
             "my::pglogsink",
+            "app.deadpool",
+            "deadpool_app.postgres",
             "http",
         ] {
             assert!(!is_ignored(kept), "{kept}");
@@ -526,6 +572,10 @@ mod tests {
             tracing::warn!(target: "pglogsink", "retrying");
             tracing::debug!(target: "tokio_postgres::prepare", "preparing");
             tracing::info!(target: "deadpool_postgres", "recycled");
+            tracing::warn!(
+                target: "deadpool.postgres",
+                "Connection could not be recycled: Connection closed"
+            );
             tracing::info!(target: "app", "kept");
         });
         let messages: Vec<&str> = records.iter().map(Record::message).collect();
@@ -562,6 +612,48 @@ mod tests {
         assert_eq!(records[0].target.as_deref(), Some("legacy::module"));
         assert_eq!(records[0].message(), "from log");
         assert_eq!(object(&records[0]), json!({"user": "ann"}));
+    }
+
+    #[test]
+    fn the_database_crates_are_known_by_module_path_but_not_pglogsink() {
+        for driver in [
+            "deadpool_postgres",
+            "deadpool::managed",
+            "tokio_postgres::connection",
+            "postgres_protocol::message",
+        ] {
+            assert!(is_driver_module(driver), "{driver}");
+        }
+        // The binary's modules: their `http` events are wanted.
+        for kept in ["pglogsink::cli::request_span", "app::db", "deadpool_app"] {
+            assert!(!is_driver_module(kept), "{kept}");
+        }
+    }
+
+    #[test]
+    fn log_records_are_judged_by_their_module_path_too() {
+        // Through tracing-log's own bridge: a record with a target that names
+        // no crate is still dropped when it was emitted in a driver crate.
+        let record = |target, module_path| {
+            tracing_log::format_trace(
+                &log::Record::builder()
+                    .level(log::Level::Warn)
+                    .target(target)
+                    .module_path_static(module_path)
+                    .args(format_args!("{target}"))
+                    .build(),
+            )
+            .unwrap();
+        };
+        let records = capture(|| {
+            record("deadpool.postgres", Some("deadpool_postgres"));
+            record("deadpool.postgres", None);
+            record("pool", Some("deadpool_postgres::config"));
+            record("pool", Some("app::db"));
+            record("pool", None);
+        });
+        let targets: Vec<_> = records.iter().map(|r| r.target.as_deref()).collect();
+        assert_eq!(targets, [Some("pool"), Some("pool")]);
     }
 
     #[test]

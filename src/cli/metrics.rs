@@ -5,14 +5,23 @@
 //! stays free of any metrics call); they are copied into the registry when
 //! Prometheus scrapes. Per-batch histograms and retries by reason are
 //! recorded by the library's consumer as they happen.
+//!
+//! Histogram samples are kept by the exporter until upkeep folds them into
+//! their buckets. Without the exporter's own HTTP listener nothing does that
+//! but a scrape, so [`upkeep`] runs it on a timer: memory stays flat under
+//! load whether or not anyone scrapes `/metrics`.
 
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use axum::extract::{MatchedPath, Request};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
-use pglogsink::Logger;
+use pglogsink::{CancellationToken, Logger};
+
+/// How often histogram samples are folded into their buckets. The
+/// exporter's own listener uses the same period.
+const UPKEEP_INTERVAL: Duration = Duration::from_secs(5);
 
 /// Install the process-wide recorder. Call once, before serving.
 pub(crate) fn install() -> Result<PrometheusHandle, super::Failure> {
@@ -36,6 +45,20 @@ pub(crate) fn install() -> Result<PrometheusHandle, super::Failure> {
         .install_recorder()?;
     describe();
     Ok(handle)
+}
+
+/// Run the registry's upkeep every [`UPKEEP_INTERVAL`] until `token` is
+/// cancelled. `install_recorder` leaves this to the caller; a scrape does it
+/// too, but many deployments never scrape.
+pub(crate) async fn upkeep(handle: PrometheusHandle, token: CancellationToken) {
+    let mut timer = tokio::time::interval(UPKEEP_INTERVAL);
+    timer.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            () = token.cancelled() => return,
+            _ = timer.tick() => handle.run_upkeep(),
+        }
+    }
 }
 
 fn describe() {

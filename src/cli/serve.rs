@@ -203,6 +203,8 @@ pub(crate) async fn run(args: ServeArgs) -> Result<ExitCode, Failure> {
         token.clone(),
     ));
 
+    let upkeep_task = tokio::spawn(super::metrics::upkeep(metrics.clone(), token.clone()));
+
     let signal_token = token.clone();
     tokio::spawn(async move {
         shutdown_signal().await;
@@ -235,6 +237,7 @@ pub(crate) async fn run(args: ServeArgs) -> Result<ExitCode, Failure> {
     // The token is cancelled: the timer returns at once (a run in progress
     // is abandoned; each of its changes is a transaction of its own).
     let _ = maintenance_task.await;
+    let _ = upkeep_task.await;
     db.close();
     Ok(print_report(&report))
 }

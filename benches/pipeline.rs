@@ -116,11 +116,13 @@ struct Args {
     rounds: usize,
     methods: Vec<String>,
     synchronous_commit_off: bool,
+    /// Also run K sinks into one table, for each K here.
+    sinks: Vec<usize>,
 }
 
 const USAGE: &str = "usage: cargo bench --bench pipeline -- [--records N] [--json PATH] \
 [--sweep] [--batch-size N] [--producers N] [--rounds N] [--methods limit,pglogsink,...] \
-[--synchronous-commit-off]";
+[--synchronous-commit-off] [--sinks 1,2,4]";
 
 fn parse_args() -> Result<Args, String> {
     let mut args = Args {
@@ -132,6 +134,7 @@ fn parse_args() -> Result<Args, String> {
         rounds: 1,
         methods: METHODS.iter().map(|m| m.to_string()).collect(),
         synchronous_commit_off: false,
+        sinks: Vec::new(),
     };
     let mut it = std::env::args().skip(1);
     while let Some(arg) = it.next() {
@@ -155,6 +158,12 @@ fn parse_args() -> Result<Args, String> {
                 }
             }
             "--synchronous-commit-off" => args.synchronous_commit_off = true,
+            "--sinks" => {
+                args.sinks = value("--sinks")?
+                    .split(',')
+                    .map(|k| number(k.to_owned(), "--sinks"))
+                    .collect::<Result<_, _>>()?;
+            }
             "-h" | "--help" => return Err(USAGE.to_owned()),
             // `cargo bench` passes --bench (and filters); they are not ours.
             _ => {}
@@ -461,6 +470,10 @@ struct Bench<'rt> {
     rt: &'rt Runtime,
     server: Option<EmbeddedPostgres>,
     pool: Pool,
+    /// For pools of their own (`--sinks`), and whether they turn
+    /// synchronous commit off.
+    config: Config,
+    sync_off: bool,
     stamp: Stamp,
     tables: Vec<TableName>,
     info: Value,
@@ -533,6 +546,8 @@ impl<'rt> Bench<'rt> {
             rt,
             server,
             pool,
+            config: Config::clone(&config),
+            sync_off: args.synchronous_commit_off,
             stamp,
             tables: Vec::new(),
             info,
@@ -751,6 +766,77 @@ impl<'rt> Bench<'rt> {
         let latency = self.latency(&table)?;
         self.finish_method(name, &table, rows.len())?;
         Ok((elapsed, latency))
+    }
+
+    /// `k` sinks (as `k` instances would run), each with its own pool and
+    /// ledger instance, writing one table at once; the producers are split
+    /// between them. Timed from the first send until every sink's shutdown
+    /// returns with its share committed.
+    fn sinks(
+        &mut self,
+        rows: &[Row],
+        k: usize,
+        batch_size: usize,
+        producers: usize,
+    ) -> Result<Duration, Fail> {
+        let name = format!("sinks_{k}");
+        let table = self.fresh_table(&name)?;
+        let per_sink = rows.len().div_ceil(k);
+        let producers_each = (producers / k).max(1);
+        let config = SinkConfig {
+            table: table.to_string(),
+            batch_size,
+            ..SinkConfig::default()
+        };
+        let mut sinks = Vec::new();
+        for part in rows.chunks(per_sink) {
+            let pool = pool_for(&self.config, self.sync_off)?;
+            let (logger, worker) = self.rt.block_on(async {
+                drop(pool.get().await?);
+                Ok::<_, Fail>(pglogsink::spawn(pool, &config, CancellationToken::new())?)
+            })?;
+            let records: Vec<Record> = part.iter().map(Row::to_record).collect();
+            sinks.push((logger, worker, records));
+        }
+        let start_line = Barrier::new(sinks.iter().map(|_| producers_each).sum::<usize>() + 1);
+        let refused = AtomicU64::new(0);
+        let mut workers = Vec::new();
+        let start = std::thread::scope(|scope| {
+            for (logger, worker, records) in sinks {
+                let each = records.len().div_ceil(producers_each).max(1);
+                let mut records = records;
+                while !records.is_empty() {
+                    let part: Vec<Record> = records.drain(..each.min(records.len())).collect();
+                    let logger = logger.clone();
+                    let (start_line, refused) = (&start_line, &refused);
+                    scope.spawn(move || {
+                        start_line.wait();
+                        for record in part {
+                            if logger.send(record).is_err() {
+                                refused.fetch_add(1, Ordering::Relaxed);
+                            }
+                        }
+                    });
+                }
+                workers.push(worker);
+            }
+            start_line.wait();
+            Instant::now()
+        });
+        let mut written = 0;
+        for worker in workers {
+            let report = self.rt.block_on(worker.shutdown(Duration::from_secs(3600)));
+            if !report.is_complete() {
+                return Err(format!("{name}: {report:?}").into());
+            }
+            written += report.written;
+        }
+        let elapsed = start.elapsed();
+        if refused.load(Ordering::Relaxed) > 0 || written != rows.len() as u64 {
+            return Err(format!("{name}: {written} written of {}", rows.len()).into());
+        }
+        self.finish_method(&name, &table, rows.len())?;
+        Ok(elapsed)
     }
 
     /// Diagnostics: the records pre-encoded in batches of `batch`, one COPY
@@ -1127,6 +1213,28 @@ impl<'rt> Bench<'rt> {
             );
         }
         out["methods"] = Value::Object(methods);
+        if !args.sinks.is_empty() {
+            let mut by_k = serde_json::Map::new();
+            let mut first = None;
+            println!();
+            println!(
+                "K sinks into one table ({} producer threads in all), each its own pool and ledger instance:",
+                args.producers
+            );
+            println!("{:>6} {:>11} {:>9}", "sinks", "rows/s", "vs first");
+            for &k in &args.sinks {
+                eprintln!("pipeline: {k} sink(s) into one table...");
+                let d = self.sinks(&rows, k, args.batch_size, args.producers)?;
+                let rate = rows.len() as f64 / d.as_secs_f64();
+                let first = *first.get_or_insert(rate);
+                println!("{k:>6} {rate:>11.0} {:>9.2}", rate / first);
+                by_k.insert(
+                    k.to_string(),
+                    json!({"rows": rows.len(), "seconds": d.as_secs_f64(), "rows_per_s": rate}),
+                );
+            }
+            out["sinks"] = Value::Object(by_k);
+        }
         if !diagnostics.is_empty() {
             println!();
             println!(

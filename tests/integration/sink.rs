@@ -34,6 +34,10 @@ pub fn trials() -> Vec<Trial> {
         ),
         async_trial("sink::odd_text_round_trips", odd_text_round_trips),
         async_trial(
+            "sink::several_sinks_share_one_table_with_ledgers_and_spools_of_their_own",
+            several_sinks_one_table,
+        ),
+        async_trial(
             "sink::missing_table_is_fatal_and_cancels_the_app",
             missing_table_is_fatal,
         ),
@@ -353,6 +357,87 @@ async fn missing_privilege_is_fatal() -> Result<(), Failed> {
     check(count(&pool, &table).await? == 0, || {
         "rows were written".into()
     })
+}
+
+/// Four sinks (as four instances would run) write one table at once, each
+/// with a spool directory of its own: every record once, each sink's report
+/// complete, each sink's batches under its own instance id in the ledger.
+async fn several_sinks_one_table() -> Result<(), Failed> {
+    let (pool, table) = migrated("k4").await?;
+    const PER_SINK: u64 = 5_000;
+    let spools: Vec<std::path::PathBuf> = (0..4)
+        .map(|k| std::env::temp_dir().join(format!("pglogsink-k4-{}-{k}", std::process::id())))
+        .collect();
+    let mut workers = Vec::new();
+    for (k, spool) in spools.iter().enumerate() {
+        let config = SinkConfig {
+            table: table.to_string(),
+            batch_size: 200,
+            spool_dir: Some(spool.clone()),
+            ..SinkConfig::default()
+        };
+        let (logger, worker) = pglogsink::spawn(
+            pglogsink::pool(crate::common::config()?, 2)?,
+            &config,
+            CancellationToken::new(),
+        )?;
+        let producer = std::thread::spawn(move || {
+            for i in 0..PER_SINK {
+                let record = Record::new(Level::Info, format!("sink {k} record {i}"))
+                    .field("sink", k as u64)
+                    .field("i", i);
+                if logger.send(record).is_err() {
+                    return false;
+                }
+            }
+            true
+        });
+        workers.push((producer, worker));
+    }
+    let mut batches = 0;
+    for (producer, worker) in workers {
+        check(producer.join().unwrap_or(false), || "a send failed".into())?;
+        let report = worker.shutdown(Duration::from_secs(30)).await;
+        check(report.written == PER_SINK && report.is_complete(), || {
+            format!("{report:?}")
+        })?;
+        batches += report.batches;
+    }
+    let client = pool.get().await?;
+    let row = client
+        .query_one(
+            &format!(
+                "SELECT count(*), count(DISTINCT (fields->>'sink', fields->>'i')) FROM {}",
+                table.quoted()
+            ),
+            &[],
+        )
+        .await?;
+    let (rows, distinct): (i64, i64) = (row.get(0), row.get(1));
+    check(rows == 4 * PER_SINK as i64 && distinct == rows, || {
+        format!("{rows} rows, {distinct} distinct")
+    })?;
+    let ledger = client
+        .query_one(
+            &format!(
+                "SELECT count(DISTINCT instance), count(*), sum(rows)::int8 FROM {}",
+                table.ledger_table().quoted()
+            ),
+            &[],
+        )
+        .await?;
+    let (instances, ledger_rows, ledger_sum): (i64, i64, i64) =
+        (ledger.get(0), ledger.get(1), ledger.get(2));
+    check(
+        instances == 4 && ledger_rows == batches as i64 && ledger_sum == rows,
+        || {
+            format!("ledger: {instances} instances, {ledger_rows} batches ({batches} reported), {ledger_sum} rows")
+        },
+    )?;
+    for spool in &spools {
+        let _ = std::fs::remove_dir_all(spool);
+    }
+    Ok(())
 }
 
 async fn migrate_is_idempotent() -> Result<(), Failed> {

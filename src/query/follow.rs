@@ -12,7 +12,7 @@
 //! every transaction that was running at the first poll has ended, so every
 //! id up to `Q` is committed or gone: the mark moves to `Q`. Typically that
 //! is one poll later, so a poll reads little more than the new rows (a
-//! range of the BRIN index on id). The one gap: a writer that takes an id
+//! range of the BRIN index on ("timestamp", id)). The one gap: a writer that takes an id
 //! before it has a transaction id (a plain `INSERT` evaluates the default
 //! first) could, in the microseconds between the two, be missed; pglogsink's
 //! own batches take their transaction id first (the ledger row).

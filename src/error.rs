@@ -76,6 +76,12 @@ impl Error {
         }
     }
 
+    /// Whether the database refused for want of a privilege (SQLSTATE
+    /// 42501): the role may not do this, and retrying will not help.
+    pub fn is_permission_denied(&self) -> bool {
+        self.sqlstate() == Some("42501")
+    }
+
     pub(crate) fn config(option: &'static str, message: impl Into<String>) -> Error {
         Error(Box::new(ErrorKind::Config {
             option,

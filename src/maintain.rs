@@ -24,7 +24,8 @@ use tokio_postgres::SimpleQueryMessage;
 
 use crate::database::connection;
 use crate::partitions::{
-    self, default_partition, now_micros, sql_timestamp, Partition, PartitionInterval, Shape,
+    self, default_partition, now_micros, sql_origin, sql_timestamp, utc_text, Partition,
+    PartitionInterval, Shape,
 };
 use crate::table::TableName;
 use crate::Error;
@@ -112,6 +113,19 @@ pub struct DroppedPartition {
     pub rows: i64,
     /// Bytes it took, with its indexes.
     pub bytes: i64,
+}
+
+impl MaintenanceReport {
+    /// True when the run changed nothing (and was not skipped).
+    pub fn is_unchanged(&self) -> bool {
+        !self.skipped
+            && self.created.is_empty()
+            && self.moved_from_default == 0
+            && self.dropped.is_empty()
+            && self.deleted_from_default == 0
+            && self.search_indexed.is_empty()
+            && self.postponed.is_empty()
+    }
 }
 
 impl fmt::Display for MaintenanceReport {
@@ -324,9 +338,10 @@ impl Maintenance {
         table: &TableName,
     ) -> Result<BTreeMap<i64, u64>, tokio_postgres::Error> {
         let sql = format!(
-            "SELECT (extract(epoch FROM date_bin('{}', \"timestamp\", '2000-01-03 00:00:00+00')) \
+            "SELECT (extract(epoch FROM date_bin('{}', \"timestamp\", {})) \
              * 1000000)::int8, count(*) FROM {} GROUP BY 1",
             self.interval.sql_interval(),
+            sql_origin(),
             default_partition(table).quoted()
         );
         let rows = client.query_typed(&sql, &[]).await?;
@@ -346,11 +361,9 @@ impl Maintenance {
         start: i64,
         moving: bool,
     ) -> Result<bool, tokio_postgres::Error> {
-        let name = table.sibling_table(&self.interval.partition_name(table, start));
-        let (from, to) = (
-            sql_timestamp(start),
-            sql_timestamp(start + self.interval.micros()),
-        );
+        let name = self.interval.partition_name(table, start);
+        let end = start + self.interval.micros();
+        let (from, to) = (sql_timestamp(start), sql_timestamp(end));
         let (parent, partition) = (table.quoted(), name.quoted());
         let statements = if moving {
             vec![
@@ -376,7 +389,7 @@ impl Maintenance {
         let moved = if moving { counts[1] } else { 0 };
         tracing::info!(
             target: "pglogsink::maintain",
-            partition = %name, from = from.trim_matches('\''), to = to.trim_matches('\''),
+            partition = %name, from = utc_text(start), to = utc_text(end),
             moved_from_default = moved,
             "created partition"
         );
@@ -392,7 +405,8 @@ impl Maintenance {
         table: &TableName,
         cutoff: i64,
     ) -> Result<bool, tokio_postgres::Error> {
-        let before = sql_timestamp(self.interval.floor(cutoff));
+        let before_micros = self.interval.floor(cutoff);
+        let before = sql_timestamp(before_micros);
         let default = default_partition(table);
         let sql = format!(
             "DELETE FROM {} WHERE \"timestamp\" < {before}",
@@ -406,7 +420,7 @@ impl Maintenance {
         };
         tracing::info!(
             target: "pglogsink::maintain",
-            partition = %default, before = before.trim_matches('\''), rows = counts[0],
+            partition = %default, before = utc_text(before_micros), rows = counts[0],
             "deleted rows past the retention from the DEFAULT partition"
         );
         changes.report.deleted_from_default += counts[0];
@@ -485,11 +499,8 @@ async fn build_search_indexes(
         )
         .await?;
     for partition in partitions {
-        let index = partition.name.sibling_table(&partitions::cut_name(
-            partition.name.name(),
-            "_message_trgm",
-        ));
-        crate::upgrade::drop_if_invalid(client, &index).await?;
+        let index = partition.name.sibling("_message_trgm");
+        crate::schema::drop_if_invalid(client, &index).await?;
         let exists = client
             .query_typed(
                 "SELECT 1 FROM pg_class WHERE oid = to_regclass($1)",

@@ -72,14 +72,14 @@ impl PartitionInterval {
         ORIGIN_MICROS + (micros - ORIGIN_MICROS).div_euclid(step) * step
     }
 
-    /// The name of the partition starting at `start` (a bin start).
-    pub(crate) fn partition_name(self, table: &TableName, start: i64) -> String {
+    /// The partition starting at `start` (a bin start).
+    pub(crate) fn partition_name(self, table: &TableName, start: i64) -> TableName {
         let (y, m, d, h) = utc_date(start);
         let suffix = match self {
             PartitionInterval::Hour => format!("_p{y:04}{m:02}{d:02}_{h:02}"),
             PartitionInterval::Day | PartitionInterval::Week => format!("_p{y:04}{m:02}{d:02}"),
         };
-        cut_name(table.name(), &suffix)
+        table.sibling(&suffix)
     }
 }
 
@@ -109,21 +109,14 @@ impl FromStr for PartitionInterval {
     }
 }
 
-/// `name` cut so that `name + suffix` fits PostgreSQL's 63 bytes, as
-/// `sql/schema.sql` does with `left(tbl, n)`.
-pub(crate) fn cut_name(name: &str, suffix: &str) -> String {
-    let keep = name.len().min(63 - suffix.len());
-    format!("{}{suffix}", &name[..keep])
-}
-
 /// The DEFAULT partition's name: `<table>_default`.
 pub(crate) fn default_partition(table: &TableName) -> TableName {
-    table.sibling_table(&cut_name(table.name(), "_default"))
+    table.sibling("_default")
 }
 
 /// The id sequence's name: `<table>_id_seq`.
 pub(crate) fn id_sequence(table: &TableName) -> TableName {
-    table.sibling_table(&cut_name(table.name(), "_id_seq"))
+    table.sibling("_id_seq")
 }
 
 /// Year, month, day and hour (UTC) of an instant in microseconds since the
@@ -146,6 +139,17 @@ fn utc_date(micros: i64) -> (i64, u32, u32, u32) {
 
 /// `micros` as a SQL timestamptz literal, UTC (`'2026-12-03 00:00:00+00'`).
 pub(crate) fn sql_timestamp(micros: i64) -> String {
+    format!("'{}'", utc_text(micros))
+}
+
+/// The origin of every bin as a SQL literal, for `date_bin`.
+pub(crate) fn sql_origin() -> String {
+    sql_timestamp(ORIGIN_MICROS)
+}
+
+/// `micros` in UTC as PostgreSQL reads it: `2026-12-03 00:00:00+00`, with
+/// microseconds when there are any.
+pub(crate) fn utc_text(micros: i64) -> String {
     let (y, m, d, h) = utc_date(micros);
     let secs_in_hour = micros.div_euclid(MICROS_PER_SECOND).rem_euclid(3_600);
     let frac = micros.rem_euclid(MICROS_PER_SECOND);
@@ -155,7 +159,7 @@ pub(crate) fn sql_timestamp(micros: i64) -> String {
         format!(".{frac:06}")
     };
     format!(
-        "'{y:04}-{m:02}-{d:02} {h:02}:{:02}:{:02}{frac}+00'",
+        "{y:04}-{m:02}-{d:02} {h:02}:{:02}:{:02}{frac}+00",
         secs_in_hour / 60,
         secs_in_hour % 60
     )
@@ -279,18 +283,26 @@ mod tests {
         let table = TableName::parse("log").unwrap();
         let day = micros(1_796_256_000);
         assert_eq!(
-            PartitionInterval::Day.partition_name(&table, day),
+            PartitionInterval::Day.partition_name(&table, day).name(),
             "log_p20261203"
         );
         assert_eq!(
-            PartitionInterval::Hour.partition_name(&table, day + micros(14 * 3_600)),
+            PartitionInterval::Hour
+                .partition_name(&table, day + micros(14 * 3_600))
+                .name(),
             "log_p20261203_14"
         );
         assert_eq!(sql_timestamp(day + 1), "'2026-12-03 00:00:00.000001+00'");
         assert_eq!(utc_date(micros(951_782_400)), (2000, 2, 29, 0));
         assert_eq!(utc_date(micros(-1)), (1969, 12, 31, 23));
         let long = TableName::parse(&"a".repeat(63)).unwrap();
-        assert_eq!(PartitionInterval::Hour.partition_name(&long, day).len(), 63);
+        assert_eq!(
+            PartitionInterval::Hour
+                .partition_name(&long, day)
+                .name()
+                .len(),
+            63
+        );
         assert_eq!(default_partition(&long).name().len(), 63);
     }
 

@@ -1,7 +1,8 @@
 //! Creating the Log table: runs `sql/schema.sql`, the same file operators can
 //! apply with psql, then makes its first partitions.
 
-use deadpool_postgres::Pool;
+use deadpool_postgres::{Object, Pool};
+use tokio_postgres::types::Type;
 
 use crate::database::connection;
 use crate::maintain::Maintenance;
@@ -11,9 +12,6 @@ use crate::Error;
 
 /// The schema script, as shipped in `sql/schema.sql`.
 pub const SCHEMA_SQL: &str = include_str!("../sql/schema.sql");
-
-/// SQLSTATE `insufficient_privilege`.
-const INSUFFICIENT_PRIVILEGE: &str = "42501";
 
 /// Create the Log table (partitioned by day), its level type, indexes,
 /// ledger and rejected-rows tables if they do not exist, and the partitions
@@ -59,7 +57,7 @@ pub async fn migrate_with(
     // Each partition created is logged as it is made.
     match premake_only.run(pool, table).await {
         Ok(_) => Ok(()),
-        Err(e) if e.sqlstate() == Some(INSUFFICIENT_PRIVILEGE) => {
+        Err(e) if e.is_permission_denied() => {
             tracing::warn!(
                 target: "pglogsink::maintain",
                 "cannot create partitions of {table} ({e}); rows go to its DEFAULT partition \
@@ -116,4 +114,24 @@ pub(crate) async fn table_shape(pool: &Pool, table: &TableName) -> Result<Shape,
     partitions::shape(&client, table)
         .await
         .map_err(|e| Error::database(context.as_str(), e))
+}
+
+/// An index left invalid by an interrupted `CREATE INDEX CONCURRENTLY` is
+/// dropped so that it is built again.
+pub(crate) async fn drop_if_invalid(
+    client: &Object,
+    index: &TableName,
+) -> Result<(), tokio_postgres::Error> {
+    let invalid = client
+        .query_typed(
+            "SELECT 1 FROM pg_index WHERE indexrelid = to_regclass($1) AND NOT indisvalid",
+            &[(&index.quoted(), Type::TEXT)],
+        )
+        .await?;
+    if !invalid.is_empty() {
+        client
+            .batch_execute(&format!("DROP INDEX CONCURRENTLY {}", index.quoted()))
+            .await?;
+    }
+    Ok(())
 }

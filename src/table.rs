@@ -65,21 +65,15 @@ impl TableName {
         self.sibling("_rejected")
     }
 
-    /// A table of this name in the same schema as this one.
-    pub(crate) fn sibling_table(&self, name: &str) -> TableName {
-        TableName {
-            schema: self.schema.clone(),
-            name: name.to_owned(),
-        }
-    }
-
     /// A name read from the catalog (already valid for PostgreSQL); no
     /// schema for one in the current schema.
     pub(crate) fn from_parts(schema: Option<String>, name: String) -> TableName {
         TableName { schema, name }
     }
 
-    fn sibling(&self, suffix: &str) -> TableName {
+    /// `<name><suffix>` in the same schema, the name cut to fit
+    /// PostgreSQL's 63 bytes as `sql/schema.sql` does with `left(tbl, n)`.
+    pub(crate) fn sibling(&self, suffix: &str) -> TableName {
         let keep = self.name.len().min(63 - suffix.len());
         TableName {
             schema: self.schema.clone(),

@@ -21,8 +21,8 @@ use tokio_postgres::types::Type;
 
 use crate::database::connection;
 use crate::maintain::Maintenance;
-use crate::partitions::{cut_name, id_sequence, now_micros, sql_timestamp, Shape};
-use crate::schema::{create_missing, schema_script, table_shape};
+use crate::partitions::{id_sequence, now_micros, sql_timestamp, utc_text, Shape};
+use crate::schema::{create_missing, drop_if_invalid, schema_script, table_shape};
 use crate::table::TableName;
 use crate::Error;
 
@@ -77,7 +77,7 @@ pub async fn upgrade(
     let context = format!("upgrading table {table}");
     let db = |e| Error::database(context.as_str(), e);
     let mut client = connection(pool, &context).await?;
-    let legacy = table.sibling_table(&cut_name(table.name(), "_legacy"));
+    let legacy = table.sibling("_legacy");
     let step = maintenance.interval.micros();
     let bound = maintenance.interval.floor(now_micros()) + 2 * step;
     let bound_sql = sql_timestamp(bound);
@@ -102,7 +102,7 @@ pub async fn upgrade(
     crate::schema::migrate_with(pool, table, maintenance).await?;
     Ok(Upgrade::Upgraded {
         partition: legacy.to_string(),
-        bound: bound_sql.trim_matches('\'').to_owned(),
+        bound: utc_text(bound),
         rows,
     })
 }
@@ -115,7 +115,6 @@ async fn prepare_old_table(
     bound: &str,
 ) -> Result<(), tokio_postgres::Error> {
     let old = table.quoted();
-    let legacy_name = legacy.name();
     // The same definitions as sql/schema.sql's partitioned indexes, so that
     // ATTACH PARTITION adopts them instead of building its own under lock.
     // The old table's "warn" index already matches and is kept.
@@ -130,7 +129,7 @@ async fn prepare_old_table(
         ),
     ];
     for (suffix, definition) in indexes {
-        let index = table.sibling_table(&cut_name(legacy_name, suffix));
+        let index = legacy.sibling(suffix);
         drop_if_invalid(client, &index).await?;
         tracing::info!(
             target: "pglogsink::maintain",
@@ -143,7 +142,7 @@ async fn prepare_old_table(
             ))
             .await?;
     }
-    let check = cut_name(legacy_name, "_range");
+    let check = legacy.sibling("_range").name().to_owned();
     let hold = hold_table(table);
     // Adding the constraint takes a brief exclusive lock; the rows past the
     // bound move aside in the same transaction so that validation passes.
@@ -187,36 +186,14 @@ async fn undo_prepare(
              INSERT INTO {old} OVERRIDING SYSTEM VALUE SELECT * FROM {hold};
              DROP TABLE {hold};
              COMMIT;",
-            check = cut_name(legacy.name(), "_range")
+            check = legacy.sibling("_range").name()
         ))
         .await
 }
 
-/// An index left invalid by an interrupted `CREATE INDEX CONCURRENTLY` is
-/// dropped so that it is built again.
-pub(crate) async fn drop_if_invalid(
-    client: &Object,
-    index: &TableName,
-) -> Result<(), tokio_postgres::Error> {
-    let invalid = client
-        .query_typed(
-            "SELECT 1 FROM pg_index WHERE indexrelid = to_regclass($1) AND NOT indisvalid",
-            &[(&index.quoted(), Type::TEXT)],
-        )
-        .await?;
-    if !invalid.is_empty() {
-        client
-            .batch_execute(&format!("DROP INDEX CONCURRENTLY {}", index.quoted()))
-            .await?;
-    }
-    Ok(())
-}
-
 /// Where rows stamped past the bound wait during an upgrade.
 fn hold_table(table: &TableName) -> String {
-    table
-        .sibling_table(&cut_name(table.name(), "_upgrade_hold"))
-        .quoted()
+    table.sibling("_upgrade_hold").quoted()
 }
 
 /// The index's name alone, quoted (CREATE INDEX takes no schema: the index
@@ -236,10 +213,10 @@ async fn swap(
     let old = table.quoted();
     let legacy_q = legacy.quoted();
     let hold = hold_table(table);
-    let warn_old = table.sibling_table(&cut_name(table.name(), "_warn_idx"));
-    let warn_new = cut_name(legacy.name(), "_warn_idx");
+    let warn_old = table.sibling("_warn_idx");
+    let warn_new = legacy.sibling("_warn_idx").name().to_owned();
     let sequence = id_sequence(table).quoted();
-    let check = cut_name(legacy.name(), "_range");
+    let check = legacy.sibling("_range").name().to_owned();
     let tx = client.transaction().await?;
     tx.batch_execute(&format!(
         "SET LOCAL lock_timeout = '10s';

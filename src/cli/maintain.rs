@@ -90,7 +90,7 @@ pub(crate) async fn run(args: MaintainArgs) -> Result<(), Failure> {
 
 /// The error, with what to do when it is a missing privilege.
 fn explain(e: &pglogsink::Error, table: &TableName) -> Failure {
-    if e.sqlstate() == Some(INSUFFICIENT_PRIVILEGE) {
+    if e.is_permission_denied() {
         format!(
             "{e}: creating and dropping partitions needs the owner of table {table} \
              (run `pglogsink maintain` as that role)"
@@ -100,8 +100,6 @@ fn explain(e: &pglogsink::Error, table: &TableName) -> Failure {
         e.to_string().into()
     }
 }
-
-const INSUFFICIENT_PRIVILEGE: &str = "42501";
 
 /// `serve`'s maintenance: a run now, then every `every`, until `stop`.
 /// Never stops the service: a failure is a warning (once per kind of
@@ -134,13 +132,13 @@ pub(crate) async fn on_timer(
                 if last_failure.take().is_some() {
                     tracing::info!("maintenance of table {table} works again");
                 }
-                if !report.skipped && report.to_string() != "nothing to do" {
+                if !report.skipped && !report.is_unchanged() {
                     tracing::info!("maintenance of table {table}: {report}");
                 }
             }
             Err(e) => {
                 let reason = match e.sqlstate() {
-                    Some(INSUFFICIENT_PRIVILEGE) => "privilege",
+                    _ if e.is_permission_denied() => "privilege",
                     Some(_) => "database",
                     None => "other",
                 };

@@ -31,6 +31,14 @@ pub(crate) enum WriteError {
     Postgres(tokio_postgres::Error),
     /// The server committed a different number of rows than we sent.
     RowCount { sent: u64, committed: u64 },
+    /// No answer within the write timeout (a network path that drops
+    /// packets, a server that hangs): the connection is discarded and the
+    /// outcome is unknown (the ledger settles it on retry).
+    TimedOut(std::time::Duration),
+    /// A server error by SQLSTATE alone, for the consumer's unit tests
+    /// (tokio-postgres errors cannot be made outside the driver).
+    #[cfg(test)]
+    Server(&'static str),
 }
 
 impl From<PoolError> for WriteError {
@@ -56,6 +64,8 @@ impl WriteError {
 
     pub(crate) fn sqlstate(&self) -> Option<&str> {
         match self {
+            #[cfg(test)]
+            WriteError::Server(code) => Some(code),
             WriteError::Postgres(e) | WriteError::Pool(PoolError::Backend(e)) => {
                 e.code().map(|c| c.code())
             }
@@ -77,6 +87,13 @@ impl std::fmt::Display for WriteError {
             WriteError::RowCount { sent, committed } => {
                 write!(f, "COPY committed {committed} rows but {sent} were sent")
             }
+            #[cfg(test)]
+            WriteError::Server(code) => write!(f, "server error {code}"),
+            WriteError::TimedOut(after) => write!(
+                f,
+                "no answer from the database within {} s; gave up on the connection",
+                after.as_secs_f64()
+            ),
         }
     }
 }
@@ -97,6 +114,9 @@ pub(crate) enum Class {
 pub(crate) fn classify(err: &WriteError) -> Class {
     match err {
         WriteError::Pool(PoolError::Timeout(_)) => Class::Transient("pool timeout"),
+        WriteError::TimedOut(_) => Class::Transient("write timed out"),
+        #[cfg(test)]
+        WriteError::Server(code) => classify_server(code, ""),
         WriteError::Pool(PoolError::Backend(e)) | WriteError::Postgres(e) => classify_postgres(e),
         WriteError::Pool(_) | WriteError::RowCount { .. } => Class::Fatal,
     }
@@ -414,6 +434,10 @@ mod tests {
             Class::Transient("pool timeout")
         );
         assert_eq!(classify(&WriteError::Pool(PoolError::Closed)), Class::Fatal);
+        assert_eq!(
+            classify(&WriteError::TimedOut(std::time::Duration::from_secs(35))),
+            Class::Transient("write timed out")
+        );
         assert_eq!(
             classify(&WriteError::RowCount {
                 sent: 2,

@@ -24,6 +24,14 @@ pub const DEFAULT_MAX_QUEUE_BYTES: usize = 128 * 1024 * 1024;
 /// Largest record (target, message and fields) written as is, by default;
 /// larger ones are truncated with a marker.
 pub const DEFAULT_MAX_RECORD_BYTES: usize = 1024 * 1024;
+/// Most bytes the spool may take on disk, by default.
+pub const DEFAULT_MAX_SPOOL_BYTES: u64 = 4 * 1024 * 1024 * 1024;
+/// Free space the spool leaves on its filesystem, by default.
+pub const DEFAULT_SPOOL_MIN_FREE_BYTES: u64 = 512 * 1024 * 1024;
+/// How long a batch's transaction waits for a lock on the table, by default.
+pub const DEFAULT_LOCK_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long one statement of a batch's transaction may take, by default.
+pub const DEFAULT_WRITE_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long the ledger of committed batches is kept, by default.
 pub const DEFAULT_LEDGER_RETENTION: Duration = Duration::from_secs(24 * 3600);
 
@@ -59,9 +67,28 @@ pub struct SinkConfig {
     /// time. Without one, memory grows during an outage and what is
     /// unwritten at the end is only counted.
     pub spool_dir: Option<PathBuf>,
-    /// Estimated bytes the queue may hold before records move to the spool
-    /// (default [`DEFAULT_MAX_QUEUE_BYTES`]; needs `spool_dir`).
+    /// Estimated bytes the queue may hold in memory (default
+    /// [`DEFAULT_MAX_QUEUE_BYTES`]). Past it the queue moves to the spool;
+    /// when there is no spool or it can take no more, `send()` hands
+    /// records back with [`SendError::Full`](crate::SendError::Full) until
+    /// the queue is under budget again. `log()` never blocks either way.
     pub max_queue_bytes: usize,
+    /// Most bytes the spool may take on disk (default
+    /// [`DEFAULT_MAX_SPOOL_BYTES`]); it may pass it by one batch.
+    pub max_spool_bytes: u64,
+    /// Free space the spool leaves on its filesystem (default
+    /// [`DEFAULT_SPOOL_MIN_FREE_BYTES`]), so that it never fills a disk it
+    /// shares with the database or the application.
+    pub spool_min_free_bytes: u64,
+    /// How long a batch waits for a lock on the Log table before the write
+    /// is retried (default 5 s): a migration, `VACUUM FULL` or a partition
+    /// being dropped holds one. Memory stays within budget meanwhile.
+    pub lock_timeout: Duration,
+    /// How long one statement of a batch's transaction may take (default
+    /// 30 s); the client gives up on the connection 5 s after that, which
+    /// also covers a network path that drops packets silently. Either is
+    /// retried like any transient error.
+    pub write_timeout: Duration,
     /// Largest record written as is (default [`DEFAULT_MAX_RECORD_BYTES`]);
     /// a larger one is truncated with a marker and counted, never dropped.
     pub max_record_bytes: usize,
@@ -80,6 +107,10 @@ impl Default for SinkConfig {
             retry_max: Duration::from_secs(5),
             spool_dir: None,
             max_queue_bytes: DEFAULT_MAX_QUEUE_BYTES,
+            max_spool_bytes: DEFAULT_MAX_SPOOL_BYTES,
+            spool_min_free_bytes: DEFAULT_SPOOL_MIN_FREE_BYTES,
+            lock_timeout: DEFAULT_LOCK_TIMEOUT,
+            write_timeout: DEFAULT_WRITE_TIMEOUT,
             max_record_bytes: DEFAULT_MAX_RECORD_BYTES,
             ledger_retention: DEFAULT_LEDGER_RETENTION,
         }
@@ -121,6 +152,27 @@ impl SinkConfig {
             return Err(Error::config(
                 "ledger retention",
                 "keep the ledger for at least 60 seconds",
+            ));
+        }
+        if self.max_spool_bytes < 1024 * 1024 {
+            return Err(Error::config(
+                "max spool bytes",
+                format!(
+                    "{} is too small: use at least 1048576 (1 MiB)",
+                    self.max_spool_bytes
+                ),
+            ));
+        }
+        if self.write_timeout < Duration::from_secs(1) {
+            return Err(Error::config(
+                "write timeout",
+                "use at least 1 second: a large batch takes a while to COPY",
+            ));
+        }
+        if self.lock_timeout < Duration::from_millis(10) || self.lock_timeout > self.write_timeout {
+            return Err(Error::config(
+                "lock timeout",
+                "use at least 10 ms and at most the write timeout",
             ));
         }
         if self.retry_initial.is_zero() || self.retry_max < self.retry_initial {

@@ -1,105 +1,103 @@
 //! The single consumer: wait for a record, take what else is already queued
-//! (up to the batch size, no timer), write it in one COPY, retry transient
-//! failures, isolate refused rows, stop the application on fatal errors.
+//! (up to the batch size, no timer), encode it, and hand it to delivery,
+//! keeping the queue within its memory budget all the while, also while a
+//! write hangs on a lock or a dead network path.
 //!
-//! With a spool it also keeps memory bounded (past the budget the queue is
-//! moved to disk), replays spooled batches before new ones, and spools what
-//! it cannot write when it stops.
+//! Delivery (retry, bisection, fatal stops) is in [`crate::delivery`]; the
+//! budget, the spool and replay are in [`crate::spill`].
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use deadpool_postgres::Pool;
 use tokio_util::sync::CancellationToken;
 
 use crate::backoff::Backoff;
-use crate::batch::{EncodedBatch, KeySource};
-use crate::classify::{classify, fatal_error, needs_fresh_connection, Class, WriteError};
-use crate::copy::{prune_ledger, store_rejected, write_batch, Committed, Statements};
-use crate::copy_format::{approx_record_size, row_to_json, CopyEncoder};
+use crate::batch::{BatchEncoder, EncodedBatch};
+use crate::config::SinkConfig;
+use crate::copy_format::CopyEncoder;
+use crate::delivery::{Delivery, Source, Stop};
+use crate::ledger::{random_instance, KeySource};
 use crate::record::{unix_micros, Record};
+use crate::rejected::DeadLetter;
 use crate::report::Report;
+use crate::spill::Spill;
 use crate::spool::Spool;
 use crate::stats::Shared;
+use crate::writer::Writer;
 
-/// How often the backoff wait looks at the queue's size.
+/// How often the queue's size is looked at while a batch is being
+/// delivered (written, retried, or waiting to be).
 const BUDGET_CHECK: Duration = Duration::from_millis(50);
 /// How often old ledger rows are deleted.
 const PRUNE_EVERY: Duration = Duration::from_secs(600);
 
-pub(crate) struct Consumer {
-    pub(crate) rx: flume::Receiver<Record>,
-    pub(crate) pool: Pool,
-    pub(crate) table: String,
-    pub(crate) statements: Statements,
-    pub(crate) batch_size: usize,
-    pub(crate) backoff: Backoff,
-    pub(crate) shared: Arc<Shared>,
+/// The cancellation tokens a consumer answers to.
+pub(crate) struct Tokens {
     /// Cancelled on a fatal error: the host application stops on it.
-    pub(crate) app_token: CancellationToken,
+    pub(crate) app: CancellationToken,
     /// Cancelled by shutdown: drain what is queued, then finish.
     pub(crate) stop: CancellationToken,
     /// Cancelled when the shutdown deadline passes: give up at once.
     pub(crate) abort: CancellationToken,
-    pub(crate) encoder: CopyEncoder,
-    pub(crate) keys: KeySource,
-    pub(crate) spool: Option<Spool>,
-    pub(crate) max_queue_bytes: usize,
-    pub(crate) ledger_retention: Duration,
 }
 
-/// Where a batch came from: a batch from the spool is still on disk when
-/// its write is abandoned, one from the queue is not.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Source {
-    Queue,
-    Spool,
-}
-
-/// Why the consumer stopped writing.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Stop {
-    /// The shutdown deadline passed.
-    Deadline,
-    /// A fatal error; the application token is cancelled.
-    Fatal,
-}
-
-/// How delivering one batch (with retries) ended.
-enum Delivery {
-    Committed,
-    /// A row of the batch was refused; the batch was not written.
-    Poison(WriteError),
-    /// Given up before its COPY began: not written.
-    StoppedBefore(Stop),
-    /// Given up while its COPY was in flight: outcome unknown.
-    StoppedDuring,
-}
-
-/// The consumer's private tallies that do not live in [`Shared`].
-#[derive(Default)]
-struct Tally {
-    not_written: u64,
-    in_doubt: u64,
-    /// Of the spooled records, those this run replayed itself.
-    own_replayed: u64,
-    /// Running average of queued record size, for the memory budget.
-    avg_record_bytes: f64,
+pub(crate) struct Consumer<W> {
+    rx: flume::Receiver<Record>,
+    stop: CancellationToken,
+    batch_size: usize,
+    encoder: BatchEncoder,
+    delivery: Delivery<W>,
+    spill: Spill,
+    shared: Arc<Shared>,
+    ledger_retention: Duration,
     last_prune: Option<Instant>,
 }
 
-impl Consumer {
+impl<W: Writer> Consumer<W> {
+    pub(crate) fn new(
+        writer: W,
+        rx: flume::Receiver<Record>,
+        config: &SinkConfig,
+        spool: Option<Spool>,
+        shared: Arc<Shared>,
+        tokens: Tokens,
+    ) -> Consumer<W> {
+        let keys = KeySource::new(random_instance());
+        let delivery = Delivery {
+            writer,
+            backoff: Backoff::new(config.retry_initial, config.retry_max),
+            shared: shared.clone(),
+            table: config
+                .table_name()
+                .map_or_else(|_| config.table.clone(), |t| t.to_string()),
+            instance: keys.instance(),
+            app_token: tokens.app,
+            abort: tokens.abort,
+            dead_letter: spool.as_ref().map(|s| DeadLetter::in_dir(s.dir())),
+        };
+        Consumer {
+            rx,
+            stop: tokens.stop,
+            batch_size: config.batch_size,
+            encoder: BatchEncoder::new(
+                CopyEncoder::new(config.max_record_bytes),
+                keys,
+                shared.clone(),
+            ),
+            delivery,
+            spill: Spill::new(spool, config.max_queue_bytes, shared.clone()),
+            shared,
+            ledger_retention: config.ledger_retention,
+            last_prune: None,
+        }
+    }
+
     pub(crate) async fn run(mut self) -> Report {
         let mut records = Vec::with_capacity(self.batch_size);
-        let mut tally = Tally {
-            // A first guess, replaced by measurement as batches go by.
-            avg_record_bytes: 256.0,
-            ..Tally::default()
-        };
         loop {
-            if self.spool.as_ref().is_some_and(|s| !s.is_empty()) {
-                match self.replay_oldest_segment(&mut tally).await {
+            if let Some(segment) = self.spill.next_segment() {
+                match self.replay(segment).await {
                     Ok(()) => continue,
                     Err(_stopped) => break,
                 }
@@ -107,26 +105,29 @@ impl Consumer {
             if !self.next_batch(&mut records).await {
                 break;
             }
-            Shared::add(&self.shared.received, records.len() as u64);
-            self.shared
-                .oldest_unwritten_micros
-                .store(unix_micros(records[0].timestamp), Ordering::Relaxed);
-            let batch = self.encode(&records, &mut tally);
-            records.clear();
-            self.spill_if_over_budget(&mut tally);
-            let delivered = self.deliver_all(batch, Source::Queue, &mut tally).await;
+            let batch = self.take(&mut records);
+            let delivered = self.hand_on(batch, Source::Queue).await;
             self.shared
                 .oldest_unwritten_micros
                 .store(0, Ordering::Relaxed);
             if delivered.is_err() {
                 break;
             }
-            self.prune_ledger_now_and_then(&mut tally).await;
+            // Also when the queue drains: a full sink takes records again.
+            self.spill
+                .keep_budget(&self.rx, &mut self.encoder, self.batch_size);
+            self.prune_ledger_now_and_then().await;
         }
         // Drained, or stopped (fatal error, deadline): whatever is still
         // queued goes to the spool or is counted lost, and later sends fail.
-        self.spill_everything(&mut tally);
-        self.finish(tally)
+        self.spill
+            .spill_everything(&self.rx, &mut self.encoder, self.batch_size);
+        self.shared.retrying.store(false, Ordering::Relaxed);
+        Report::from_shared(
+            &self.shared,
+            self.spill.spool_dir().map(ToOwned::to_owned),
+            self.delivery.abort.is_cancelled(),
+        )
     }
 
     /// Fill `records` with the next records: wait for the first, then take
@@ -145,423 +146,406 @@ impl Consumer {
             return false;
         };
         records.push(first);
-        while records.len() < self.batch_size {
-            match self.rx.try_recv() {
-                Ok(record) => records.push(record),
-                Err(_) => break,
-            }
-        }
+        records.extend(self.rx.try_iter().take(self.batch_size - 1));
         true
     }
 
-    fn encode(&mut self, records: &[Record], tally: &mut Tally) -> EncodedBatch {
-        let (batch, stats) = self.encoder.encode(self.keys.next(), records);
-        Shared::add(&self.shared.nul_replaced, stats.nul_replaced);
-        Shared::add(&self.shared.truncated, stats.truncated);
-        if self.spool.is_some() {
-            let bytes: usize = records.iter().map(approx_record_size).sum();
-            let avg = bytes as f64 / records.len().max(1) as f64;
-            tally.avg_record_bytes = 0.9 * tally.avg_record_bytes + 0.1 * avg;
-        }
+    /// Count the records taken, learn their size, encode them.
+    fn take(&mut self, records: &mut Vec<Record>) -> EncodedBatch {
+        Shared::add(&self.shared.received, records.len() as u64);
+        self.shared
+            .oldest_unwritten_micros
+            .store(unix_micros(records[0].timestamp), Ordering::Relaxed);
+        self.spill.observe(records);
+        let batch = self.encoder.encode(records);
+        records.clear();
         batch
     }
 
-    /// Deliver a batch, splitting it around refused rows. On a stop, what
-    /// was not written is spooled (queue batches) or left in the spool.
-    async fn deliver_all(
-        &mut self,
-        batch: EncodedBatch,
-        source: Source,
-        tally: &mut Tally,
-    ) -> Result<(), Stop> {
-        // Depth-first over halves, left first, so rows keep their order.
-        let mut pending = vec![(batch, None::<WriteError>)];
-        while let Some((batch, known_poison)) = pending.pop() {
-            let poison = match known_poison {
-                Some(error) => error,
-                None => match self.deliver(&batch, source, tally).await {
-                    Delivery::Committed => continue,
-                    Delivery::Poison(error) => error,
-                    Delivery::StoppedBefore(stop) => {
-                        self.park(&batch, source, false, tally);
-                        for (rest, _) in pending {
-                            self.park(&rest, source, false, tally);
-                        }
-                        return Err(stop);
-                    }
-                    Delivery::StoppedDuring => {
-                        self.park(&batch, source, true, tally);
-                        for (rest, _) in pending {
-                            self.park(&rest, source, false, tally);
-                        }
-                        return Err(Stop::Deadline);
-                    }
-                },
-            };
-            if batch.rows() == 1 {
-                self.reject(&batch, &poison, tally).await;
-                continue;
-            }
-            let mid = batch.rows() / 2;
-            pending.push((batch.sub_batch(mid..batch.rows()), None));
-            pending.push((batch.sub_batch(0..mid), None));
-        }
-        Ok(())
-    }
-
-    /// Write one batch, retrying transient errors until they clear or the
-    /// shutdown deadline passes.
-    async fn deliver(
-        &mut self,
-        batch: &EncodedBatch,
-        source: Source,
-        tally: &mut Tally,
-    ) -> Delivery {
-        let rows = batch.rows() as u64;
-        self.backoff.reset();
-        loop {
-            let client = tokio::select! {
-                biased;
-                _ = self.abort.cancelled() => return Delivery::StoppedBefore(Stop::Deadline),
-                client = self.pool.get() => client.map_err(WriteError::from),
-            };
-            let started = Instant::now();
-            let result = match client {
-                Ok(mut client) => {
-                    let outcome = tokio::select! {
-                        biased;
-                        _ = self.abort.cancelled() => None,
-                        result = write_batch(&mut client, &self.statements, batch) => Some(result),
-                    };
-                    match outcome {
-                        None => {
-                            // Cut off mid-transaction: the connection must
-                            // not go back to the pool for someone else.
-                            drop(deadpool_postgres::Object::take(client));
-                            return Delivery::StoppedDuring;
-                        }
-                        Some(Err(e)) if needs_fresh_connection(&e) => {
-                            drop(deadpool_postgres::Object::take(client));
-                            Err(e)
-                        }
-                        Some(result) => result,
+    /// Deliver one batch, keeping the queue within its budget meanwhile.
+    /// What a stopped delivery leaves goes to the spool.
+    async fn hand_on(&mut self, batch: EncodedBatch, source: Source) -> Result<(), Stop> {
+        let outcome = {
+            let delivery = self.delivery.deliver(batch, source);
+            tokio::pin!(delivery);
+            let mut check = tokio::time::interval(BUDGET_CHECK);
+            check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tokio::select! {
+                    biased;
+                    outcome = &mut delivery => break outcome,
+                    _ = check.tick() => {
+                        self.spill.keep_budget(&self.rx, &mut self.encoder, self.batch_size);
                     }
                 }
-                Err(e) => Err(e),
-            };
-            let error = match result {
-                Ok(committed) => {
-                    metrics::histogram!("pglogsink_copy_duration_seconds")
-                        .record(started.elapsed().as_secs_f64());
-                    metrics::histogram!("pglogsink_batch_rows").record(rows as f64);
-                    if self.shared.retrying.swap(false, Ordering::Relaxed) {
-                        if let Ok(mut last) = self.shared.last_error.lock() {
-                            *last = None;
-                        }
-                        tracing::info!(target: "pglogsink", "the database accepts writes again");
-                    }
-                    match committed {
-                        Committed::Written => {
-                            Shared::add(&self.shared.written, rows);
-                            Shared::add(&self.shared.batches, 1);
-                        }
-                        Committed::AlreadyWritten => {
-                            Shared::add(&self.shared.already_written, rows);
-                            tracing::info!(
-                                target: "pglogsink",
-                                rows,
-                                "batch was already committed (its earlier attempt's outcome was lost); not writing it twice"
-                            );
-                        }
-                    }
-                    if source == Source::Spool {
-                        Shared::add(&self.shared.replayed, rows);
-                        if batch.key.instance == self.keys.instance() {
-                            tally.own_replayed += rows;
-                        }
-                    }
-                    return Delivery::Committed;
-                }
-                Err(e) => e,
-            };
-            match classify(&error) {
-                Class::Transient(reason) => {
-                    Shared::add(&self.shared.retries, 1);
-                    metrics::counter!("pglogsink_retries_total", "reason" => reason).increment(1);
-                    self.shared.retrying.store(true, Ordering::Relaxed);
-                    if let Ok(mut last) = self.shared.last_error.lock() {
-                        *last = Some(format!("{reason}: {error}"));
-                    }
-                    let delay = self.backoff.next_delay();
-                    tracing::warn!(
-                        target: "pglogsink",
-                        reason,
-                        error = %error,
-                        rows,
-                        retry_in_ms = delay.as_millis() as u64,
-                        "transient database error; the batch will be retried"
-                    );
-                    if self.wait_keeping_budget(delay, tally).await.is_err() {
-                        return Delivery::StoppedBefore(Stop::Deadline);
-                    }
-                }
-                Class::Poison => return Delivery::Poison(error),
-                Class::Fatal => {
-                    let fatal = fatal_error(&error, &self.table);
-                    tracing::error!(target: "pglogsink", error = %fatal, "fatal database error; stopping");
-                    if let Ok(mut slot) = self.shared.fatal.lock() {
-                        *slot = Some(fatal);
-                    }
-                    self.shared.closed.store(true, Ordering::Release);
-                    self.app_token.cancel();
-                    return Delivery::StoppedBefore(Stop::Fatal);
-                }
-            }
-        }
-    }
-
-    /// Sleep `delay`, moving the queue to the spool whenever it grows past
-    /// the memory budget. Err when the shutdown deadline passes.
-    async fn wait_keeping_budget(&mut self, delay: Duration, tally: &mut Tally) -> Result<(), ()> {
-        let until = tokio::time::Instant::now() + delay;
-        loop {
-            self.spill_if_over_budget(tally);
-            let now = tokio::time::Instant::now();
-            if now >= until {
-                return Ok(());
-            }
-            let step = (until - now).min(BUDGET_CHECK);
-            tokio::select! {
-                biased;
-                _ = self.abort.cancelled() => return Err(()),
-                _ = tokio::time::sleep(step) => {}
-            }
-        }
-    }
-
-    /// Store a refused row in the rejected table, or else the dead-letter
-    /// file, or else count it lost.
-    async fn reject(&mut self, batch: &EncodedBatch, error: &WriteError, tally: &mut Tally) {
-        let record = row_to_json(batch.row(0));
-        let sqlstate = error.sqlstate().map(str::to_owned);
-        let message = error.to_string();
-        tracing::warn!(
-            target: "pglogsink",
-            sqlstate = sqlstate.as_deref().unwrap_or(""),
-            error = %message,
-            "PostgreSQL refused a row; storing it in the rejected table"
-        );
-        let stored = match self.pool.get().await {
-            Ok(client) => {
-                store_rejected(
-                    &client,
-                    &self.statements,
-                    sqlstate.as_deref(),
-                    &message,
-                    &record,
-                )
-                .await
-            }
-            Err(e) => Err(WriteError::from(e)),
-        };
-        let store_error = match stored {
-            Ok(()) => {
-                Shared::add(&self.shared.rejected, 1);
-                return;
-            }
-            Err(e) => e,
-        };
-        let entry = serde_json::json!({
-            "table": self.table,
-            "sqlstate": sqlstate,
-            "error": message,
-            "rejected_table_error": store_error.to_string(),
-            "record": record,
-        });
-        match self.spool.as_mut().map(|s| s.dead_letter(&entry)) {
-            Some(Ok(path)) => {
-                Shared::add(&self.shared.dead_lettered, 1);
-                tracing::error!(target: "pglogsink", error = %store_error, file = %path.display(),
-                    "could not store a refused row in the rejected table; wrote it to the dead-letter file");
-            }
-            Some(Err(e)) => {
-                tally.not_written += 1;
-                tracing::error!(target: "pglogsink", error = %e, record = %entry, "a refused row is lost: the dead-letter file could not be written");
-            }
-            None => {
-                tally.not_written += 1;
-                tracing::error!(target: "pglogsink", error = %store_error, record = %entry,
-                    "a refused row is lost: the rejected table failed and there is no spool for a dead-letter file");
-            }
-        }
-    }
-
-    /// A batch that will not be written now: to the spool if it came from
-    /// the queue (it stays there if it came from the spool), else lost.
-    fn park(&mut self, batch: &EncodedBatch, source: Source, in_flight: bool, tally: &mut Tally) {
-        if source == Source::Spool {
-            return;
-        }
-        let rows = batch.rows() as u64;
-        match self.spool.as_mut().map(|s| s.append(batch)) {
-            Some(Ok(())) => Shared::add(&self.shared.spooled, rows),
-            Some(Err(e)) => {
-                tracing::error!(target: "pglogsink", error = %e, rows, "could not write to the spool; records lost");
-                tally.not_written += rows;
-            }
-            None if in_flight => tally.in_doubt += rows,
-            None => tally.not_written += rows,
-        }
-    }
-
-    /// With a spool, move the whole queue to disk when its estimated size is
-    /// past the budget.
-    fn spill_if_over_budget(&mut self, tally: &mut Tally) {
-        if self.spool.is_none() {
-            return;
-        }
-        let estimated = self.rx.len() as f64 * tally.avg_record_bytes;
-        if estimated <= self.max_queue_bytes as f64 {
-            return;
-        }
-        let spilled = self.spill_queue(tally);
-        if let Some(spool) = self.spool.as_mut() {
-            if let Err(e) = spool.flush() {
-                tracing::error!(target: "pglogsink", error = %e, "could not flush the spool");
-            }
-        }
-        tracing::warn!(
-            target: "pglogsink",
-            records = spilled,
-            estimated_bytes = estimated as u64,
-            budget = self.max_queue_bytes,
-            "the queue passed its memory budget; moved it to the spool"
-        );
-    }
-
-    /// Move everything queued to the spool (or count it lost). Returns how
-    /// many records were taken.
-    fn spill_queue(&mut self, tally: &mut Tally) -> u64 {
-        if self.spool.is_none() {
-            // Nowhere to keep them: count, without encoding.
-            let lost = self.rx.drain().count() as u64;
-            Shared::add(&self.shared.received, lost);
-            tally.not_written += lost;
-            return lost;
-        }
-        let mut records = Vec::with_capacity(self.batch_size);
-        let mut taken = 0;
-        loop {
-            records.extend(self.rx.try_iter().take(self.batch_size));
-            if records.is_empty() {
-                return taken;
-            }
-            taken += records.len() as u64;
-            Shared::add(&self.shared.received, records.len() as u64);
-            let batch = self.encode(&records, tally);
-            records.clear();
-            self.park(&batch, Source::Queue, false, tally);
-        }
-    }
-
-    /// At the end: whatever is still queued is spooled or counted lost, and
-    /// later sends fail.
-    fn spill_everything(&mut self, tally: &mut Tally) {
-        self.shared.closed.store(true, Ordering::Release);
-        let spilled = self.spill_queue(tally);
-        if let Some(spool) = self.spool.as_mut() {
-            if let Err(e) = spool.flush() {
-                tracing::error!(target: "pglogsink", error = %e, "could not flush the spool");
-            }
-            if spilled > 0 {
-                tracing::warn!(target: "pglogsink", records = spilled, dir = %spool.dir().display(),
-                    "spooled the records that could not be written; they will be written at the next start");
-            }
-        }
-    }
-
-    /// Replay the oldest spool segment, batch by batch.
-    async fn replay_oldest_segment(&mut self, tally: &mut Tally) -> Result<(), Stop> {
-        let Some(spool) = self.spool.as_mut() else {
-            return Ok(());
-        };
-        let mut segment = match spool.oldest() {
-            Ok(Some(segment)) => segment,
-            Ok(None) => return Ok(()),
-            Err(e) => {
-                // Cannot read the spool: stop replaying rather than spin.
-                tracing::error!(target: "pglogsink", error = %e, dir = %spool.dir().display(),
-                    "cannot read the spool; replay is disabled for this run");
-                self.spool = None;
-                return Ok(());
             }
         };
-        if let Some(corrupt) = &segment.corrupt {
-            Shared::add(&self.shared.spool_corrupt_bytes, corrupt.skipped_bytes);
-            tracing::warn!(
-                target: "pglogsink",
-                segment = %segment.path.display(),
-                offset = corrupt.offset,
-                skipped_bytes = corrupt.skipped_bytes,
-                reason = corrupt.reason,
-                "spool segment ends in a torn or corrupt entry; replaying the entries before it and skipping the rest"
-            );
-        }
-        let rows: usize = segment.batches.iter().map(EncodedBatch::rows).sum();
-        tracing::info!(target: "pglogsink", segment = %segment.path.display(), rows, "replaying spooled records");
+        outcome.map_err(|stopped| {
+            let why = stopped.why;
+            self.spill.park_stopped(stopped, source);
+            why
+        })
+    }
+
+    /// Replay a spooled segment batch by batch; it goes once all are
+    /// delivered.
+    async fn replay(&mut self, mut segment: crate::spool::Segment) -> Result<(), Stop> {
         for batch in std::mem::take(&mut segment.batches) {
-            self.deliver_all(batch, Source::Spool, tally).await?;
+            self.hand_on(batch, Source::Spool).await?;
         }
-        if let Some(spool) = self.spool.as_mut() {
-            if let Err(e) = spool.remove(&segment) {
-                tracing::error!(target: "pglogsink", error = %e, segment = %segment.path.display(),
-                    "cannot remove a replayed spool segment; replay is disabled for this run (its batches are in the ledger and will not be written twice)");
-                self.spool = None;
-            }
-        }
+        self.spill.replayed(&segment);
         Ok(())
     }
 
-    async fn prune_ledger_now_and_then(&mut self, tally: &mut Tally) {
-        if tally.last_prune.is_some_and(|t| t.elapsed() < PRUNE_EVERY) {
+    async fn prune_ledger_now_and_then(&mut self) {
+        if self.last_prune.is_some_and(|t| t.elapsed() < PRUNE_EVERY) {
             return;
         }
-        tally.last_prune = Some(Instant::now());
-        let Ok(client) = self.pool.get().await else {
-            return;
-        };
-        match prune_ledger(&client, &self.statements, self.ledger_retention).await {
-            Ok(n) if n > 0 => {
-                tracing::debug!(target: "pglogsink", rows = n, "pruned the batch ledger")
+        self.last_prune = Some(Instant::now());
+        self.delivery.prune_ledger(self.ledger_retention).await;
+    }
+}
+
+/// The consumer's decisions against a fake database, in paused time: fast
+/// and deterministic. (The real thing is in `tests/integration`.)
+#[cfg(test)]
+mod tests {
+    use std::collections::{HashSet, VecDeque};
+    use std::path::PathBuf;
+    use std::sync::Mutex;
+
+    use super::*;
+    use crate::classify::WriteError;
+    use crate::copy::Committed;
+    use crate::copy_format::row_to_json;
+    use crate::ledger::BatchKey;
+    use crate::record::Level;
+    use crate::rejected::RejectedRow;
+    use crate::sink::spawn_with;
+    use crate::{Logger, SendError, Worker};
+
+    /// What the fake answers to the next write (after that, it writes).
+    #[derive(Debug, Clone, Copy)]
+    enum Answer {
+        Transient,
+        Fatal,
+        /// Wait until the test opens the gate, then write.
+        Hang,
+    }
+
+    #[derive(Default)]
+    struct Db {
+        answers: VecDeque<Answer>,
+        /// Messages whose rows the fake refuses (SQLSTATE 22P02).
+        poison: HashSet<String>,
+        rejected_table_fails: bool,
+        ledger: HashSet<BatchKey>,
+        rows: Vec<String>,
+        rejected: Vec<String>,
+    }
+
+    #[derive(Clone, Default)]
+    struct Fake {
+        db: Arc<Mutex<Db>>,
+        gate: Arc<tokio::sync::RwLock<()>>,
+    }
+
+    impl Fake {
+        fn answering(answers: &[Answer]) -> Fake {
+            let fake = Fake::default();
+            fake.db.lock().unwrap().answers = answers.iter().copied().collect();
+            fake
+        }
+
+        fn rows(&self) -> Vec<String> {
+            self.db.lock().unwrap().rows.clone()
+        }
+    }
+
+    impl Writer for Fake {
+        async fn write(&mut self, batch: &EncodedBatch) -> Result<Committed, WriteError> {
+            let answer = self.db.lock().unwrap().answers.pop_front();
+            match answer {
+                Some(Answer::Transient) => {
+                    return Err(WriteError::TimedOut(Duration::from_secs(1)))
+                }
+                Some(Answer::Fatal) => return Err(WriteError::Server("42P01")),
+                Some(Answer::Hang) => drop(self.gate.read().await),
+                None => {}
             }
-            Ok(_) => {}
-            Err(e) => {
-                tracing::warn!(target: "pglogsink", error = %e, "could not prune the batch ledger")
+            let messages: Vec<String> = (0..batch.rows())
+                .map(|i| {
+                    row_to_json(batch.row(i))["message"]
+                        .as_str()
+                        .unwrap()
+                        .to_owned()
+                })
+                .collect();
+            let mut db = self.db.lock().unwrap();
+            if messages.iter().any(|m| db.poison.contains(m)) {
+                return Err(WriteError::Server("22P02"));
+            }
+            if !db.ledger.insert(batch.key) {
+                return Ok(Committed::AlreadyWritten);
+            }
+            db.rows.extend(messages);
+            Ok(Committed::Written)
+        }
+
+        async fn store_rejected(&mut self, row: &RejectedRow) -> Result<(), WriteError> {
+            let mut db = self.db.lock().unwrap();
+            if db.rejected_table_fails {
+                return Err(WriteError::Server("42P01"));
+            }
+            let message = row.record["message"].as_str().unwrap_or_default();
+            db.rejected.push(message.to_owned());
+            Ok(())
+        }
+
+        async fn prune_ledger(&mut self, _retention: Duration) -> Result<u64, WriteError> {
+            Ok(0)
+        }
+    }
+
+    fn config(spool: Option<PathBuf>) -> SinkConfig {
+        SinkConfig {
+            batch_size: 100,
+            retry_initial: Duration::from_millis(100),
+            retry_max: Duration::from_secs(1),
+            spool_dir: spool,
+            max_queue_bytes: 1024 * 1024,
+            spool_min_free_bytes: 0,
+            ..SinkConfig::default()
+        }
+    }
+
+    fn spool_dir(name: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!(
+            "pglogsink-consumer-test-{name}-{}",
+            std::process::id()
+        ));
+        let _ = std::fs::remove_dir_all(&dir);
+        dir
+    }
+
+    fn start(fake: &Fake, config: &SinkConfig) -> (Logger, Worker, CancellationToken) {
+        let app = CancellationToken::new();
+        let (logger, worker) = spawn_with(fake.clone(), config, app.clone()).unwrap();
+        (logger, worker, app)
+    }
+
+    /// Log `m{from}`..`m{to}`; how many were taken.
+    fn log_numbered(logger: &Logger, range: std::ops::Range<u32>) -> u64 {
+        range
+            .filter(|i| logger.log(Level::Info, format!("m{i}")).is_ok())
+            .count() as u64
+    }
+
+    fn numbered(range: std::ops::Range<u32>) -> Vec<String> {
+        range.map(|i| format!("m{i}")).collect()
+    }
+
+    /// Let the consumer run for `ms` milliseconds of (paused) time.
+    async fn run_for(ms: u64) {
+        tokio::time::sleep(Duration::from_millis(ms)).await;
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn transient_errors_are_retried_with_growing_delays() {
+        let fake = Fake::answering(&[Answer::Transient; 3]);
+        let (logger, worker, _) = start(&fake, &config(None));
+        let started = tokio::time::Instant::now();
+        log_numbered(&logger, 0..10);
+        while logger.stats().written < 10 {
+            run_for(1).await;
+        }
+        let waited = started.elapsed();
+        // Equal jitter: each delay is within [d/2, d] of 100, 200, 400 ms.
+        assert!(
+            waited >= Duration::from_millis(350) && waited <= Duration::from_millis(710),
+            "{waited:?}"
+        );
+        let report = worker.shutdown(Duration::from_secs(1)).await;
+        assert_eq!((report.written, report.retries), (10, 3));
+        assert!(report.is_complete(), "{report}");
+        assert_eq!(fake.rows(), numbered(0..10));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn refused_rows_are_isolated_and_the_rest_written_in_order() {
+        let fake = Fake::default();
+        fake.db.lock().unwrap().poison = ["m3", "m7"].map(String::from).into();
+        let (logger, worker, _) = start(&fake, &config(None));
+        log_numbered(&logger, 0..10);
+        let report = worker.shutdown(Duration::from_secs(1)).await;
+        assert_eq!((report.written, report.rejected), (8, 2), "{report}");
+        let mut expected = numbered(0..10);
+        expected.retain(|m| m != "m3" && m != "m7");
+        assert_eq!(fake.rows(), expected);
+        assert_eq!(fake.db.lock().unwrap().rejected, ["m3", "m7"]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_refused_row_the_table_cannot_keep_goes_to_the_dead_letter_file_or_is_counted() {
+        for with_spool in [true, false] {
+            let fake = Fake::default();
+            {
+                let mut db = fake.db.lock().unwrap();
+                db.poison = ["m1".to_owned()].into();
+                db.rejected_table_fails = true;
+            }
+            let dir = spool_dir(&format!("dead-letter-{with_spool}"));
+            let config = config(with_spool.then(|| dir.clone()));
+            let (logger, worker, _) = start(&fake, &config);
+            log_numbered(&logger, 0..3);
+            let report = worker.shutdown(Duration::from_secs(1)).await;
+            assert_eq!(report.written, 2);
+            if with_spool {
+                assert_eq!((report.dead_lettered, report.not_written), (1, 0));
+                let file = std::fs::read_to_string(dir.join("dead-letter.ndjson")).unwrap();
+                assert_eq!(file.lines().count(), 1);
+                assert!(file.contains(r#""message":"m1""#), "{file}");
+            } else {
+                assert_eq!((report.dead_lettered, report.lost.refused_row), (0, 1));
+                assert_eq!(report.not_written, 1);
             }
         }
     }
 
-    fn finish(self, tally: Tally) -> Report {
-        self.shared.retrying.store(false, Ordering::Relaxed);
-        let stats = self.shared.snapshot(0);
-        Report {
-            written: stats.written,
-            spooled: stats.spooled,
-            replayed: stats.replayed,
-            rejected: stats.rejected,
-            dead_lettered: stats.dead_lettered,
-            already_written: stats.already_written,
-            truncated: stats.truncated,
-            spool_corrupt_bytes: stats.spool_corrupt_bytes,
-            not_written: tally.not_written,
-            in_doubt: tally.in_doubt,
-            spool_dir: self.spool.as_ref().map(|s| s.dir().to_owned()),
-            batches: stats.batches,
-            retries: stats.retries,
-            nul_replaced: stats.nul_replaced,
-            timed_out: self.abort.is_cancelled(),
-            fatal: self.shared.fatal.lock().map(|f| f.clone()).unwrap_or(None),
-            spooled_replayed: tally.own_replayed,
+    #[tokio::test(start_paused = true)]
+    async fn a_fatal_error_stops_the_application_and_spools_what_is_left() {
+        let fake = Fake::answering(&[Answer::Fatal]);
+        let dir = spool_dir("fatal");
+        let (logger, worker, app) = start(&fake, &config(Some(dir)));
+        log_numbered(&logger, 0..10);
+        app.cancelled().await;
+        assert!(matches!(
+            logger.log(Level::Info, "late"),
+            Err(SendError::Closed(_))
+        ));
+        let report = worker.shutdown(Duration::from_secs(1)).await;
+        assert!(report.fatal.is_some(), "{report}");
+        assert_eq!((report.written, report.spooled), (0, 10));
+        assert_eq!(report.left_in_spool(), 10);
+        assert_eq!(report.lost.stopped, 1);
+        assert!(fake.rows().is_empty());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn at_the_deadline_a_hung_write_is_in_doubt_or_spooled() {
+        for with_spool in [false, true] {
+            let fake = Fake::answering(&[Answer::Hang]);
+            let _closed = fake.gate.clone().write_owned().await;
+            let dir = spool_dir(&format!("deadline-{with_spool}"));
+            let config = config(with_spool.then_some(dir));
+            let (logger, worker, _) = start(&fake, &config);
+            log_numbered(&logger, 0..10);
+            run_for(10).await;
+            log_numbered(&logger, 10..15);
+            let report = worker.shutdown(Duration::from_secs(2)).await;
+            assert!(report.timed_out, "{report}");
+            assert_eq!(report.written, 0);
+            if with_spool {
+                assert_eq!((report.spooled, report.in_doubt), (15, 0), "{report}");
+            } else {
+                assert_eq!((report.in_doubt, report.lost.no_spool), (10, 5), "{report}");
+            }
         }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_queue_moves_to_the_spool_while_a_write_hangs() {
+        let fake = Fake::answering(&[Answer::Hang]);
+        let closed = fake.gate.clone().write_owned().await;
+        let dir = spool_dir("spill-while-hung");
+        let (logger, worker, _) = start(&fake, &config(Some(dir)));
+        log_numbered(&logger, 0..1);
+        run_for(10).await;
+        // The first batch hangs; 50,000 records are several budgets' worth.
+        assert_eq!(log_numbered(&logger, 1..50_001), 50_000);
+        run_for(200).await;
+        let stats = logger.stats();
+        assert!(stats.spooled >= 40_000, "{stats:?}");
+        assert!(stats.queued < 10_000, "{stats:?}");
+        assert!(!stats.full, "the spool had room");
+        drop(closed);
+        while logger.stats().written < 50_001 {
+            run_for(10).await;
+        }
+        let report = worker.shutdown(Duration::from_secs(1)).await;
+        assert!(report.is_complete(), "{report}");
+        assert_eq!(report.written, 50_001);
+        let mut rows = fake.rows();
+        rows.sort();
+        let mut expected = numbered(0..50_001);
+        expected.sort();
+        assert_eq!(rows, expected, "every record exactly once");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn without_room_send_hands_records_back_until_the_queue_drains() {
+        let fake = Fake::answering(&[Answer::Hang]);
+        let closed = fake.gate.clone().write_owned().await;
+        let (logger, worker, _) = start(&fake, &config(None));
+        log_numbered(&logger, 0..1);
+        run_for(10).await;
+        assert_eq!(log_numbered(&logger, 1..50_001), 50_000);
+        run_for(100).await;
+        assert!(logger.stats().full);
+        let reason = logger.full_reason().unwrap();
+        assert!(reason.contains("no spool"), "{reason}");
+        assert_eq!(log_numbered(&logger, 50_001..50_011), 0);
+        let refused = logger.log(Level::Info, "refused");
+        assert!(matches!(refused, Err(SendError::Full(r)) if r.message() == "refused"));
+        assert_eq!(logger.stats().lost.sink_full, 11);
+        drop(closed);
+        while logger.stats().written < 50_001 {
+            run_for(10).await;
+        }
+        assert!(!logger.stats().full);
+        assert_eq!(logger.full_reason(), None);
+        assert_eq!(log_numbered(&logger, 60_000..60_001), 1);
+        let report = worker.shutdown(Duration::from_secs(1)).await;
+        assert_eq!(
+            (report.written, report.handed_back),
+            (50_002, 11),
+            "{report}"
+        );
+        assert_eq!(report.not_written, 0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_full_spool_hands_records_back_and_every_record_is_accounted_for() {
+        let fake = Fake::answering(&[Answer::Hang]);
+        let _closed = fake.gate.clone().write_owned().await;
+        let dir = spool_dir("spool-cap");
+        let config = SinkConfig {
+            max_spool_bytes: 1024 * 1024,
+            ..config(Some(dir))
+        };
+        let (logger, worker, _) = start(&fake, &config);
+        let mut offered = 0;
+        let mut taken = log_numbered(&logger, 0..1);
+        offered += 1;
+        run_for(10).await;
+        for round in 0..10 {
+            let range = 1 + round * 20_000..1 + (round + 1) * 20_000;
+            offered += range.len() as u64;
+            taken += log_numbered(&logger, range);
+            run_for(100).await;
+        }
+        let stats = logger.stats();
+        assert!(stats.full, "{stats:?}");
+        assert!(logger.full_reason().unwrap().contains("size cap"));
+        assert!(stats.spool_bytes >= 1024 * 1024, "{stats:?}");
+        assert!(taken < offered);
+        let report = worker.shutdown(Duration::from_secs(2)).await;
+        assert_eq!(report.written, 0);
+        assert_eq!(report.lost.sink_full, offered - taken);
+        assert_eq!(
+            report.written + report.spooled + report.lost.total() + report.in_doubt,
+            offered,
+            "{report}"
+        );
     }
 }

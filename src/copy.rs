@@ -1,13 +1,15 @@
 //! Writing one batch: one transaction that claims the batch's key in the
 //! ledger and COPYs its rows. Either both are committed or neither is.
 
+use std::time::Duration;
+
 use bytes::Bytes;
 use futures_util::SinkExt;
-use tokio_postgres::types::{ToSql, Type};
 
 use crate::batch::EncodedBatch;
 use crate::classify::WriteError;
 use crate::copy_format::COLUMNS;
+use crate::ledger::Ledger;
 use crate::table::TableName;
 
 /// Size of the CopyData messages a batch is sent in, so that the server can
@@ -15,32 +17,33 @@ use crate::table::TableName;
 const CHUNK: usize = 256 * 1024;
 
 /// The SQL the writer uses for one table.
-pub(crate) struct Statements {
+pub(crate) struct CopyStatements {
     copy: String,
-    claim: String,
-    prune: String,
-    reject: String,
+    /// `SET LOCAL` of the transaction's lock and statement timeouts.
+    timeouts: String,
+    pub(crate) ledger: Ledger,
 }
 
-impl Statements {
-    pub(crate) fn new(table: &TableName) -> Statements {
-        let ledger = table.ledger_table().quoted();
-        Statements {
+impl CopyStatements {
+    /// `lock_timeout` bounds the wait for a lock on the table (held by a
+    /// migration, `VACUUM FULL`, a partition being dropped);
+    /// `statement_timeout` bounds each statement of the transaction.
+    pub(crate) fn new(
+        table: &TableName,
+        lock_timeout: Duration,
+        statement_timeout: Duration,
+    ) -> CopyStatements {
+        CopyStatements {
             copy: format!(
                 "COPY {} ({COLUMNS}) FROM STDIN (FORMAT binary)",
                 table.quoted()
             ),
-            claim: format!(
-                "INSERT INTO {ledger} (instance, seq, part, rows) VALUES ($1, $2, $3, $4) \
-                 ON CONFLICT DO NOTHING"
+            timeouts: format!(
+                "SET LOCAL lock_timeout = {}; SET LOCAL statement_timeout = {}",
+                lock_timeout.as_millis().max(1),
+                statement_timeout.as_millis().max(1)
             ),
-            prune: format!(
-                "DELETE FROM {ledger} WHERE committed_at < now() - make_interval(secs => $1)"
-            ),
-            reject: format!(
-                "INSERT INTO {} (sqlstate, error, record) VALUES ($1, $2, $3)",
-                table.rejected_table().quoted()
-            ),
+            ledger: Ledger::new(table),
         }
     }
 }
@@ -59,30 +62,26 @@ pub(crate) enum Committed {
 ///
 /// Pooler-safe: nothing is left on the server connection when the
 /// transaction ends, so this works through PgBouncer in transaction mode
-/// (which hands each transaction to any server connection). The ledger row
-/// goes through the unnamed statement (Parse, Bind, Execute and Sync in one
-/// round trip); the COPY needs a named statement, which is prepared inside
-/// the transaction and closed before it ends, also when it fails.
+/// (which hands each transaction to any server connection). The timeouts are
+/// `SET LOCAL` and the ledger row goes through the unnamed statement, the
+/// two pipelined in one round trip; the COPY needs a named statement, which
+/// is prepared inside the transaction and closed before it ends, also when
+/// it fails.
 pub(crate) async fn write_batch(
     client: &mut deadpool_postgres::Client,
-    statements: &Statements,
+    statements: &CopyStatements,
     batch: &EncodedBatch,
 ) -> Result<Committed, WriteError> {
     let rows = batch.rows() as u64;
-    let key = batch.key;
     let tx = client.transaction().await?;
-    let claimed = tx
-        .execute_typed(
-            &statements.claim,
-            &[
-                (&key.instance, Type::INT8),
-                (&key.seq, Type::INT8),
-                (&key.part, Type::INT4),
-                (&(rows as i32), Type::INT4),
-            ],
-        )
-        .await?;
-    if claimed == 0 {
+    let set_timeouts = async {
+        tx.batch_execute(&statements.timeouts)
+            .await
+            .map_err(WriteError::from)
+    };
+    let claim = statements.ledger.claim(&tx, batch.key, batch.rows());
+    let ((), claimed) = tokio::try_join!(set_timeouts, claim)?;
+    if !claimed {
         tx.rollback().await?;
         return Ok(Committed::AlreadyWritten);
     }
@@ -104,7 +103,7 @@ pub(crate) async fn write_batch(
 /// transaction too.)
 async fn copy_rows(
     tx: &deadpool_postgres::Transaction<'_>,
-    statements: &Statements,
+    statements: &CopyStatements,
     batch: &EncodedBatch,
 ) -> Result<u64, WriteError> {
     let copy = tx.prepare(&statements.copy).await?;
@@ -118,41 +117,4 @@ async fn copy_rows(
         offset = end;
     }
     Ok(sink.as_mut().finish().await?)
-}
-
-/// Store a row PostgreSQL refused in the rejected-rows table (one unnamed
-/// statement: pooler-safe).
-pub(crate) async fn store_rejected(
-    client: &deadpool_postgres::Client,
-    statements: &Statements,
-    sqlstate: Option<&str>,
-    error: &str,
-    record: &serde_json::Value,
-) -> Result<(), WriteError> {
-    client
-        .execute_typed(
-            &statements.reject,
-            &[
-                (&sqlstate as &(dyn ToSql + Sync), Type::TEXT),
-                (&error, Type::TEXT),
-                (record, Type::JSONB),
-            ],
-        )
-        .await?;
-    Ok(())
-}
-
-/// Delete ledger rows older than `retention`; returns how many (one unnamed
-/// statement: pooler-safe).
-pub(crate) async fn prune_ledger(
-    client: &deadpool_postgres::Client,
-    statements: &Statements,
-    retention: std::time::Duration,
-) -> Result<u64, WriteError> {
-    Ok(client
-        .execute_typed(
-            &statements.prune,
-            &[(&retention.as_secs_f64(), Type::FLOAT8)],
-        )
-        .await?)
 }

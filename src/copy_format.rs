@@ -17,7 +17,6 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use bytes::{BufMut, Bytes, BytesMut};
 use serde_json::Value;
 
-use crate::batch::{BatchKey, EncodedBatch};
 use crate::record::Record;
 
 /// The columns written, in COPY order.
@@ -59,12 +58,9 @@ impl CopyEncoder {
         }
     }
 
-    /// Encode `records` as one complete COPY stream (header, rows, trailer).
-    pub(crate) fn encode(
-        &mut self,
-        key: BatchKey,
-        records: &[Record],
-    ) -> (EncodedBatch, EncodeStats) {
+    /// Encode `records` as one complete COPY stream (header, rows, trailer),
+    /// with the offset of each row.
+    pub(crate) fn encode(&mut self, records: &[Record]) -> (Bytes, Vec<u32>, EncodeStats) {
         let mut stats = EncodeStats::default();
         let mut offsets = Vec::with_capacity(records.len());
         self.buf.clear();
@@ -79,7 +75,7 @@ impl CopyEncoder {
         // split() hands the bytes out and keeps the allocation for the next
         // batch once the COPY has released them.
         let data = self.buf.split().freeze();
-        (EncodedBatch::new(key, data, offsets), stats)
+        (data, offsets, stats)
     }
 
     /// Returns (NULs replaced, truncated).
@@ -369,11 +365,34 @@ mod tests {
     use super::*;
     use crate::record::Level;
 
-    const KEY: BatchKey = BatchKey {
-        instance: 1,
-        seq: 2,
-        part: 0,
-    };
+    /// What `encode` returned, with the accessors the tests need.
+    struct Encoded {
+        data: Bytes,
+        offsets: Vec<u32>,
+    }
+
+    impl Encoded {
+        fn rows(&self) -> usize {
+            self.offsets.len()
+        }
+
+        fn byte_range(&self, rows: Range<usize>) -> Range<usize> {
+            let end = self
+                .offsets
+                .get(rows.end)
+                .map_or(self.data.len() - TRAILER.len(), |&o| o as usize);
+            self.offsets[rows.start] as usize..end
+        }
+
+        fn row(&self, i: usize) -> &[u8] {
+            &self.data[self.byte_range(i..i + 1)]
+        }
+    }
+
+    fn encoded(encoder: &mut CopyEncoder, records: &[Record]) -> (Encoded, EncodeStats) {
+        let (data, offsets, stats) = encoder.encode(records);
+        (Encoded { data, offsets }, stats)
+    }
 
     fn field_at(row: &[u8], index: usize) -> Option<Vec<u8>> {
         let mut at = 2;
@@ -397,8 +416,8 @@ mod tests {
         r
     }
 
-    fn encode(records: &[Record]) -> (EncodedBatch, EncodeStats) {
-        CopyEncoder::new(1 << 20).encode(KEY, records)
+    fn encode(records: &[Record]) -> (Encoded, EncodeStats) {
+        encoded(&mut CopyEncoder::new(1 << 20), records)
     }
 
     #[test]
@@ -467,7 +486,7 @@ mod tests {
             Record::new(Level::Info, big.clone()),
             Record::new(Level::Info, "m").field("blob", big.clone()),
         ];
-        let (batch, stats) = encoder.encode(KEY, &records);
+        let (batch, stats) = encoded(&mut encoder, &records);
         assert_eq!(stats.truncated, 2);
         let message = String::from_utf8(field_at(batch.row(1), 3).unwrap()).unwrap();
         assert!(message.len() <= 1000, "{}", message.len());
@@ -482,7 +501,7 @@ mod tests {
     fn truncation_respects_utf8_boundaries() {
         let mut encoder = CopyEncoder::new(300);
         let records = vec![Record::new(Level::Info, "é".repeat(1000))];
-        let (batch, stats) = encoder.encode(KEY, &records);
+        let (batch, stats) = encoded(&mut encoder, &records);
         assert_eq!(stats.truncated, 1);
         let message = field_at(batch.row(0), 3).unwrap();
         assert!(String::from_utf8(message).is_ok());
@@ -534,10 +553,10 @@ mod tests {
     fn the_buffer_is_reused_between_batches() {
         let mut encoder = CopyEncoder::new(1 << 20);
         let records: Vec<Record> = (0..100).map(|_| stamped(Level::Info, "hello")).collect();
-        let (first, _) = encoder.encode(KEY, &records);
+        let (first, _) = encoded(&mut encoder, &records);
         let (len, ptr) = (first.data.len(), first.data.as_ptr());
         drop(first);
-        let (second, _) = encoder.encode(KEY, &records);
+        let (second, _) = encoded(&mut encoder, &records);
         assert_eq!(second.data.len(), len);
         assert_eq!(
             second.data.as_ptr(),

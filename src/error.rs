@@ -1,7 +1,7 @@
 //! The error type of everything that is not the hot path: configuration,
 //! connecting, migrating, starting the embedded server.
 //!
-//! `log()` has its own tiny error ([`Closed`](crate::Closed)) because it must
+//! `log()` has its own tiny error ([`SendError`](crate::SendError)) because it must
 //! hand the record back; the consumer's write errors are classified in
 //! [`classify`](crate::classify) and reported in the shutdown
 //! [`Report`](crate::Report), never returned to producers.

@@ -37,40 +37,47 @@ mod consumer;
 mod copy;
 mod copy_format;
 mod database;
+mod delivery;
 pub mod embedded;
 mod error;
 #[cfg(feature = "tracing-layer")]
 mod layer;
+mod ledger;
 mod logger;
 mod maintain;
 mod partitions;
 pub mod query;
 mod record;
+mod rejected;
 mod report;
 mod schema;
 mod sink;
+mod spill;
 mod spool;
 mod stats;
 mod table;
 mod tls;
 mod upgrade;
+mod writer;
 
 pub use config::{
-    SinkConfig, DEFAULT_BATCH_SIZE, DEFAULT_LEDGER_RETENTION, DEFAULT_MAX_QUEUE_BYTES,
-    DEFAULT_MAX_RECORD_BYTES, DEFAULT_SHUTDOWN_TIMEOUT, DEFAULT_TABLE, MAX_BATCH_SIZE,
+    SinkConfig, DEFAULT_BATCH_SIZE, DEFAULT_LEDGER_RETENTION, DEFAULT_LOCK_TIMEOUT,
+    DEFAULT_MAX_QUEUE_BYTES, DEFAULT_MAX_RECORD_BYTES, DEFAULT_MAX_SPOOL_BYTES,
+    DEFAULT_SHUTDOWN_TIMEOUT, DEFAULT_SPOOL_MIN_FREE_BYTES, DEFAULT_TABLE, DEFAULT_WRITE_TIMEOUT,
+    MAX_BATCH_SIZE,
 };
 pub use database::{parse_url, pool, ConnectConfig, DEFAULT_POOL_SIZE};
 pub use error::{Error, ErrorKind};
 #[cfg(feature = "tracing-layer")]
 pub use layer::PgLogLayer;
-pub use logger::{Closed, Logger};
+pub use logger::{Logger, SendError};
 pub use maintain::{DroppedPartition, Maintenance, MaintenanceReport, DEFAULT_PREMAKE};
 pub use partitions::PartitionInterval;
 pub use record::{Fields, Level, ParseLevelError, Record};
 pub use report::{FatalError, Report};
 pub use schema::{migrate, migrate_with, SCHEMA_SQL};
 pub use sink::{spawn, Worker};
-pub use stats::Stats;
+pub use stats::{Lost, Stats};
 pub use table::TableName;
 pub use tls::{RootCert, SslMode};
 pub use upgrade::{upgrade, Upgrade};

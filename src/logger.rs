@@ -19,11 +19,14 @@ use crate::stats::{Shared, Stats};
 /// unbounded in-memory queue that the sink's single consumer drains. Clone it
 /// freely (into axum state, into worker threads); all clones feed one queue.
 ///
-/// After the sink has stopped (shutdown, or a fatal database error) every call
-/// returns [`Closed`] with the record, so the caller can see it was not taken.
+/// A record that is not taken is handed back in a [`SendError`]: `Closed`
+/// after the sink has stopped (shutdown, or a fatal database error), `Full`
+/// while the queue is past its memory budget and the spool can take no more
+/// (the database has been away for long). Either way the caller sees it, and
+/// the sink counts it in [`Stats::lost`](crate::Stats::lost).
 ///
 /// ```no_run
-/// # async fn demo(logger: pglogsink::Logger) -> Result<(), pglogsink::Closed> {
+/// # async fn demo(logger: pglogsink::Logger) -> Result<(), pglogsink::SendError> {
 /// use pglogsink::{Level, Record};
 ///
 /// logger.log(Level::Info, "cache warmed")?;
@@ -37,18 +40,63 @@ pub struct Logger {
     target: Cow<'static, str>,
 }
 
-/// The sink no longer takes records (it was shut down, or stopped on a fatal
-/// error). Holds the record that was not taken.
+/// Why [`Logger::send`] (or [`Logger::log`]) did not take a record; holds
+/// the record, so the caller can keep it or say so to its own client (an
+/// HTTP endpoint answers 503 with `Retry-After`).
+///
+/// ```
+/// use pglogsink::{Level, Record, SendError};
+///
+/// let refused = SendError::Full(Record::new(Level::Info, "hello"));
+/// assert!(refused.is_full());
+/// assert_eq!(refused.into_record().message(), "hello");
+/// ```
 #[derive(Debug)]
-pub struct Closed(pub Record);
+#[non_exhaustive]
+pub enum SendError {
+    /// The sink no longer takes records: it was shut down, or stopped on a
+    /// fatal error.
+    Closed(Record),
+    /// The queue is past its memory budget and the spool can take no more
+    /// (at its size cap, or its disk at the free-space reserve, or there is
+    /// no spool). Records are taken again once the database catches up.
+    Full(Record),
+}
 
-impl fmt::Display for Closed {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("the log sink has stopped; the record was not queued")
+impl SendError {
+    /// The record that was not taken.
+    pub fn into_record(self) -> Record {
+        match self {
+            SendError::Closed(record) | SendError::Full(record) => record,
+        }
+    }
+
+    /// True when the sink has stopped for good.
+    pub fn is_closed(&self) -> bool {
+        matches!(self, SendError::Closed(_))
+    }
+
+    /// True when the sink is full for now (try again later).
+    pub fn is_full(&self) -> bool {
+        matches!(self, SendError::Full(_))
     }
 }
 
-impl std::error::Error for Closed {}
+impl fmt::Display for SendError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            SendError::Closed(_) => {
+                f.write_str("the log sink has stopped; the record was not queued")
+            }
+            SendError::Full(_) => f.write_str(
+                "the log sink is full (memory budget and spool exhausted while the database \
+                 is not keeping up); the record was not queued",
+            ),
+        }
+    }
+}
+
+impl std::error::Error for SendError {}
 
 impl Logger {
     pub(crate) fn new(
@@ -63,21 +111,33 @@ impl Logger {
     ///
     /// Returns at once; the row is written by the sink's consumer.
     #[inline]
-    pub fn log(&self, level: Level, message: impl Into<Cow<'static, str>>) -> Result<(), Closed> {
+    pub fn log(
+        &self,
+        level: Level,
+        message: impl Into<Cow<'static, str>>,
+    ) -> Result<(), SendError> {
         self.send(Record::new(level, message))
     }
 
     /// Queue a record built with [`Record::new`] (for fields or a target).
     #[inline]
-    pub fn send(&self, mut record: Record) -> Result<(), Closed> {
+    pub fn send(&self, mut record: Record) -> Result<(), SendError> {
         if self.shared.closed.load(Ordering::Acquire) {
-            return Err(Closed(record));
+            Shared::add(&self.shared.lost.stopped, 1);
+            return Err(SendError::Closed(record));
+        }
+        if self.shared.full.load(Ordering::Relaxed) {
+            Shared::add(&self.shared.lost.sink_full, 1);
+            return Err(SendError::Full(record));
         }
         record.stamp();
         if record.target.is_none() {
             record.target = Some(self.target.clone());
         }
-        self.tx.send(record).map_err(|e| Closed(e.into_inner()))
+        self.tx.send(record).map_err(|e| {
+            Shared::add(&self.shared.lost.stopped, 1);
+            SendError::Closed(e.into_inner())
+        })
     }
 
     /// A logger for the same sink whose records default to another target.
@@ -101,6 +161,12 @@ impl Logger {
     /// A snapshot of the sink's counters.
     pub fn stats(&self) -> Stats {
         self.shared.snapshot(self.tx.len())
+    }
+
+    /// Why the sink hands records back, while it is full (see
+    /// [`SendError::Full`]).
+    pub fn full_reason(&self) -> Option<String> {
+        self.shared.full_reason()
     }
 
     /// The last database error, while the sink is retrying it; or the fatal

@@ -2,6 +2,9 @@
 //! why it stopped if it stopped on its own.
 
 use std::fmt;
+use std::sync::atomic::Ordering;
+
+use crate::stats::{Lost, Shared};
 
 /// A write error that retrying cannot fix; the sink stops on it and cancels
 /// the application's shutdown token.
@@ -82,6 +85,12 @@ pub struct Report {
     /// with no spool to keep them: the server may or may not have committed
     /// them.
     pub in_doubt: u64,
+    /// Records `send()` handed back instead of taking them (the sink was
+    /// full or had stopped), by reason in `lost`.
+    pub handed_back: u64,
+    /// Records lost or handed back, by reason (`not_written` is
+    /// [`Lost::dropped`], `handed_back` the rest).
+    pub lost: Lost,
     /// The spool directory, when there is one.
     pub spool_dir: Option<std::path::PathBuf>,
     /// COPY batches committed.
@@ -99,6 +108,43 @@ pub struct Report {
 }
 
 impl Report {
+    /// The account, from the counters the sink keeps as it goes.
+    pub(crate) fn from_shared(
+        shared: &Shared,
+        spool_dir: Option<std::path::PathBuf>,
+        timed_out: bool,
+    ) -> Report {
+        let stats = shared.snapshot(0);
+        Report {
+            written: stats.written,
+            spooled: stats.spooled,
+            replayed: stats.replayed,
+            rejected: stats.rejected,
+            dead_lettered: stats.dead_lettered,
+            already_written: stats.already_written,
+            truncated: stats.truncated,
+            spool_corrupt_bytes: stats.spool_corrupt_bytes,
+            not_written: stats.lost.dropped(),
+            in_doubt: stats.in_doubt,
+            handed_back: stats.lost.total() - stats.lost.dropped(),
+            lost: stats.lost,
+            spool_dir,
+            batches: stats.batches,
+            retries: stats.retries,
+            nul_replaced: stats.nul_replaced,
+            timed_out,
+            fatal: shared.fatal.lock().map(|f| f.clone()).unwrap_or(None),
+            spooled_replayed: shared.spooled_replayed.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Take the handed-back counts from `lost`, a later snapshot.
+    pub(crate) fn add_handed_back(&mut self, lost: Lost) {
+        self.lost.sink_full = lost.sink_full;
+        self.lost.stopped = lost.stopped;
+        self.handed_back = lost.sink_full + lost.stopped;
+    }
+
     /// True when nothing was lost and the sink did not stop on a fatal error
     /// (records may still wait in the spool: see [`Report::left_in_spool`]).
     pub fn is_complete(&self) -> bool {
@@ -149,6 +195,13 @@ impl fmt::Display for Report {
                     self.in_doubt
                 )?;
             }
+        }
+        if self.handed_back > 0 {
+            write!(
+                f,
+                "; {} records handed back to callers ({} while full, {} after the stop)",
+                self.handed_back, self.lost.sink_full, self.lost.stopped
+            )?;
         }
         if self.timed_out {
             f.write_str("; the shutdown deadline passed")?;

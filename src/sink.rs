@@ -9,16 +9,13 @@ use deadpool_postgres::Pool;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use crate::backoff::Backoff;
-use crate::batch::{random_instance, KeySource};
 use crate::config::SinkConfig;
-use crate::consumer::Consumer;
-use crate::copy::Statements;
-use crate::copy_format::CopyEncoder;
+use crate::consumer::{Consumer, Tokens};
 use crate::logger::Logger;
 use crate::report::{FatalError, Report};
-use crate::spool::Spool;
+use crate::spool::{Spool, SpoolLimits};
 use crate::stats::Shared;
+use crate::writer::{PgWriter, WriteTimeouts, Writer};
 use crate::Error;
 
 /// Start a sink: returns the [`Logger`] producers log through and the
@@ -52,38 +49,46 @@ pub fn spawn(
 ) -> Result<(Logger, Worker), Error> {
     config.validate()?;
     let table = config.table_name()?;
+    let timeouts = WriteTimeouts {
+        lock: config.lock_timeout,
+        statement: config.write_timeout,
+    };
+    spawn_with(PgWriter::new(pool, &table, timeouts), config, app_token)
+}
+
+/// [`spawn`] with any [`Writer`] (the consumer's unit tests use a fake).
+pub(crate) fn spawn_with<W: Writer + 'static>(
+    writer: W,
+    config: &SinkConfig,
+    app_token: CancellationToken,
+) -> Result<(Logger, Worker), Error> {
+    config.validate()?;
+    let table = config.table_name()?;
     let runtime = tokio::runtime::Handle::try_current().map_err(|_| {
         Error::config(
             "runtime",
             "pglogsink::spawn must be called from inside a Tokio runtime",
         )
     })?;
+    let limits = SpoolLimits::new(
+        config.max_spool_bytes,
+        config.spool_min_free_bytes,
+        config.max_queue_bytes,
+    );
     let spool = config
         .spool_dir
         .as_deref()
-        .map(|dir| Spool::open(dir, &table.to_string()))
+        .map(|dir| Spool::open(dir, &table.to_string(), limits))
         .transpose()?;
     let (tx, rx) = flume::unbounded();
     let shared = Arc::new(Shared::default());
-    let stop = CancellationToken::new();
-    let abort = CancellationToken::new();
-    let consumer = Consumer {
-        rx,
-        pool,
-        table: table.to_string(),
-        statements: Statements::new(&table),
-        batch_size: config.batch_size,
-        backoff: Backoff::new(config.retry_initial, config.retry_max),
-        shared: shared.clone(),
-        app_token,
-        stop: stop.clone(),
-        abort: abort.clone(),
-        encoder: CopyEncoder::new(config.max_record_bytes),
-        keys: KeySource::new(random_instance()),
-        spool,
-        max_queue_bytes: config.max_queue_bytes,
-        ledger_retention: config.ledger_retention,
+    let tokens = Tokens {
+        app: app_token,
+        stop: CancellationToken::new(),
+        abort: CancellationToken::new(),
     };
+    let (stop, abort) = (tokens.stop.clone(), tokens.abort.clone());
+    let consumer = Consumer::new(writer, rx, config, spool, shared.clone(), tokens);
     let task = runtime.spawn(consumer.run());
     // Interned once per sink, so that `log()` without a target of its own
     // copies a pointer instead of allocating a String for every record.
@@ -114,7 +119,7 @@ pub struct Worker {
 impl Worker {
     /// Stop intake, write what is queued, and report.
     ///
-    /// `log()` returns [`Closed`](crate::Closed) from now on. The queue is
+    /// `log()` returns [`SendError::Closed`](crate::SendError::Closed) from now on. The queue is
     /// drained (retrying transient errors) until it is empty or `timeout`
     /// passes; then the sink gives up and the report counts what was not
     /// written.
@@ -143,20 +148,19 @@ impl Worker {
     }
 
     fn joined(&self, joined: Result<Report, tokio::task::JoinError>) -> Report {
+        let mut report = self.consumer_report(joined);
+        // Records handed back after the consumer ended count too.
+        report.add_handed_back(self.shared.snapshot(0).lost);
+        report
+    }
+
+    fn consumer_report(&self, joined: Result<Report, tokio::task::JoinError>) -> Report {
         joined.unwrap_or_else(|e| {
-            // The consumer does not panic by design; if it ever does, account
-            // for every record taken rather than reporting nothing.
-            tracing::error!(target: "pglogsink", error = %e, "the sink's consumer task failed");
-            let stats = self.shared.snapshot(0);
-            Report {
-                written: stats.written,
-                not_written: stats.received.saturating_sub(stats.written),
-                batches: stats.batches,
-                retries: stats.retries,
-                nul_replaced: stats.nul_replaced,
-                fatal: self.fatal_error(),
-                ..Report::default()
-            }
+            // The consumer does not panic by design; if it ever does, report
+            // what the counters know (records it held in memory at that
+            // moment are in no count, and the log line above says so).
+            tracing::error!(target: "pglogsink", error = %e, "the sink's consumer task failed; records it held in memory are lost");
+            Report::from_shared(&self.shared, None, false)
         })
     }
 }

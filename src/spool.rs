@@ -28,16 +28,40 @@ use std::path::{Path, PathBuf};
 
 use bytes::Bytes;
 
-use crate::batch::{BatchKey, EncodedBatch};
+use crate::batch::EncodedBatch;
+use crate::ledger::BatchKey;
 use crate::Error;
 
 const SEGMENT_HEADER: &[u8] = b"PGLOGSINK SPOOL 1\n";
 const ENTRY_MAGIC: &[u8; 4] = b"PLS1";
 const ENTRY_HEADER: usize = 12;
 const KEY_LEN: usize = 20;
-/// A segment is closed and a new one started past this size.
+/// A segment is closed and a new one started past this size (or a quarter
+/// of the memory budget, if smaller: replay reads a whole segment back).
 const SEGMENT_LIMIT: u64 = 64 * 1024 * 1024;
-const DEAD_LETTER: &str = "dead-letter.ndjson";
+const MIN_SEGMENT_LIMIT: u64 = 256 * 1024;
+
+/// How much disk a spool may take.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct SpoolLimits {
+    /// Most bytes of segments on disk; appends stop past it.
+    pub(crate) max_bytes: u64,
+    /// Free space its filesystem must keep; appends stop below it.
+    pub(crate) min_free_bytes: u64,
+    /// A segment is closed past this size.
+    pub(crate) segment_bytes: u64,
+}
+
+impl SpoolLimits {
+    /// Limits for a sink whose queue may hold `max_queue_bytes` in memory.
+    pub(crate) fn new(max_bytes: u64, min_free_bytes: u64, max_queue_bytes: usize) -> SpoolLimits {
+        SpoolLimits {
+            max_bytes,
+            min_free_bytes,
+            segment_bytes: (max_queue_bytes as u64 / 4).clamp(MIN_SEGMENT_LIMIT, SEGMENT_LIMIT),
+        }
+    }
+}
 
 pub(crate) struct Spool {
     dir: PathBuf,
@@ -45,6 +69,9 @@ pub(crate) struct Spool {
     /// Segment numbers on disk, oldest first (including the active one).
     segments: BTreeSet<u64>,
     active: Option<Active>,
+    limits: SpoolLimits,
+    /// Bytes of the segments on disk.
+    bytes: u64,
 }
 
 struct Active {
@@ -72,7 +99,7 @@ pub(crate) struct Corruption {
 
 impl Spool {
     /// Open (creating it if needed) and lock the spool directory of `table`.
-    pub(crate) fn open(dir: &Path, table: &str) -> Result<Spool, Error> {
+    pub(crate) fn open(dir: &Path, table: &str, limits: SpoolLimits) -> Result<Spool, Error> {
         fs::create_dir_all(dir)
             .map_err(|e| Error::io("cannot create the spool directory", dir, e))?;
         let lock_path = dir.join("lock");
@@ -94,11 +121,13 @@ impl Spool {
         }
         bind_to_table(dir, table)?;
         let mut segments = BTreeSet::new();
+        let mut bytes = 0;
         let entries = fs::read_dir(dir).map_err(|e| Error::io("cannot read", dir, e))?;
         for entry in entries.flatten() {
             let name = entry.file_name();
             if let Some(n) = segment_number(&name.to_string_lossy()) {
                 segments.insert(n);
+                bytes += entry.metadata().map_or(0, |m| m.len());
             }
         }
         Ok(Spool {
@@ -106,6 +135,8 @@ impl Spool {
             _lock: lock,
             segments,
             active: None,
+            limits,
+            bytes,
         })
     }
 
@@ -118,9 +149,41 @@ impl Spool {
         self.segments.is_empty()
     }
 
+    /// Bytes of the segments on disk.
+    pub(crate) fn bytes(&self) -> u64 {
+        self.bytes
+    }
+
+    /// Whether another batch may be appended: `Err` says why not (the size
+    /// cap, or the free-space reserve of the filesystem). A batch appended
+    /// with room left may take the spool past its cap by that one batch.
+    pub(crate) fn room(&self) -> Result<(), String> {
+        if self.bytes >= self.limits.max_bytes {
+            return Err(format!(
+                "the spool holds {}, its size cap",
+                human_bytes(self.bytes)
+            ));
+        }
+        match free_space(&self.dir) {
+            Ok(free) if free < self.limits.min_free_bytes => Err(format!(
+                "the spool's filesystem has {} free, below its reserve of {}",
+                human_bytes(free),
+                human_bytes(self.limits.min_free_bytes)
+            )),
+            Ok(_) => Ok(()),
+            Err(e) => Err(format!(
+                "cannot tell the free space of {}: {e}",
+                self.dir.display()
+            )),
+        }
+    }
+
     /// Append a batch (buffered; see [`flush`](Self::flush)).
     pub(crate) fn append(&mut self, batch: &EncodedBatch) -> io::Result<()> {
-        let full = self.active.as_ref().is_some_and(|a| a.len >= SEGMENT_LIMIT);
+        let full = self
+            .active
+            .as_ref()
+            .is_some_and(|a| a.len >= self.limits.segment_bytes);
         if full {
             self.close_active()?;
         }
@@ -135,6 +198,7 @@ impl Spool {
                     .open(&path)?,
             );
             file.write_all(SEGMENT_HEADER)?;
+            self.bytes += SEGMENT_HEADER.len() as u64;
             self.segments.insert(number);
             self.active = Some(Active {
                 number,
@@ -157,7 +221,9 @@ impl Spool {
         active.file.write_all(&crc.finalize().to_le_bytes())?;
         active.file.write_all(&key)?;
         active.file.write_all(&batch.data)?;
-        active.len += (ENTRY_HEADER + KEY_LEN + batch.data.len()) as u64;
+        let entry = (ENTRY_HEADER + KEY_LEN + batch.data.len()) as u64;
+        active.len += entry;
+        self.bytes += entry;
         Ok(())
     }
 
@@ -198,24 +264,15 @@ impl Spool {
 
     /// Remove a segment whose batches are all written.
     pub(crate) fn remove(&mut self, segment: &Segment) -> io::Result<()> {
+        let len = fs::metadata(&segment.path).map_or(0, |m| m.len());
         match fs::remove_file(&segment.path) {
             Ok(()) => {}
             Err(e) if e.kind() == io::ErrorKind::NotFound => {}
             Err(e) => return Err(e),
         }
         self.segments.remove(&segment.number);
+        self.bytes = self.bytes.saturating_sub(len);
         Ok(())
-    }
-
-    /// Append one refused row to the dead-letter file.
-    pub(crate) fn dead_letter(&mut self, entry: &serde_json::Value) -> io::Result<PathBuf> {
-        let path = self.dir.join(DEAD_LETTER);
-        let mut file = OpenOptions::new().create(true).append(true).open(&path)?;
-        let mut line = serde_json::to_vec(entry)?;
-        line.push(b'\n');
-        file.write_all(&line)?;
-        file.sync_data()?;
-        Ok(path)
     }
 
     fn segment_path(&self, number: u64) -> PathBuf {
@@ -226,6 +283,36 @@ impl Spool {
 impl Drop for Spool {
     fn drop(&mut self) {
         let _ = self.flush();
+    }
+}
+
+/// Bytes available to us on the filesystem holding `dir`.
+fn free_space(dir: &Path) -> io::Result<u64> {
+    use std::os::unix::ffi::OsStrExt;
+    let path = std::ffi::CString::new(dir.as_os_str().as_bytes())
+        .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+    // SAFETY: statvfs writes into the zeroed struct we pass and reads the
+    // NUL-terminated path; both outlive the call.
+    let mut stat: libc::statvfs = unsafe { std::mem::zeroed() };
+    if unsafe { libc::statvfs(path.as_ptr(), &mut stat) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(stat.f_bavail as u64 * stat.f_frsize as u64)
+}
+
+/// `1536` → `1.5 KiB`.
+pub(crate) fn human_bytes(n: u64) -> String {
+    const UNITS: [&str; 5] = ["bytes", "KiB", "MiB", "GiB", "TiB"];
+    let mut value = n as f64;
+    let mut unit = 0;
+    while value >= 1024.0 && unit + 1 < UNITS.len() {
+        value /= 1024.0;
+        unit += 1;
+    }
+    if unit == 0 {
+        format!("{n} bytes")
+    } else {
+        format!("{value:.1} {}", UNITS[unit])
     }
 }
 
@@ -303,9 +390,72 @@ fn parse_segment(data: Bytes) -> (Vec<EncodedBatch>, Option<Corruption>) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::batch::KeySource;
     use crate::copy_format::{row_to_json, CopyEncoder};
+    use crate::ledger::KeySource;
     use crate::record::{Level, Record};
+
+    const LIMITS: SpoolLimits = SpoolLimits {
+        max_bytes: u64::MAX,
+        min_free_bytes: 0,
+        segment_bytes: SEGMENT_LIMIT,
+    };
+
+    #[test]
+    fn the_size_cap_and_the_free_space_reserve_stop_appends() {
+        let dir = temp_dir("room");
+        let mut keys = KeySource::new(3);
+        let one = batch(&mut keys, &["a"; 100]);
+        let cap = SpoolLimits {
+            max_bytes: 3 * one.data.len() as u64,
+            segment_bytes: 2 * one.data.len() as u64,
+            ..LIMITS
+        };
+        let mut spool = Spool::open(&dir, "log", cap).unwrap();
+        let mut appended = 0;
+        while spool.room().is_ok() {
+            spool.append(&one).unwrap();
+            appended += 1;
+        }
+        assert_eq!(appended, 3, "room until the cap is reached, not past it");
+        let why = spool.room().unwrap_err();
+        assert!(why.contains("size cap"), "{why}");
+        spool.flush().unwrap();
+        let on_disk_after_flush: u64 = fs::read_dir(&dir)
+            .unwrap()
+            .flatten()
+            .filter(|e| segment_number(&e.file_name().to_string_lossy()).is_some())
+            .map(|e| e.metadata().unwrap().len())
+            .sum();
+        assert_eq!(spool.bytes(), on_disk_after_flush, "bytes match the files");
+        let oldest = spool.oldest().unwrap().unwrap();
+        spool.remove(&oldest).unwrap();
+        assert!(spool.room().is_ok(), "replay makes room again");
+        drop(spool);
+        let reopened = Spool::open(&dir, "log", cap).unwrap();
+        assert_eq!(reopened.bytes(), on_disk_after_flush - oldest_len(&oldest));
+        drop(reopened);
+
+        let reserve = SpoolLimits {
+            min_free_bytes: u64::MAX,
+            ..LIMITS
+        };
+        let why = Spool::open(&dir, "log", reserve)
+            .unwrap()
+            .room()
+            .unwrap_err();
+        assert!(why.contains("below its reserve"), "{why}");
+        assert_eq!(human_bytes(1536), "1.5 KiB");
+        assert_eq!(human_bytes(10), "10 bytes");
+    }
+
+    fn oldest_len(segment: &Segment) -> u64 {
+        let entries: usize = segment
+            .batches
+            .iter()
+            .map(|b| ENTRY_HEADER + KEY_LEN + b.data.len())
+            .sum();
+        (SEGMENT_HEADER.len() + entries) as u64
+    }
 
     fn temp_dir(name: &str) -> PathBuf {
         let dir = std::env::temp_dir().join(format!(
@@ -321,7 +471,8 @@ mod tests {
             .iter()
             .map(|m| Record::new(Level::Info, m.to_string()))
             .collect();
-        CopyEncoder::new(1 << 20).encode(keys.next(), &records).0
+        let (data, offsets, _) = CopyEncoder::new(1 << 20).encode(&records);
+        EncodedBatch::new(keys.next(), data, offsets)
     }
 
     #[test]
@@ -331,13 +482,13 @@ mod tests {
         let first = batch(&mut keys, &["a", "b"]);
         let second = batch(&mut keys, &["c"]);
         {
-            let mut spool = Spool::open(&dir, "log").unwrap();
+            let mut spool = Spool::open(&dir, "log", LIMITS).unwrap();
             assert!(spool.is_empty());
             spool.append(&first).unwrap();
             spool.append(&second).unwrap();
             spool.flush().unwrap();
         }
-        let mut spool = Spool::open(&dir, "log").unwrap();
+        let mut spool = Spool::open(&dir, "log", LIMITS).unwrap();
         assert!(!spool.is_empty());
         let segment = spool.oldest().unwrap().unwrap();
         assert_eq!(segment.corrupt, None);
@@ -356,7 +507,7 @@ mod tests {
         let dir = temp_dir("torn");
         let mut keys = KeySource::new(1);
         {
-            let mut spool = Spool::open(&dir, "log").unwrap();
+            let mut spool = Spool::open(&dir, "log", LIMITS).unwrap();
             for i in 0..3 {
                 spool
                     .append(&batch(&mut keys, &[&format!("m{i}")]))
@@ -367,7 +518,7 @@ mod tests {
         let full = fs::read(&path).unwrap();
         // Power loss in the middle of the last entry.
         fs::write(&path, &full[..full.len() - 7]).unwrap();
-        let mut spool = Spool::open(&dir, "log").unwrap();
+        let mut spool = Spool::open(&dir, "log", LIMITS).unwrap();
         let segment = spool.oldest().unwrap().unwrap();
         assert_eq!(segment.batches.len(), 2);
         let c = segment.corrupt.clone().unwrap();
@@ -379,7 +530,7 @@ mod tests {
             SEGMENT_HEADER.len() + (full.len() - SEGMENT_HEADER.len()) / 3 + ENTRY_HEADER + 30;
         flipped[second] ^= 0x40;
         fs::write(&path, &flipped).unwrap();
-        let mut spool = Spool::open(&dir, "log").unwrap();
+        let mut spool = Spool::open(&dir, "log", LIMITS).unwrap();
         let segment = spool.oldest().unwrap().unwrap();
         assert_eq!(segment.batches.len(), 1);
         assert_eq!(segment.corrupt.unwrap().reason, "checksum mismatch");
@@ -394,14 +545,14 @@ mod tests {
     #[test]
     fn a_spool_is_used_by_one_process_at_a_time() {
         let dir = temp_dir("lock");
-        let spool = Spool::open(&dir, "log").unwrap();
-        let err = Spool::open(&dir, "log")
+        let spool = Spool::open(&dir, "log", LIMITS).unwrap();
+        let err = Spool::open(&dir, "log", LIMITS)
             .err()
             .expect("second open must fail")
             .to_string();
         assert!(err.contains("in use"), "{err}");
         drop(spool);
-        let err = Spool::open(&dir, "other")
+        let err = Spool::open(&dir, "other", LIMITS)
             .err()
             .expect("another table's spool")
             .to_string();
@@ -409,7 +560,7 @@ mod tests {
             err.contains("holds records for table log, not other"),
             "{err}"
         );
-        Spool::open(&dir, "log").unwrap();
+        Spool::open(&dir, "log", LIMITS).unwrap();
         fs::remove_dir_all(&dir).unwrap();
     }
 
@@ -417,7 +568,7 @@ mod tests {
     fn appending_after_reading_the_active_segment_starts_a_new_one() {
         let dir = temp_dir("rotate");
         let mut keys = KeySource::new(1);
-        let mut spool = Spool::open(&dir, "log").unwrap();
+        let mut spool = Spool::open(&dir, "log", LIMITS).unwrap();
         spool.append(&batch(&mut keys, &["a"])).unwrap();
         let segment = spool.oldest().unwrap().unwrap();
         spool.append(&batch(&mut keys, &["b"])).unwrap();

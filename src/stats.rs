@@ -26,6 +26,19 @@ pub(crate) struct Shared {
     pub(crate) spool_corrupt_bytes: AtomicU64,
     /// Unix micros of the oldest record taken off the queue and not yet
     /// written (the first of the batch in flight); 0 when none.
+    /// Records lost or handed back, by reason.
+    pub(crate) lost: LostCounters,
+    /// Records in a COPY that was cut off at the deadline with no spool.
+    pub(crate) in_doubt: AtomicU64,
+    /// Of `spooled`, the records this run replayed itself.
+    pub(crate) spooled_replayed: AtomicU64,
+    /// Set while neither the memory budget nor the spool can take more:
+    /// `send()` hands records back until it clears.
+    pub(crate) full: AtomicBool,
+    /// Why the sink is full, for readiness probes.
+    pub(crate) full_reason: Mutex<Option<String>>,
+    /// Bytes of the spool's segments on disk.
+    pub(crate) spool_bytes: AtomicU64,
     pub(crate) oldest_unwritten_micros: AtomicI64,
     /// Set while the consumer is retrying a transient error.
     pub(crate) retrying: AtomicBool,
@@ -61,7 +74,113 @@ impl Shared {
             spool_corrupt_bytes: self.spool_corrupt_bytes.load(Ordering::Relaxed),
             queued: queued as u64,
             closed: self.closed.load(Ordering::Acquire),
+            full: self.full.load(Ordering::Relaxed),
+            lost: self.lost.snapshot(),
+            in_doubt: self.in_doubt.load(Ordering::Relaxed),
+            spool_bytes: self.spool_bytes.load(Ordering::Relaxed),
         }
+    }
+
+    /// Refuse records from now on (`reason` set) or take them again (`None`).
+    pub(crate) fn set_full(&self, reason: Option<String>) {
+        let full = reason.is_some();
+        if self.full.load(Ordering::Relaxed) == full {
+            return;
+        }
+        if let Ok(mut slot) = self.full_reason.lock() {
+            *slot = reason;
+        }
+        self.full.store(full, Ordering::Relaxed);
+    }
+
+    pub(crate) fn full_reason(&self) -> Option<String> {
+        if !self.full.load(Ordering::Relaxed) {
+            return None;
+        }
+        self.full_reason.lock().ok().and_then(|r| r.clone())
+    }
+}
+
+/// The counters behind [`Lost`].
+#[derive(Default)]
+pub(crate) struct LostCounters {
+    pub(crate) sink_full: AtomicU64,
+    pub(crate) stopped: AtomicU64,
+    pub(crate) spool_full: AtomicU64,
+    pub(crate) spool_error: AtomicU64,
+    pub(crate) no_spool: AtomicU64,
+    pub(crate) refused_row: AtomicU64,
+}
+
+impl LostCounters {
+    fn snapshot(&self) -> Lost {
+        let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        Lost {
+            sink_full: get(&self.sink_full),
+            stopped: get(&self.stopped),
+            spool_full: get(&self.spool_full),
+            spool_error: get(&self.spool_error),
+            no_spool: get(&self.no_spool),
+            refused_row: get(&self.refused_row),
+        }
+    }
+}
+
+/// Records that did not reach the table and will not, by reason.
+///
+/// The first two were handed back to the caller of `send()`/`log()` (which
+/// can still keep them, or answer its own client 503); the others were
+/// taken and then dropped by the sink.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub struct Lost {
+    /// Handed back with [`SendError::Full`](crate::SendError::Full): the
+    /// queue was past its memory budget and the spool could take no more.
+    pub sink_full: u64,
+    /// Handed back with [`SendError::Closed`](crate::SendError::Closed):
+    /// the sink had stopped.
+    pub stopped: u64,
+    /// Taken, then dropped when the sink stopped: the spool was at its cap
+    /// or its disk at the free-space reserve.
+    pub spool_full: u64,
+    /// Taken, then dropped: writing them to the spool failed (I/O error).
+    pub spool_error: u64,
+    /// Taken, then dropped when the sink stopped with no spool configured.
+    pub no_spool: u64,
+    /// Refused by PostgreSQL and kept nowhere (the rejected table and the
+    /// dead-letter file both failed, or there was no spool for the latter).
+    pub refused_row: u64,
+}
+
+impl Lost {
+    /// Every record counted here.
+    pub fn total(&self) -> u64 {
+        self.by_reason().iter().map(|(_, n)| n).sum()
+    }
+
+    /// Records the sink took and then dropped (the total less what it
+    /// handed back).
+    pub fn dropped(&self) -> u64 {
+        self.spool_full + self.spool_error + self.no_spool + self.refused_row
+    }
+
+    /// `(reason, records)` pairs, the reasons as the `reason` label of the
+    /// `pglogsink_records_lost_total` metric.
+    ///
+    /// ```
+    /// let lost = pglogsink::Lost::default();
+    /// assert!(lost.by_reason().iter().all(|(_, n)| *n == 0));
+    /// assert_eq!(lost.by_reason()[0].0, "sink_full");
+    /// ```
+    pub fn by_reason(&self) -> [(&'static str, u64); 6] {
+        [
+            ("sink_full", self.sink_full),
+            ("stopped", self.stopped),
+            ("spool_full", self.spool_full),
+            ("spool_error", self.spool_error),
+            ("no_spool", self.no_spool),
+            ("refused_row", self.refused_row),
+        ]
     }
 }
 
@@ -102,4 +221,14 @@ pub struct Stats {
     pub retrying: bool,
     /// True once the sink no longer takes records.
     pub closed: bool,
+    /// True while the sink hands records back because neither its memory
+    /// budget nor its spool can take more.
+    pub full: bool,
+    /// Records lost or handed back, by reason.
+    pub lost: Lost,
+    /// Records in a COPY that was in flight when the shutdown deadline
+    /// passed, with no spool to keep them: maybe committed, maybe not.
+    pub in_doubt: u64,
+    /// Bytes the spool takes on disk.
+    pub spool_bytes: u64,
 }

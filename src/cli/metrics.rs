@@ -104,6 +104,24 @@ fn describe() {
         "pglogsink_retries_total",
         "Batch attempts retried after a transient error, by reason."
     );
+    describe_counter!(
+        "pglogsink_records_lost_total",
+        "Records that will not reach the table, by reason: handed back to the caller (sink_full, \
+         stopped) or taken and dropped (spool_full, spool_error, no_spool, refused_row)."
+    );
+    describe_counter!(
+        "pglogsink_records_in_doubt_total",
+        "Records in a COPY cut off at the shutdown deadline with no spool: maybe committed."
+    );
+    describe_gauge!(
+        "pglogsink_spool_bytes",
+        Unit::Bytes,
+        "Bytes the spool takes on disk."
+    );
+    describe_gauge!(
+        "pglogsink_full",
+        "1 while the memory budget and the spool are both exhausted and records are handed back."
+    );
     describe_gauge!(
         "pglogsink_queue_depth",
         "Records waiting in the in-memory queue."
@@ -146,6 +164,12 @@ pub(crate) fn render(handle: &PrometheusHandle, logger: &Logger) -> Response {
     metrics::counter!("pglogsink_records_replayed_total").absolute(stats.replayed);
     metrics::counter!("pglogsink_records_truncated_total").absolute(stats.truncated);
     metrics::counter!("pglogsink_batches_total").absolute(stats.batches);
+    for (reason, records) in stats.lost.by_reason() {
+        metrics::counter!("pglogsink_records_lost_total", "reason" => reason).absolute(records);
+    }
+    metrics::counter!("pglogsink_records_in_doubt_total").absolute(stats.in_doubt);
+    metrics::gauge!("pglogsink_spool_bytes").set(stats.spool_bytes as f64);
+    metrics::gauge!("pglogsink_full").set(if stats.full { 1.0 } else { 0.0 });
     metrics::gauge!("pglogsink_queue_depth").set(stats.queued as f64);
     metrics::gauge!("pglogsink_oldest_unwritten_seconds")
         .set(stats.oldest_unwritten.map_or(0.0, |d| d.as_secs_f64()));

@@ -132,13 +132,8 @@ async fn recipe(
     }
     match state.logger.send(record) {
         Ok(()) => "recipe".into_response(),
-        // The sink has stopped (shutdown or fatal error): say so rather than
-        // answer a request whose log line would be lost.
-        Err(_) => (
-            StatusCode::SERVICE_UNAVAILABLE,
-            "logging has stopped; the service is shutting down\n",
-        )
-            .into_response(),
+        // Say so rather than answer a request whose log line would be lost.
+        Err(refused) => super::health::not_taken(&refused),
     }
 }
 

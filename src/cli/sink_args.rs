@@ -22,10 +22,37 @@ pub(crate) struct SinkArgs {
     pub(crate) spool_dir: Option<PathBuf>,
 
     /// Memory the queue may use before records move to the spool, in bytes (suffixes K, M, G,
-    /// KiB, MiB, GiB accepted).
+    /// KiB, MiB, GiB accepted). It holds while a write waits on a lock or a dead network path.
+    /// When the spool cannot take more either, requests are answered 503 (with Retry-After)
+    /// and /readyz says why, until the database catches up.
     #[arg(long, env = "PGLOGSINK_MAX_QUEUE_BYTES", default_value = "128MiB",
           value_parser = parse_bytes, value_name = "BYTES")]
     pub(crate) max_queue_bytes: usize,
+
+    /// Most disk the spool may take (it may pass it by one batch). Past it, records are
+    /// handed back rather than written to disk.
+    #[arg(long, env = "PGLOGSINK_MAX_SPOOL_BYTES", default_value = "4GiB",
+          value_parser = parse_spool_bytes, value_name = "BYTES")]
+    pub(crate) max_spool_bytes: u64,
+
+    /// Free space the spool leaves on its filesystem, so that it never fills a disk it shares
+    /// with the database or the application (0 turns the reserve off).
+    #[arg(long, env = "PGLOGSINK_SPOOL_MIN_FREE", default_value = "512MiB",
+          value_parser = parse_bytes_or_zero, value_name = "BYTES")]
+    pub(crate) spool_min_free: u64,
+
+    /// Seconds a batch waits for a lock on the Log table (held by ALTER TABLE, VACUUM FULL, a
+    /// non-concurrent CREATE INDEX, a partition being dropped) before it is retried.
+    #[arg(long, env = "PGLOGSINK_LOCK_TIMEOUT", default_value = "5",
+          value_parser = parse_lock_timeout, value_name = "SECS")]
+    pub(crate) lock_timeout: std::time::Duration,
+
+    /// Seconds one statement of a batch's transaction may take on the server; the sink gives up
+    /// on the connection 5 s later (a network path that drops packets silently). Both are
+    /// retried like any transient error.
+    #[arg(long, env = "PGLOGSINK_WRITE_TIMEOUT", default_value = "30",
+          value_parser = parse_write_timeout, value_name = "SECS")]
+    pub(crate) write_timeout: std::time::Duration,
 
     /// Largest record (target, message and fields) written as is; a larger one is truncated
     /// with a marker and counted.
@@ -46,6 +73,10 @@ impl SinkArgs {
                     .unwrap_or_else(|| state_dir.join("spool").join(db.table.to_string())),
             ),
             max_queue_bytes: self.max_queue_bytes,
+            max_spool_bytes: self.max_spool_bytes,
+            spool_min_free_bytes: self.spool_min_free,
+            lock_timeout: self.lock_timeout,
+            write_timeout: self.write_timeout,
             max_record_bytes: self.max_record_bytes,
             ..SinkConfig::default()
         }
@@ -80,6 +111,33 @@ pub(crate) fn parse_bytes(s: &str) -> Result<usize, String> {
         .ok_or_else(|| bytes_error(s))
 }
 
+fn parse_spool_bytes(s: &str) -> Result<u64, String> {
+    match parse_bytes(s) {
+        Ok(n) if n >= 1 << 20 => Ok(n as u64),
+        Ok(_) => Err("use at least 1MiB".to_owned()),
+        Err(e) => Err(e),
+    }
+}
+
+fn parse_bytes_or_zero(s: &str) -> Result<u64, String> {
+    if s.trim() == "0" {
+        return Ok(0);
+    }
+    parse_bytes(s).map(|n| n as u64)
+}
+
+fn parse_lock_timeout(s: &str) -> Result<std::time::Duration, String> {
+    super::parse_seconds(s, false, 3600.0)
+}
+
+fn parse_write_timeout(s: &str) -> Result<std::time::Duration, String> {
+    match super::parse_seconds(s, false, 86_400.0) {
+        Ok(d) if d >= std::time::Duration::from_secs(1) => Ok(d),
+        Ok(_) => Err("use at least 1 second: a large batch takes a while to COPY".to_owned()),
+        Err(e) => Err(e),
+    }
+}
+
 fn bytes_error(s: &str) -> String {
     format!(
         "{s:?} is not a size: use a whole number of bytes, optionally with K, M or G (e.g. 128MiB)"
@@ -107,6 +165,21 @@ mod tests {
         ] {
             assert!(parse_bytes(bad).is_err(), "{bad:?}");
         }
+    }
+
+    #[test]
+    fn spool_limits_and_timeouts_parse() {
+        assert_eq!(parse_spool_bytes("4GiB"), Ok(4 << 30));
+        assert!(parse_spool_bytes("64K").unwrap_err().contains("1MiB"));
+        assert_eq!(parse_bytes_or_zero("0"), Ok(0));
+        assert_eq!(parse_bytes_or_zero("512MiB"), Ok(512 << 20));
+        assert_eq!(
+            parse_lock_timeout("0.5"),
+            Ok(std::time::Duration::from_millis(500))
+        );
+        assert!(parse_write_timeout("0.5")
+            .unwrap_err()
+            .contains("at least 1 second"));
     }
 
     #[test]

@@ -228,9 +228,12 @@ async fn logged_just_before_shutdown() -> Result<(), Failed> {
     })?;
     check(count(&pool, &table).await? == 5_000, || "row count".into())?;
     match logger.log(Level::Info, "after shutdown") {
-        Err(pglogsink::Closed(record)) => check(record.message() == "after shutdown", || {
-            "the record was not handed back".into()
-        }),
+        Err(pglogsink::SendError::Closed(record)) => {
+            check(record.message() == "after shutdown", || {
+                "the record was not handed back".into()
+            })
+        }
+        Err(other) => Err(format!("expected Closed, got {other}").into()),
         Ok(()) => Err("log() after shutdown succeeded".into()),
     }
 }

@@ -1,0 +1,281 @@
+//! Delivering one batch: write it, retry transient errors with backoff,
+//! split it around rows PostgreSQL refuses, stop the application on fatal
+//! errors, give up when the shutdown deadline passes.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Instant;
+
+use tokio_util::sync::CancellationToken;
+
+use crate::backoff::Backoff;
+use crate::batch::EncodedBatch;
+use crate::classify::{classify, fatal_error, Class, WriteError};
+use crate::copy::Committed;
+use crate::rejected::{DeadLetter, RejectedRow};
+use crate::stats::Shared;
+use crate::writer::Writer;
+
+/// Where a batch came from: a batch from the spool is still on disk when
+/// its delivery is abandoned, one from the queue is not.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Source {
+    Queue,
+    Spool,
+}
+
+/// Why delivery stopped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Stop {
+    /// The shutdown deadline passed.
+    Deadline,
+    /// A fatal error; the application token is cancelled.
+    Fatal,
+}
+
+/// What is left of a batch whose delivery stopped.
+#[derive(Debug)]
+pub(crate) struct Stopped {
+    pub(crate) why: Stop,
+    /// The piece whose write was cut off by the deadline: maybe committed.
+    pub(crate) in_flight: Option<EncodedBatch>,
+    /// Pieces not written, in order.
+    pub(crate) unsent: Vec<EncodedBatch>,
+}
+
+/// How one piece's attempts ended.
+enum Attempt {
+    Committed,
+    /// A row of the piece was refused; the piece was not written.
+    Poison(WriteError),
+    Stopped {
+        why: Stop,
+        in_flight: bool,
+    },
+}
+
+/// Delivers batches through a [`Writer`].
+pub(crate) struct Delivery<W> {
+    pub(crate) writer: W,
+    pub(crate) backoff: Backoff,
+    pub(crate) shared: Arc<Shared>,
+    /// The Log table, for messages.
+    pub(crate) table: String,
+    /// This sink's instance id: replayed batches with it are its own.
+    pub(crate) instance: i64,
+    /// Cancelled on a fatal error: the host application stops on it.
+    pub(crate) app_token: CancellationToken,
+    /// Cancelled when the shutdown deadline passes: give up at once.
+    pub(crate) abort: CancellationToken,
+    /// Where refused rows go when the rejected-rows table fails.
+    pub(crate) dead_letter: Option<DeadLetter>,
+}
+
+impl<W: Writer> Delivery<W> {
+    /// Write `batch`, splitting it around refused rows (each is set aside),
+    /// until every row is written or set aside, or delivery stops.
+    pub(crate) async fn deliver(
+        &mut self,
+        batch: EncodedBatch,
+        source: Source,
+    ) -> Result<(), Stopped> {
+        // Depth-first over halves, left first, so rows keep their order.
+        let mut pending = vec![batch];
+        while let Some(piece) = pending.pop() {
+            let poison = match self.attempt(&piece, source).await {
+                Attempt::Committed => continue,
+                Attempt::Poison(error) => error,
+                Attempt::Stopped { why, in_flight } => {
+                    let mut unsent: Vec<EncodedBatch> = pending.into_iter().rev().collect();
+                    let in_flight = if in_flight {
+                        Some(piece)
+                    } else {
+                        unsent.insert(0, piece);
+                        None
+                    };
+                    return Err(Stopped {
+                        why,
+                        in_flight,
+                        unsent,
+                    });
+                }
+            };
+            if piece.rows() == 1 {
+                self.set_aside(&piece, &poison).await;
+                continue;
+            }
+            let mid = piece.rows() / 2;
+            pending.push(piece.sub_batch(mid..piece.rows()));
+            pending.push(piece.sub_batch(0..mid));
+        }
+        Ok(())
+    }
+
+    /// Write one piece, retrying transient errors until they clear or the
+    /// shutdown deadline passes.
+    async fn attempt(&mut self, piece: &EncodedBatch, source: Source) -> Attempt {
+        self.backoff.reset();
+        loop {
+            let started = Instant::now();
+            let result = tokio::select! {
+                biased;
+                _ = self.abort.cancelled() => {
+                    return Attempt::Stopped { why: Stop::Deadline, in_flight: true };
+                }
+                result = self.writer.write(piece) => result,
+            };
+            let error = match result {
+                Ok(committed) => {
+                    self.committed(piece, committed, source, started);
+                    return Attempt::Committed;
+                }
+                Err(error) => error,
+            };
+            match classify(&error) {
+                Class::Transient(reason) => {
+                    let delay = self.backoff.next_delay();
+                    self.note_transient(reason, &error, piece.rows(), delay);
+                    tokio::select! {
+                        biased;
+                        _ = self.abort.cancelled() => {
+                            return Attempt::Stopped { why: Stop::Deadline, in_flight: false };
+                        }
+                        _ = tokio::time::sleep(delay) => {}
+                    }
+                }
+                Class::Poison => return Attempt::Poison(error),
+                Class::Fatal => {
+                    self.stop_on_fatal(&error);
+                    return Attempt::Stopped {
+                        why: Stop::Fatal,
+                        in_flight: false,
+                    };
+                }
+            }
+        }
+    }
+
+    fn committed(
+        &self,
+        piece: &EncodedBatch,
+        committed: Committed,
+        source: Source,
+        started: Instant,
+    ) {
+        let rows = piece.rows() as u64;
+        metrics::histogram!("pglogsink_copy_duration_seconds")
+            .record(started.elapsed().as_secs_f64());
+        metrics::histogram!("pglogsink_batch_rows").record(rows as f64);
+        if self.shared.retrying.swap(false, Ordering::Relaxed) {
+            if let Ok(mut last) = self.shared.last_error.lock() {
+                *last = None;
+            }
+            tracing::info!(target: "pglogsink", "the database accepts writes again");
+        }
+        match committed {
+            Committed::Written => {
+                Shared::add(&self.shared.written, rows);
+                Shared::add(&self.shared.batches, 1);
+            }
+            Committed::AlreadyWritten => {
+                Shared::add(&self.shared.already_written, rows);
+                tracing::info!(
+                    target: "pglogsink",
+                    rows,
+                    "batch was already committed (its earlier attempt's outcome was lost); not writing it twice"
+                );
+            }
+        }
+        if source == Source::Spool {
+            Shared::add(&self.shared.replayed, rows);
+            if piece.key.instance == self.instance {
+                Shared::add(&self.shared.spooled_replayed, rows);
+            }
+        }
+    }
+
+    fn note_transient(
+        &self,
+        reason: &'static str,
+        error: &WriteError,
+        rows: usize,
+        delay: std::time::Duration,
+    ) {
+        Shared::add(&self.shared.retries, 1);
+        metrics::counter!("pglogsink_retries_total", "reason" => reason).increment(1);
+        self.shared.retrying.store(true, Ordering::Relaxed);
+        if let Ok(mut last) = self.shared.last_error.lock() {
+            *last = Some(format!("{reason}: {error}"));
+        }
+        tracing::warn!(
+            target: "pglogsink",
+            reason,
+            error = %error,
+            rows,
+            retry_in_ms = delay.as_millis() as u64,
+            "transient database error; the batch will be retried"
+        );
+    }
+
+    fn stop_on_fatal(&self, error: &WriteError) {
+        let fatal = fatal_error(error, &self.table);
+        tracing::error!(target: "pglogsink", error = %fatal, "fatal database error; stopping");
+        if let Ok(mut slot) = self.shared.fatal.lock() {
+            *slot = Some(fatal);
+        }
+        self.shared.closed.store(true, Ordering::Release);
+        self.app_token.cancel();
+    }
+
+    /// Keep a refused row in the rejected table, or else the dead-letter
+    /// file, or else count it lost.
+    async fn set_aside(&mut self, piece: &EncodedBatch, error: &WriteError) {
+        let row = RejectedRow::new(piece.row(0), error);
+        tracing::warn!(
+            target: "pglogsink",
+            sqlstate = row.sqlstate.as_deref().unwrap_or(""),
+            error = %row.error,
+            "PostgreSQL refused a row; storing it in the rejected table"
+        );
+        let store_error = match self.writer.store_rejected(&row).await {
+            Ok(()) => {
+                Shared::add(&self.shared.rejected, 1);
+                return;
+            }
+            Err(e) => e,
+        };
+        let Some(dead_letter) = &self.dead_letter else {
+            Shared::add(&self.shared.lost.refused_row, 1);
+            tracing::error!(target: "pglogsink", error = %store_error,
+                record = %crate::rejected::dead_letter_entry(&self.table, &row, &store_error),
+                "a refused row is lost: the rejected table failed and there is no spool for a dead-letter file");
+            return;
+        };
+        match dead_letter.append(&self.table, &row, &store_error) {
+            Ok(()) => {
+                Shared::add(&self.shared.dead_lettered, 1);
+                tracing::error!(target: "pglogsink", error = %store_error, file = %dead_letter.path().display(),
+                    "could not store a refused row in the rejected table; wrote it to the dead-letter file");
+            }
+            Err(e) => {
+                Shared::add(&self.shared.lost.refused_row, 1);
+                tracing::error!(target: "pglogsink", error = %e,
+                    record = %crate::rejected::dead_letter_entry(&self.table, &row, &store_error),
+                    "a refused row is lost: the dead-letter file could not be written");
+            }
+        }
+    }
+
+    /// Delete old ledger rows (called now and then by the consumer).
+    pub(crate) async fn prune_ledger(&mut self, retention: std::time::Duration) {
+        match self.writer.prune_ledger(retention).await {
+            Ok(n) if n > 0 => {
+                tracing::debug!(target: "pglogsink", rows = n, "pruned the batch ledger")
+            }
+            Ok(_) => {}
+            Err(e) => {
+                tracing::warn!(target: "pglogsink", error = %e, "could not prune the batch ledger")
+            }
+        }
+    }
+}

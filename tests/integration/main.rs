@@ -11,6 +11,7 @@ mod embedded;
 mod faults;
 mod layer;
 mod lifecycle;
+mod limits;
 mod logs;
 mod pooler;
 mod service;
@@ -27,6 +28,7 @@ fn main() {
     trials.extend(layer::trials());
     trials.extend(logs::trials());
     trials.extend(lifecycle::trials());
+    trials.extend(limits::trials());
     trials.extend(pooler::trials());
     trials.extend(tls::trials());
     let conclusion = libtest_mimic::run(&args, trials);

@@ -109,6 +109,10 @@ impl Serve {
         format!("http://{}", self.addr)
     }
 
+    pub(crate) fn pid(&self) -> Result<u32, Failed> {
+        Ok(self.child.as_ref().ok_or("not running")?.id())
+    }
+
     pub(crate) fn signal(&self, sig: &str) -> Result<(), Failed> {
         let pid = self.child.as_ref().ok_or("not running")?.id();
         let status = Command::new("kill")

@@ -135,32 +135,6 @@ impl CopyEncoder {
     }
 }
 
-/// Approximate bytes a record holds while it waits in the queue.
-pub(crate) fn approx_record_size(record: &Record) -> usize {
-    std::mem::size_of::<Record>()
-        + record.message.len()
-        + record.target.as_ref().map_or(0, |t| t.len())
-        + record
-            .fields
-            .iter()
-            .map(|(k, v)| 16 + k.len() + approx_json_size(v))
-            .sum::<usize>()
-}
-
-fn approx_json_size(v: &Value) -> usize {
-    match v {
-        Value::Null | Value::Bool(_) | Value::Number(_) => 16,
-        Value::String(s) => 24 + s.len(),
-        Value::Array(a) => 24 + a.iter().map(approx_json_size).sum::<usize>(),
-        Value::Object(o) => {
-            48 + o
-                .iter()
-                .map(|(k, v)| 24 + k.len() + approx_json_size(v))
-                .sum::<usize>()
-        }
-    }
-}
-
 fn put_header(buf: &mut BytesMut) {
     buf.put_slice(SIGNATURE);
     buf.put_i32(0); // flags

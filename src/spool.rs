@@ -22,7 +22,7 @@
 
 use std::collections::BTreeSet;
 use std::fs::{self, File, OpenOptions};
-use std::io::{self, BufWriter, Write};
+use std::io::{self, Write};
 use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
 
@@ -36,7 +36,7 @@ const SEGMENT_HEADER: &[u8] = b"PGLOGSINK SPOOL 1\n";
 const ENTRY_MAGIC: &[u8; 4] = b"PLS1";
 const ENTRY_HEADER: usize = 12;
 const KEY_LEN: usize = 20;
-/// A segment is closed and a new one started past this size (or a quarter
+/// A segment is closed and a new one started past this size (or an eighth
 /// of the memory budget, if smaller: replay reads a whole segment back).
 const SEGMENT_LIMIT: u64 = 64 * 1024 * 1024;
 const MIN_SEGMENT_LIMIT: u64 = 256 * 1024;
@@ -58,7 +58,7 @@ impl SpoolLimits {
         SpoolLimits {
             max_bytes,
             min_free_bytes,
-            segment_bytes: (max_queue_bytes as u64 / 4).clamp(MIN_SEGMENT_LIMIT, SEGMENT_LIMIT),
+            segment_bytes: (max_queue_bytes as u64 / 8).clamp(MIN_SEGMENT_LIMIT, SEGMENT_LIMIT),
         }
     }
 }
@@ -72,11 +72,17 @@ pub(crate) struct Spool {
     limits: SpoolLimits,
     /// Bytes of the segments on disk.
     bytes: u64,
+    /// The largest entry appended so far: the free-space reserve is kept
+    /// with room for one more.
+    largest_entry: u64,
 }
 
 struct Active {
     number: u64,
-    file: BufWriter<File>,
+    /// Unbuffered: an entry that cannot be written (the disk is full) is
+    /// known at once and cut off again, so what is counted as spooled is
+    /// what is in the file.
+    file: File,
     len: u64,
 }
 
@@ -137,6 +143,7 @@ impl Spool {
             active: None,
             limits,
             bytes,
+            largest_entry: 0,
         })
     }
 
@@ -165,7 +172,7 @@ impl Spool {
             ));
         }
         match free_space(&self.dir) {
-            Ok(free) if free < self.limits.min_free_bytes => Err(format!(
+            Ok(free) if free < self.limits.min_free_bytes + self.largest_entry => Err(format!(
                 "the spool's filesystem has {} free, below its reserve of {}",
                 human_bytes(free),
                 human_bytes(self.limits.min_free_bytes)
@@ -178,7 +185,8 @@ impl Spool {
         }
     }
 
-    /// Append a batch (buffered; see [`flush`](Self::flush)).
+    /// Append a batch (durable once [`flush`](Self::flush)ed). On an error
+    /// nothing of the batch stays in the segment.
     pub(crate) fn append(&mut self, batch: &EncodedBatch) -> io::Result<()> {
         let full = self
             .active
@@ -188,50 +196,65 @@ impl Spool {
             self.close_active()?;
         }
         if self.active.is_none() {
-            let number = self.segments.last().map_or(1, |n| n + 1);
-            let path = self.segment_path(number);
-            let mut file = BufWriter::with_capacity(
-                1 << 20,
-                OpenOptions::new()
-                    .create_new(true)
-                    .write(true)
-                    .open(&path)?,
-            );
-            file.write_all(SEGMENT_HEADER)?;
-            self.bytes += SEGMENT_HEADER.len() as u64;
-            self.segments.insert(number);
-            self.active = Some(Active {
-                number,
-                file,
-                len: SEGMENT_HEADER.len() as u64,
-            });
+            self.open_segment()?;
         }
         let active = self.active.as_mut().expect("opened above");
-        let mut key = [0u8; KEY_LEN];
-        key[..8].copy_from_slice(&batch.key.instance.to_le_bytes());
-        key[8..16].copy_from_slice(&batch.key.seq.to_le_bytes());
-        key[16..].copy_from_slice(&batch.key.part.to_le_bytes());
-        let mut crc = crc32fast::Hasher::new();
-        crc.update(&key);
-        crc.update(&batch.data);
+        let mut head = [0u8; ENTRY_HEADER + KEY_LEN];
         let payload_len = u32::try_from(KEY_LEN + batch.data.len())
             .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "batch over 4 GiB"))?;
-        active.file.write_all(ENTRY_MAGIC)?;
-        active.file.write_all(&payload_len.to_le_bytes())?;
-        active.file.write_all(&crc.finalize().to_le_bytes())?;
-        active.file.write_all(&key)?;
-        active.file.write_all(&batch.data)?;
-        let entry = (ENTRY_HEADER + KEY_LEN + batch.data.len()) as u64;
+        head[..4].copy_from_slice(ENTRY_MAGIC);
+        head[4..8].copy_from_slice(&payload_len.to_le_bytes());
+        head[12..20].copy_from_slice(&batch.key.instance.to_le_bytes());
+        head[20..28].copy_from_slice(&batch.key.seq.to_le_bytes());
+        head[28..32].copy_from_slice(&batch.key.part.to_le_bytes());
+        let mut crc = crc32fast::Hasher::new();
+        crc.update(&head[ENTRY_HEADER..]);
+        crc.update(&batch.data);
+        head[8..12].copy_from_slice(&crc.finalize().to_le_bytes());
+        let written = active
+            .file
+            .write_all(&head)
+            .and_then(|()| active.file.write_all(&batch.data));
+        if let Err(e) = written {
+            // Cut the torn entry off (which also gives its space back) and
+            // start the next append in a new segment.
+            let _ = active.file.set_len(active.len);
+            self.active = None;
+            return Err(e);
+        }
+        let entry = (head.len() + batch.data.len()) as u64;
         active.len += entry;
         self.bytes += entry;
+        self.largest_entry = self.largest_entry.max(entry);
         Ok(())
     }
 
-    /// Write buffered entries through to the disk.
+    fn open_segment(&mut self) -> io::Result<()> {
+        let number = self.segments.last().map_or(1, |n| n + 1);
+        let path = self.segment_path(number);
+        let mut file = OpenOptions::new()
+            .create_new(true)
+            .write(true)
+            .open(&path)?;
+        if let Err(e) = file.write_all(SEGMENT_HEADER) {
+            drop(file);
+            let _ = fs::remove_file(&path);
+            return Err(e);
+        }
+        self.bytes += SEGMENT_HEADER.len() as u64;
+        self.segments.insert(number);
+        self.active = Some(Active {
+            number,
+            file,
+            len: SEGMENT_HEADER.len() as u64,
+        });
+        Ok(())
+    }
+
+    /// Make the appended entries durable.
     pub(crate) fn flush(&mut self) -> io::Result<()> {
         if let Some(active) = &mut self.active {
-            active.file.flush()?;
-            active.file.get_ref().sync_data()?;
+            active.file.sync_data()?;
         }
         Ok(())
     }

@@ -471,11 +471,33 @@ mod tests {
         assert_eq!(stats.truncated, 2);
         let message = String::from_utf8(field_at(batch.row(1), 3).unwrap()).unwrap();
         assert!(message.len() <= 1000, "{}", message.len());
-        assert!(message.ends_with("…[truncated 4048 bytes]") || message.contains("[truncated"));
+        // The whole limit is room for the message: no target, no fields.
+        assert_eq!(message, format!("{}…[truncated 4048 bytes]", "x".repeat(952)));
         let fields = field_at(batch.row(2), 5).unwrap();
         let parsed: Value = serde_json::from_slice(&fields[1..]).unwrap();
         assert!(parsed["pglogsink_truncated_fields_bytes"].as_u64().unwrap() > 5000);
         assert_eq!(row_offsets(&batch.data).unwrap().len(), 3);
+    }
+
+    /// A record without fields after one with fields: the room for its
+    /// message must not count the previous record's fields JSON.
+    #[test]
+    fn a_record_without_fields_is_cut_as_if_encoded_alone() {
+        let big = "x".repeat(5000);
+        let alone = CopyEncoder::new(1000)
+            .encode(KEY, &[Record::new(Level::Info, big.clone())])
+            .0;
+        let expected = field_at(alone.row(0), 3).unwrap();
+        let records = vec![
+            Record::new(Level::Info, "m").field("blob", "y".repeat(400)),
+            Record::new(Level::Info, big),
+        ];
+        let (batch, stats) = CopyEncoder::new(1000).encode(KEY, &records);
+        assert_eq!(stats.truncated, 1);
+        assert_eq!(
+            String::from_utf8(field_at(batch.row(1), 3).unwrap()).unwrap(),
+            String::from_utf8(expected).unwrap()
+        );
     }
 
     #[test]

@@ -91,6 +91,9 @@ impl CopyEncoder {
         if has_fields {
             replaced = fields_json(&mut self.scratch, &record.fields);
         }
+        // `scratch` is reused between records: without fields of this
+        // record's own, it still holds the previous record's, so its length
+        // counts only when there are fields.
         let fields_len = if has_fields { self.scratch.len() } else { 0 };
         let size = target.len() + record.message.len() + fields_len;
         let mut truncated = false;
@@ -98,7 +101,8 @@ impl CopyEncoder {
         let cut_message;
         if size > self.max_record_bytes {
             truncated = true;
-            if target.len() + fields_len > self.max_record_bytes / 2 {
+            let mut kept_fields = fields_len;
+            if has_fields && target.len() + fields_len > self.max_record_bytes / 2 {
                 // The fields alone are too big: keep a note of them instead.
                 self.scratch.clear();
                 self.scratch.push(JSONB_VERSION);
@@ -106,10 +110,11 @@ impl CopyEncoder {
                     &mut self.scratch,
                     &serde_json::json!({ "pglogsink_truncated_fields_bytes": fields_len }),
                 );
+                kept_fields = self.scratch.len();
             }
             let room = self
                 .max_record_bytes
-                .saturating_sub(target.len().min(self.max_record_bytes / 4) + self.scratch.len())
+                .saturating_sub(target.len().min(self.max_record_bytes / 4) + kept_fields)
                 .max(64);
             if message.len() > room {
                 let original = message.len();

@@ -477,7 +477,10 @@ mod tests {
         let message = String::from_utf8(field_at(batch.row(1), 3).unwrap()).unwrap();
         assert!(message.len() <= 1000, "{}", message.len());
         // The whole limit is room for the message: no target, no fields.
-        assert_eq!(message, format!("{}…[truncated 4048 bytes]", "x".repeat(952)));
+        assert_eq!(
+            message,
+            format!("{}…[truncated 4048 bytes]", "x".repeat(952))
+        );
         let fields = field_at(batch.row(2), 5).unwrap();
         let parsed: Value = serde_json::from_slice(&fields[1..]).unwrap();
         assert!(parsed["pglogsink_truncated_fields_bytes"].as_u64().unwrap() > 5000);

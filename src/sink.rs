@@ -16,6 +16,8 @@ use crate::consumer::Consumer;
 use crate::copy::Statements;
 use crate::copy_format::CopyEncoder;
 use crate::logger::Logger;
+#[cfg(test)]
+use crate::record::Level;
 use crate::report::{FatalError, Report};
 use crate::spool::Spool;
 use crate::stats::Shared;
@@ -166,5 +168,72 @@ impl std::fmt::Debug for Worker {
         f.debug_struct("Worker")
             .field("finished", &self.task.is_finished())
             .finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A sink whose database refuses every connection: it retries forever
+    /// until shutdown's deadline (or something else) tells it to give up.
+    fn sink_without_a_database() -> (Logger, Worker) {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .unwrap()
+            .port();
+        let url = format!("postgres://nobody@127.0.0.1:{port}/nothing");
+        let pool = crate::pool(crate::parse_url(&url).unwrap(), 1).unwrap();
+        let config = SinkConfig {
+            retry_initial: Duration::from_millis(5),
+            retry_max: Duration::from_millis(10),
+            ..SinkConfig::default()
+        };
+        spawn(pool, &config, CancellationToken::new()).unwrap()
+    }
+
+    /// Poll `done` every 10 ms; false if it is still not true after `limit`.
+    async fn within(limit: Duration, done: impl Fn() -> bool) -> bool {
+        let deadline = tokio::time::Instant::now() + limit;
+        while !done() {
+            if tokio::time::Instant::now() >= deadline {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        true
+    }
+
+    #[tokio::test]
+    async fn a_dropped_shutdown_still_ends_the_consumer() {
+        let (logger, worker) = sink_without_a_database();
+        logger.log(Level::Info, "never written").unwrap();
+        assert!(
+            within(Duration::from_secs(5), || logger.stats().retrying).await,
+            "the sink never started retrying: {:?}",
+            logger.stats()
+        );
+        // The caller stops waiting long before the hour is up.
+        let gave_up = tokio::time::timeout(
+            Duration::from_millis(50),
+            worker.shutdown(Duration::from_secs(3600)),
+        )
+        .await;
+        assert!(
+            gave_up.is_err(),
+            "shutdown returned while the database is away"
+        );
+        assert!(
+            within(Duration::from_secs(5), || !logger.stats().retrying).await,
+            "the consumer is still retrying after shutdown's future was dropped: {:?}",
+            logger.stats()
+        );
+        let retries = logger.stats().retries;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert_eq!(
+            logger.stats().retries,
+            retries,
+            "the consumer went on retrying"
+        );
     }
 }

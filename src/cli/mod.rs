@@ -117,6 +117,18 @@ pub(crate) struct MigrateArgs {
     pub(crate) partitions: maintain::MaintenanceArgs,
 }
 
+/// A flag's value in seconds, shown in `--help` as a plain number (`10`,
+/// `2.5`), so that a default can come from a library constant such as
+/// [`pglogsink::DEFAULT_SHUTDOWN_TIMEOUT`] instead of a copy of its value.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(crate) struct Seconds(pub(crate) std::time::Duration);
+
+impl std::fmt::Display for Seconds {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", self.0.as_secs_f64())
+    }
+}
+
 /// Seconds, whole or fractional, up to `max`; zero only when `zero_ok`.
 /// The error says the accepted range.
 pub(crate) fn parse_seconds(

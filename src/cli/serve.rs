@@ -24,7 +24,7 @@ use super::maintain::{parse_retention, MaintenanceArgs};
 use super::request_span::{trace_request, RequestId};
 use super::signal::shutdown_signal;
 use super::sink_args::SinkArgs;
-use super::{DatabaseArgs, Failure};
+use super::{DatabaseArgs, Failure, Seconds};
 
 #[derive(Debug, clap::Args)]
 pub(crate) struct ServeArgs {
@@ -66,9 +66,10 @@ pub(crate) struct ServeArgs {
 
     /// Seconds to wait at shutdown for in-flight requests to finish and, separately, for the
     /// queue to be written; what is not written by then is reported.
-    #[arg(long, env = "PGLOGSINK_SHUTDOWN_TIMEOUT", default_value = "10",
+    #[arg(long, env = "PGLOGSINK_SHUTDOWN_TIMEOUT",
+          default_value_t = Seconds(pglogsink::DEFAULT_SHUTDOWN_TIMEOUT),
           value_parser = parse_seconds, value_name = "SECS")]
-    pub(crate) shutdown_timeout: Duration,
+    pub(crate) shutdown_timeout: Seconds,
 
     /// Answer requests without logging them (for measuring the sink's overhead).
     #[arg(long, env = "PGLOGSINK_NO_LOG",
@@ -85,8 +86,8 @@ fn parse_every(s: &str) -> Result<Duration, String> {
 }
 
 /// The shutdown deadline: 0 (do not wait) to one day.
-fn parse_seconds(s: &str) -> Result<Duration, String> {
-    super::parse_seconds(s, true, 86_400.0)
+fn parse_seconds(s: &str) -> Result<Seconds, String> {
+    super::parse_seconds(s, true, 86_400.0).map(Seconds)
 }
 
 #[derive(Clone)]
@@ -220,20 +221,21 @@ pub(crate) async fn run(args: ServeArgs) -> Result<ExitCode, Failure> {
     };
     let server =
         axum::serve(listener, app(state)).with_graceful_shutdown(token.clone().cancelled_owned());
+    let Seconds(shutdown_timeout) = args.shutdown_timeout;
     let http_grace = async {
         token.cancelled().await;
-        tokio::time::sleep(args.shutdown_timeout).await;
+        tokio::time::sleep(shutdown_timeout).await;
     };
     tokio::select! {
         served = server => if let Err(e) = served {
             tracing::error!("the HTTP server failed: {e}");
         },
         () = http_grace => tracing::warn!(
-            "HTTP connections still open after {:?}; closing them", args.shutdown_timeout
+            "HTTP connections still open after {shutdown_timeout:?}; closing them"
         ),
     }
 
-    let report = worker.shutdown(args.shutdown_timeout).await;
+    let report = worker.shutdown(shutdown_timeout).await;
     // The token is cancelled: the timer returns at once (a run in progress
     // is abandoned; each of its changes is a transaction of its own).
     let _ = maintenance_task.await;

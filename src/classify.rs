@@ -68,7 +68,7 @@ impl std::fmt::Display for WriteError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             WriteError::Pool(PoolError::Backend(e)) | WriteError::Postgres(e) => {
-                f.write_str(&describe(e))
+                f.write_str(&describe_postgres(e))
             }
             WriteError::Pool(PoolError::Timeout(_)) => {
                 f.write_str("timed out waiting for a database connection")
@@ -100,6 +100,14 @@ pub(crate) fn classify(err: &WriteError) -> Class {
         WriteError::Pool(PoolError::Backend(e)) | WriteError::Postgres(e) => classify_postgres(e),
         WriteError::Pool(_) | WriteError::RowCount { .. } => Class::Fatal,
     }
+}
+
+/// Whether the same statement may succeed if tried again: what
+/// [`Error::is_transient`](crate::Error::is_transient) says of a driver
+/// error. The sink's writes also bisect on poison; a single statement has
+/// nothing to split, so poison is not worth a retry either.
+pub(crate) fn retry_helps(e: &tokio_postgres::Error) -> bool {
+    matches!(classify_postgres(e), Class::Transient(_))
 }
 
 fn classify_postgres(e: &tokio_postgres::Error) -> Class {
@@ -249,7 +257,7 @@ fn needs_tls(e: &tokio_postgres::Error) -> bool {
 /// Render a driver error with the server's message, detail and hint, or
 /// with the chain of causes for connection errors. tokio-postgres's own
 /// `Display` says only "db error" for server errors.
-pub(crate) fn describe(e: &tokio_postgres::Error) -> String {
+pub(crate) fn describe_postgres(e: &tokio_postgres::Error) -> String {
     if let Some(db) = e.as_db_error() {
         let mut s = db.message().to_owned();
         if let Some(detail) = db.detail() {

@@ -60,7 +60,7 @@ pub use config::{
     DEFAULT_MAX_RECORD_BYTES, DEFAULT_SHUTDOWN_TIMEOUT, DEFAULT_TABLE, MAX_BATCH_SIZE,
 };
 pub use database::{parse_url, pool, ConnectConfig, DEFAULT_POOL_SIZE};
-pub use error::{Error, ErrorKind};
+pub use error::{describe, Error, ErrorKind};
 #[cfg(feature = "tracing-layer")]
 pub use layer::PgLogLayer;
 pub use logger::{Closed, Logger};

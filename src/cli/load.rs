@@ -21,7 +21,7 @@ use hyper::{header, Request, StatusCode, Uri};
 use hyper_util::rt::TokioIo;
 use indicatif::{ProgressBar, ProgressStyle};
 use pglogsink::tokio_postgres::types::Type;
-use pglogsink::CancellationToken;
+use pglogsink::{describe, CancellationToken, Error};
 use tokio::net::TcpStream;
 
 use super::db::{Database, Mode};
@@ -252,7 +252,7 @@ async fn send(
     shared: &Shared,
     n: u64,
 ) -> Result<StatusCode, String> {
-    sender.ready().await.map_err(|e| describe(&e))?;
+    sender.ready().await.map_err(|e| describe(&e).to_string())?;
     let request = Request::get(shared.target.path(n))
         .header(header::HOST, &shared.target.authority)
         .header("x-run-id", &shared.run_id)
@@ -261,7 +261,7 @@ async fn send(
     let response = sender
         .send_request(request)
         .await
-        .map_err(|e| describe(&e))?;
+        .map_err(|e| describe(&e).to_string())?;
     let status = response.status();
     response
         .into_body()
@@ -490,14 +490,18 @@ async fn verify(
             .saturating_duration_since(Instant::now())
             .max(VERIFY_POLL);
         let query = async {
-            let client = db.pool.get().await.map_err(|e| describe(&e))?;
+            let client = db
+                .pool
+                .get()
+                .await
+                .map_err(|e| Error::from(e).to_string())?;
             // The unnamed statement: nothing outlives the query, so this
             // works through a transaction-mode pooler.
             let row = client
                 .query_typed_one(sql.as_str(), &[(&run_id, Type::TEXT)])
                 .await
-                .map_err(|e| describe(&e))?;
-            let count: i64 = row.try_get(0).map_err(|e| describe(&e))?;
+                .map_err(|e| describe(&e).to_string())?;
+            let count: i64 = row.try_get(0).map_err(|e| describe(&e).to_string())?;
             Ok::<u64, String>(u64::try_from(count).unwrap_or(0))
         };
         match tokio::time::timeout(remaining, query).await {
@@ -531,20 +535,6 @@ async fn verify(
     let (line, ok) = verify_line(run_id, expected, found, last_error.as_deref(), secs, failed);
     println!("verify:      {line}");
     Ok(ok)
-}
-
-/// An error with its sources, e.g. "db error: ERROR: relation \"x\" does not exist".
-fn describe(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(e) = source {
-        let more = e.to_string();
-        if !text.contains(&more) {
-            text = format!("{text}: {more}");
-        }
-        source = e.source();
-    }
-    text
 }
 
 /// Resolves the target to loopback addresses and opens the first connection, failing fast

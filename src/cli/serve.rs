@@ -389,7 +389,10 @@ mod tests {
 
     #[test]
     fn bad_option_values_are_rejected_with_the_accepted_form() {
-        assert_eq!(parse_seconds("2.5"), Ok(Duration::from_millis(2500)));
+        assert_eq!(parse_seconds("2.5"), Ok(Seconds(Duration::from_millis(2500))));
+        // What --help shows as the default, and what it parses back to.
+        let default = Seconds(pglogsink::DEFAULT_SHUTDOWN_TIMEOUT);
+        assert_eq!(parse_seconds(&default.to_string()), Ok(default));
         assert!(parse_seconds("-1").is_err());
         assert!(parse_seconds("soon").is_err());
     }

@@ -36,8 +36,9 @@ pub(crate) struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub(crate) enum Command {
-    /// Run the demo web service; every request writes a log row with `Logger` and an `http` row
-    /// through the tracing layer, both carrying its request id.
+    /// Run the demo web service; every request writes one log row with `Logger`, carrying its
+    /// request id. The `http` access line (status, duration) is stored as a row of its own only
+    /// for a 5xx answer, or for every request with PGLOGSINK_TABLE_FILTER=info,http=debug.
     Serve(serve::ServeArgs),
     /// Fire concurrent requests at `serve`, report throughput and latency, optionally verify every row arrived.
     Load(load::LoadArgs),

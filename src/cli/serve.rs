@@ -1,5 +1,6 @@
-//! `pglogsink serve`: the demo web service. Its handlers log through the
-//! sink, like the seed article's RecipesController.
+//! `pglogsink serve`: the demo web service. Its one handler,
+//! `GET /recipes/{id}`, answers a fixed body and logs one record through the
+//! sink, as a real service's handlers would.
 //!
 //! Shutdown order: a signal (or the sink's fatal error) cancels one token;
 //! the HTTP server stops taking connections and finishes in-flight requests
@@ -113,9 +114,11 @@ pub(crate) fn app(state: AppState) -> Router {
         .with_state(state)
 }
 
-/// Answers like the seed's RecipesController and writes exactly one log row
-/// with `Logger` (the request's `tracing` span adds an `http` row of its own,
-/// without `run_id`, so `load --verify` counts one row per request).
+/// Answers a fixed body and writes exactly one log row with `Logger`, with
+/// the `run_id` that `load --verify` counts. The request's `http` access
+/// line is a row of its own only for a 5xx answer or when
+/// `PGLOGSINK_TABLE_FILTER` asks for `http=debug`; it has no `run_id`, so
+/// `load --verify` still counts one row per request.
 async fn recipe(
     State(state): State<AppState>,
     Path(id): Path<String>,
@@ -184,8 +187,9 @@ pub(crate) async fn run(args: ServeArgs) -> Result<ExitCode, Failure> {
 
     let token = CancellationToken::new();
     let (logger, worker) = pglogsink::spawn(db.pool.clone(), &config, token.clone())?;
-    // From here on, `tracing` events of the service (the `http` request
-    // lines) become rows too; its own diagnostics stay on stderr.
+    // From here on, `tracing` events of the service at the table filter's
+    // levels (by default `info`, so the `http` line of a 5xx answer) become
+    // rows too; pglogsink's and the drivers' own diagnostics stay on stderr.
     if !args.no_log {
         super::diagnostics::write_events_to(logger.clone());
     }
@@ -389,7 +393,10 @@ mod tests {
 
     #[test]
     fn bad_option_values_are_rejected_with_the_accepted_form() {
-        assert_eq!(parse_seconds("2.5"), Ok(Seconds(Duration::from_millis(2500))));
+        assert_eq!(
+            parse_seconds("2.5"),
+            Ok(Seconds(Duration::from_millis(2500)))
+        );
         // What --help shows as the default, and what it parses back to.
         let default = Seconds(pglogsink::DEFAULT_SHUTDOWN_TIMEOUT);
         assert_eq!(parse_seconds(&default.to_string()), Ok(default));

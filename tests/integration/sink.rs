@@ -199,7 +199,8 @@ async fn batches_take_what_is_queued() -> Result<(), Failed> {
         batch_size: 10,
         ..config(&table)
     };
-    // The seed's demo: 77 records arrive at once; batches are at most 10.
+    // A burst like `load`'s default 77 concurrent requests: 77 records
+    // arrive at once; batches are at most 10.
     let (logger, worker) = pglogsink::spawn(pool.clone(), &cfg, CancellationToken::new())?;
     for i in 0..77 {
         logger.log(Level::Debug, format!("GET /recipes/{i}"))?;

@@ -300,17 +300,49 @@ mod tests {
         }
     }
 
+    /// The reason /readyz gives, with its status.
+    async fn not_ready_because(logger: Logger) -> String {
+        let (status, body) = get(app(test_state(logger)), "/readyz", None).await;
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+        let json: serde_json::Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(json["ready"], false, "{body}");
+        json["reason"].as_str().unwrap().to_owned()
+    }
+
     #[tokio::test]
     async fn readyz_says_why_the_service_is_not_ready() {
+        // An idle sink has not met the database yet: the probe finds it away.
         let (logger, _worker) = unreachable_sink();
-        let (status, body) = get(app(test_state(logger)), "/readyz", None).await;
-        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
-        let json: serde_json::Value = serde_json::from_str(&body).unwrap();
-        assert_eq!(json["ready"], false);
+        assert!(!logger.stats().retrying);
+        let reason = not_ready_because(logger).await;
         assert!(
-            json["reason"].as_str().unwrap().contains("database"),
-            "{body}"
+            reason.starts_with("the database did not answer"),
+            "{reason}"
         );
+
+        // A sink with records to write meets it first, and keeps retrying.
+        let (logger, _worker) = unreachable_sink();
+        logger.log(Level::Info, "waiting").unwrap();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while !logger.stats().retrying {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the sink never retried: {:?}",
+                logger.stats()
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let reason = not_ready_because(logger).await;
+        assert!(
+            reason.starts_with("the database does not accept writes; the sink is retrying"),
+            "{reason}"
+        );
+
+        // A stopped sink says so before anything about the database.
+        let (logger, worker) = unreachable_sink();
+        let _ = worker.shutdown(Duration::ZERO).await;
+        let reason = not_ready_because(logger).await;
+        assert!(reason.starts_with("the log sink has stopped"), "{reason}");
     }
 
     fn unreachable_sink() -> (Logger, pglogsink::Worker) {

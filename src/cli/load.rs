@@ -23,6 +23,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use pglogsink::tokio_postgres::types::Type;
 use pglogsink::{describe, CancellationToken, Error};
 use tokio::net::TcpStream;
+use tokio_util::task::TaskTracker;
 
 use super::db::{Database, Mode};
 use super::Failure;
@@ -188,6 +189,9 @@ struct Shared {
     conn_errors: AtomicU64,
     first_error: Mutex<Option<String>>,
     cancel: CancellationToken,
+    /// Every task of the run (the HTTP connections, the progress line, the
+    /// signal listener), so that the run ends only when all have.
+    tasks: TaskTracker,
 }
 
 impl Shared {
@@ -239,7 +243,7 @@ async fn connect(
         let (sender, connection) = http1::handshake(TokioIo::new(stream))
             .await
             .map_err(|e| format!("handshake: {}", describe(&e)))?;
-        tokio::spawn(connection);
+        shared.tasks.spawn(connection);
         Ok(sender)
     };
     tokio::time::timeout(REQUEST_TIMEOUT, connecting)
@@ -594,6 +598,7 @@ pub(crate) async fn run(args: LoadArgs) -> Result<ExitCode, Failure> {
     };
     let started = Instant::now();
     let cancel = CancellationToken::new();
+    let tasks = TaskTracker::new();
     let shared = Arc::new(Shared {
         target,
         addrs,
@@ -605,14 +610,15 @@ pub(crate) async fn run(args: LoadArgs) -> Result<ExitCode, Failure> {
         conn_errors: AtomicU64::new(0),
         first_error: Mutex::new(None),
         cancel: cancel.clone(),
+        tasks: tasks.clone(),
     });
     let on_signal = cancel.clone();
-    let signal_task = tokio::spawn(async move {
+    let signal_task = tasks.spawn(async move {
         super::signal::shutdown_signal().await;
         on_signal.cancel();
     });
     let done = CancellationToken::new();
-    let progress = tokio::spawn(report_progress(
+    let progress = tasks.spawn(report_progress(
         shared.clone(),
         total,
         started,
@@ -662,6 +668,18 @@ pub(crate) async fn run(args: LoadArgs) -> Result<ExitCode, Failure> {
         (true, false) => verify(&args, &run_id, ok, failed, &cancel).await?,
     };
     signal_task.abort();
+    // The workers have returned, so every connection's sender is gone and
+    // its task is closing; wait for them, within a request's timeout.
+    tasks.close();
+    if tokio::time::timeout(REQUEST_TIMEOUT, tasks.wait())
+        .await
+        .is_err()
+    {
+        eprintln!(
+            "pglogsink: {} connections still closing after {REQUEST_TIMEOUT:?}; leaving them",
+            tasks.len()
+        );
+    }
     let success = failed == 0 && !interrupted && verified;
     Ok(if success {
         ExitCode::SUCCESS
@@ -818,6 +836,7 @@ mod tests {
             conn_errors: AtomicU64::new(0),
             first_error: Mutex::new(None),
             cancel: CancellationToken::new(),
+            tasks: TaskTracker::new(),
         };
         let slots: Vec<_> = std::iter::from_fn(|| shared.next_slot()).collect();
         assert_eq!(slots, [1, 2, 3]);

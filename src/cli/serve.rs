@@ -19,6 +19,7 @@ use axum::{Json, Router};
 use metrics_exporter_prometheus::PrometheusHandle;
 use pglogsink::{CancellationToken, Level, Logger, Record, Report};
 use tokio::net::TcpListener;
+use tokio_util::task::TaskTracker;
 
 use super::db::{Database, Mode};
 use super::maintain::{parse_retention, MaintenanceArgs};
@@ -200,21 +201,27 @@ pub(crate) async fn run(args: ServeArgs) -> Result<ExitCode, Failure> {
         db.description
     );
 
-    let maintenance_task = tokio::spawn(super::maintain::on_timer(
+    // Every task of the service ends when the token is cancelled; shutdown
+    // waits for all of them before the database goes.
+    let tasks = TaskTracker::new();
+    tasks.spawn(super::maintain::on_timer(
         db.pool.clone(),
         args.db.table.clone(),
         maintenance,
         args.maintenance_interval,
         token.clone(),
     ));
-
-    let upkeep_task = tokio::spawn(super::metrics::upkeep(metrics.clone(), token.clone()));
-
+    tasks.spawn(super::metrics::upkeep(metrics.clone(), token.clone()));
     let signal_token = token.clone();
-    tokio::spawn(async move {
-        shutdown_signal().await;
-        tracing::info!("shutdown requested; finishing requests and draining the log queue");
-        signal_token.cancel();
+    tasks.spawn(async move {
+        tokio::select! {
+            () = shutdown_signal() => {
+                tracing::info!("shutdown requested; finishing requests and draining the log queue");
+                signal_token.cancel();
+            }
+            // A fatal error stopped the service: no signal to wait for.
+            () = signal_token.cancelled() => {}
+        }
     });
 
     let state = AppState {
@@ -240,10 +247,11 @@ pub(crate) async fn run(args: ServeArgs) -> Result<ExitCode, Failure> {
     }
 
     let report = worker.shutdown(shutdown_timeout).await;
-    // The token is cancelled: the timer returns at once (a run in progress
-    // is abandoned; each of its changes is a transaction of its own).
-    let _ = maintenance_task.await;
-    let _ = upkeep_task.await;
+    // The token is cancelled: the maintenance timer returns at once (a run
+    // in progress is abandoned; each of its changes is a transaction of its
+    // own), and so do the metrics upkeep and the signal listener.
+    tasks.close();
+    tasks.wait().await;
     db.close();
     Ok(print_report(&report))
 }

@@ -13,6 +13,16 @@ use std::time::SystemTime;
 ///
 /// Ordered from least to most severe, so `level >= Level::Warn` means
 /// "warnings and errors" in Rust as it does in SQL.
+///
+/// ```
+/// use pglogsink::Level;
+///
+/// let level: Level = "WARNING".parse()?;
+/// assert_eq!(level, Level::Warn);
+/// assert!(level >= Level::Info && level < Level::Error);
+/// assert_eq!(level.to_string(), "warn");
+/// # Ok::<(), pglogsink::ParseLevelError>(())
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Level {
     /// Very verbose diagnostics.

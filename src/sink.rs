@@ -125,6 +125,24 @@ fn intern(name: &str) -> &'static str {
 ///
 /// Dropping it without `shutdown` leaves the consumer running until every
 /// [`Logger`] is dropped, with no report.
+///
+/// ```no_run
+/// use pglogsink::{CancellationToken, SinkConfig, DEFAULT_SHUTDOWN_TIMEOUT};
+///
+/// # async fn demo(pool: pglogsink::deadpool_postgres::Pool) -> Result<(), pglogsink::Error> {
+/// let shutdown = CancellationToken::new();
+/// let (logger, worker) = pglogsink::spawn(pool, &SinkConfig::default(), shutdown.clone())?;
+/// // ... hand `logger` to the application; stop on Ctrl-C, or when the
+/// // sink cancels `shutdown` because it met a fatal error ...
+/// shutdown.cancelled().await;
+/// if let Some(fatal) = worker.fatal_error() {
+///     eprintln!("the sink stopped: {fatal}");
+/// }
+/// let report = worker.shutdown(DEFAULT_SHUTDOWN_TIMEOUT).await;
+/// println!("{report}");
+/// # drop(logger);
+/// # Ok(()) }
+/// ```
 #[must_use = "call `shutdown` to drain the queue and learn what was written"]
 pub struct Worker {
     task: JoinHandle<Report>,

@@ -75,6 +75,13 @@ pub use table::TableName;
 pub use tls::{RootCert, SslMode};
 pub use upgrade::{upgrade, Upgrade};
 
+/// The README's code blocks, compiled and run as doctests (as deadpool
+/// does) so that its examples keep building; blocks that are not Rust are
+/// tagged with their language (`sh`, `sql`, `text`).
+#[cfg(all(doctest, feature = "tracing-layer"))]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;
+
 /// Re-exported so that users name the same versions pglogsink uses.
 pub use deadpool_postgres;
 pub use tokio_postgres;

@@ -78,7 +78,7 @@ impl std::fmt::Display for WriteError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             WriteError::Pool(PoolError::Backend(e)) | WriteError::Postgres(e) => {
-                f.write_str(&describe(e))
+                f.write_str(&describe_postgres(e))
             }
             WriteError::Pool(PoolError::Timeout(_)) => {
                 f.write_str("timed out waiting for a database connection")
@@ -120,6 +120,14 @@ pub(crate) fn classify(err: &WriteError) -> Class {
         WriteError::Pool(PoolError::Backend(e)) | WriteError::Postgres(e) => classify_postgres(e),
         WriteError::Pool(_) | WriteError::RowCount { .. } => Class::Fatal,
     }
+}
+
+/// Whether the same statement may succeed if tried again: what
+/// [`Error::is_transient`](crate::Error::is_transient) says of a driver
+/// error. The sink's writes also bisect on poison; a single statement has
+/// nothing to split, so poison is not worth a retry either.
+pub(crate) fn retry_helps(e: &tokio_postgres::Error) -> bool {
+    matches!(classify_postgres(e), Class::Transient(_))
 }
 
 fn classify_postgres(e: &tokio_postgres::Error) -> Class {
@@ -201,6 +209,9 @@ pub(crate) fn needs_fresh_connection(err: &WriteError) -> bool {
 }
 
 /// What to do about a fatal SQLSTATE, as an instruction to the operator.
+/// Only fatal codes come here: a type or constraint check refusing a row
+/// (classes 22, 23) or a limit (54) is poison, and the refused row goes to
+/// the rejected-rows table instead of stopping the sink.
 fn hint(code: Option<&str>, table: &str) -> String {
     let code = code.unwrap_or("");
     match code {
@@ -224,9 +235,6 @@ fn hint(code: Option<&str>, table: &str) -> String {
         "08P01" => "the connection pooler refused the connection: check the user name, password \
              and database name in DATABASE_URL / --database-url against the pooler's settings"
             .to_owned(),
-        _ if code.starts_with("22") || code.starts_with("23") => format!(
-            "a record was rejected by a type or constraint check on {table}; check constraints added to the table"
-        ),
         _ => "see the PostgreSQL server log for details".to_owned(),
     }
 }
@@ -269,7 +277,7 @@ fn needs_tls(e: &tokio_postgres::Error) -> bool {
 /// Render a driver error with the server's message, detail and hint, or
 /// with the chain of causes for connection errors. tokio-postgres's own
 /// `Display` says only "db error" for server errors.
-pub(crate) fn describe(e: &tokio_postgres::Error) -> String {
+pub(crate) fn describe_postgres(e: &tokio_postgres::Error) -> String {
     if let Some(db) = e.as_db_error() {
         let mut s = db.message().to_owned();
         if let Some(detail) = db.detail() {

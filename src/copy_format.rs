@@ -87,6 +87,9 @@ impl CopyEncoder {
         if has_fields {
             replaced = fields_json(&mut self.scratch, &record.fields);
         }
+        // `scratch` is reused between records: without fields of this
+        // record's own, it still holds the previous record's, so its length
+        // counts only when there are fields.
         let fields_len = if has_fields { self.scratch.len() } else { 0 };
         let size = target.len() + record.message.len() + fields_len;
         let mut truncated = false;
@@ -94,7 +97,8 @@ impl CopyEncoder {
         let cut_message;
         if size > self.max_record_bytes {
             truncated = true;
-            if target.len() + fields_len > self.max_record_bytes / 2 {
+            let mut kept_fields = fields_len;
+            if has_fields && target.len() + fields_len > self.max_record_bytes / 2 {
                 // The fields alone are too big: keep a note of them instead.
                 self.scratch.clear();
                 self.scratch.push(JSONB_VERSION);
@@ -102,10 +106,11 @@ impl CopyEncoder {
                     &mut self.scratch,
                     &serde_json::json!({ "pglogsink_truncated_fields_bytes": fields_len }),
                 );
+                kept_fields = self.scratch.len();
             }
             let room = self
                 .max_record_bytes
-                .saturating_sub(target.len().min(self.max_record_bytes / 4) + self.scratch.len())
+                .saturating_sub(target.len().min(self.max_record_bytes / 4) + kept_fields)
                 .max(64);
             if message.len() > room {
                 let original = message.len();
@@ -464,11 +469,37 @@ mod tests {
         assert_eq!(stats.truncated, 2);
         let message = String::from_utf8(field_at(batch.row(1), 3).unwrap()).unwrap();
         assert!(message.len() <= 1000, "{}", message.len());
-        assert!(message.ends_with("…[truncated 4048 bytes]") || message.contains("[truncated"));
+        // The whole limit is room for the message: no target, no fields.
+        assert_eq!(
+            message,
+            format!("{}…[truncated 4048 bytes]", "x".repeat(952))
+        );
         let fields = field_at(batch.row(2), 5).unwrap();
         let parsed: Value = serde_json::from_slice(&fields[1..]).unwrap();
         assert!(parsed["pglogsink_truncated_fields_bytes"].as_u64().unwrap() > 5000);
         assert_eq!(row_offsets(&batch.data).unwrap().len(), 3);
+    }
+
+    /// A record without fields after one with fields: the room for its
+    /// message must not count the previous record's fields JSON.
+    #[test]
+    fn a_record_without_fields_is_cut_as_if_encoded_alone() {
+        let big = "x".repeat(5000);
+        let (alone, _) = encoded(
+            &mut CopyEncoder::new(1000),
+            &[Record::new(Level::Info, big.clone())],
+        );
+        let expected = field_at(alone.row(0), 3).unwrap();
+        let records = vec![
+            Record::new(Level::Info, "m").field("blob", "y".repeat(400)),
+            Record::new(Level::Info, big),
+        ];
+        let (batch, stats) = encoded(&mut CopyEncoder::new(1000), &records);
+        assert_eq!(stats.truncated, 1);
+        assert_eq!(
+            String::from_utf8(field_at(batch.row(1), 3).unwrap()).unwrap(),
+            String::from_utf8(expected).unwrap()
+        );
     }
 
     #[test]

@@ -729,11 +729,32 @@ mod tests {
         .unwrap();
         worker.shutdown(std::time::Duration::from_millis(50)).await;
         assert!(logger.is_closed());
-        let subscriber = tracing_subscriber::registry().with(PgLogLayer::new(logger));
+        let before = logger.stats();
+        // Every event the other layers see: the app's event still reaches
+        // them, and only it.
+        #[derive(Clone, Default)]
+        struct Count(Arc<Mutex<Vec<String>>>);
+        impl<S: Subscriber> Layer<S> for Count {
+            fn on_event(&self, event: &Event<'_>, _: Context<'_, S>) {
+                let target = event.metadata().target().to_owned();
+                self.0.lock().unwrap().push(target);
+            }
+        }
+        let seen = Count::default();
+        let subscriber = tracing_subscriber::registry()
+            .with(PgLogLayer::new(logger.clone()))
+            .with(seen.clone());
         tracing::subscriber::with_default(subscriber, || {
             let span = tracing::info_span!(target: "app", "request", request_id = "r1");
             span.in_scope(|| tracing::error!(target: "app", code = 1, "after the stop"));
         });
+        assert_eq!(*seen.0.lock().unwrap(), ["app"]);
+        let after = logger.stats();
+        assert_eq!(
+            (after.received, after.queued),
+            (before.received, 0),
+            "a record was taken after the stop"
+        );
     }
 
     #[test]

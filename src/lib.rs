@@ -67,7 +67,7 @@ pub use config::{
     MAX_BATCH_SIZE,
 };
 pub use database::{parse_url, pool, ConnectConfig, DEFAULT_POOL_SIZE};
-pub use error::{Error, ErrorKind};
+pub use error::{describe, Error, ErrorKind};
 #[cfg(feature = "tracing-layer")]
 pub use layer::PgLogLayer;
 pub use logger::{Logger, SendError};
@@ -81,6 +81,13 @@ pub use stats::{Lost, Stats};
 pub use table::TableName;
 pub use tls::{RootCert, SslMode};
 pub use upgrade::{upgrade, Upgrade};
+
+/// The README's code blocks, compiled and run as doctests (as deadpool
+/// does) so that its examples keep building; blocks that are not Rust are
+/// tagged with their language (`sh`, `sql`, `text`).
+#[cfg(all(doctest, feature = "tracing-layer"))]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;
 
 /// Re-exported so that users name the same versions pglogsink uses.
 pub use deadpool_postgres;

@@ -153,11 +153,6 @@ impl Logger {
         self.shared.closed.load(Ordering::Acquire)
     }
 
-    /// Records waiting in the queue right now.
-    pub fn queue_len(&self) -> usize {
-        self.tx.len()
-    }
-
     /// A snapshot of the sink's counters.
     pub fn stats(&self) -> Stats {
         self.shared.snapshot(self.tx.len())

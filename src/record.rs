@@ -13,6 +13,16 @@ use std::time::SystemTime;
 ///
 /// Ordered from least to most severe, so `level >= Level::Warn` means
 /// "warnings and errors" in Rust as it does in SQL.
+///
+/// ```
+/// use pglogsink::Level;
+///
+/// let level: Level = "WARNING".parse()?;
+/// assert_eq!(level, Level::Warn);
+/// assert!(level >= Level::Info && level < Level::Error);
+/// assert_eq!(level.to_string(), "warn");
+/// # Ok::<(), pglogsink::ParseLevelError>(())
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Level {
     /// Very verbose diagnostics.
@@ -95,8 +105,9 @@ pub type Fields = Vec<(Cow<'static, str>, serde_json::Value)>;
 /// A log record on its way to the Log table.
 ///
 /// Build one with [`Record::new`] and the chained setters, then hand it to
-/// [`Logger::send`](crate::Logger::send). The timestamp (unless set with
-/// [`Record::at`]) and the producing thread are stamped when it is sent.
+/// [`Logger::send`](crate::Logger::send). The timestamp is taken when the
+/// record is built, unless [`Record::at`] sets another; the producing thread
+/// is stamped when it is sent.
 ///
 /// ```
 /// use pglogsink::{Level, Record};
@@ -110,8 +121,6 @@ pub type Fields = Vec<(Cow<'static, str>, serde_json::Value)>;
 #[derive(Debug, Clone)]
 pub struct Record {
     pub(crate) timestamp: SystemTime,
-    /// Set by [`Record::at`]: sending keeps the timestamp.
-    timed: bool,
     pub(crate) thread_id: i64,
     pub(crate) level: Level,
     pub(crate) target: Option<Cow<'static, str>>,
@@ -120,11 +129,11 @@ pub struct Record {
 }
 
 impl Record {
-    /// A record with a level and a message, no target and no fields.
+    /// A record with a level and a message, no target and no fields, timed
+    /// now.
     pub fn new(level: Level, message: impl Into<Cow<'static, str>>) -> Record {
         Record {
-            timestamp: SystemTime::UNIX_EPOCH,
-            timed: false,
+            timestamp: SystemTime::now(),
             thread_id: 0,
             level,
             target: None,
@@ -134,7 +143,7 @@ impl Record {
     }
 
     /// When the event happened, for a record relayed from elsewhere (another
-    /// service, a file): sending keeps this time instead of stamping now.
+    /// service, a file), instead of when the record was built.
     ///
     /// ```
     /// use std::time::{Duration, SystemTime};
@@ -146,7 +155,6 @@ impl Record {
     /// ```
     pub fn at(mut self, timestamp: SystemTime) -> Record {
         self.timestamp = timestamp;
-        self.timed = true;
         self
     }
 
@@ -188,18 +196,26 @@ impl Record {
         &self.fields
     }
 
-    /// When the record was sent (the Unix epoch before it is sent), or the
-    /// time given to [`Record::at`].
+    /// When the record was built by [`Record::new`], or the time given to
+    /// [`Record::at`]: the `timestamp` column of its row.
+    ///
+    /// ```
+    /// use std::time::SystemTime;
+    /// use pglogsink::{Level, Record};
+    ///
+    /// let before = SystemTime::now();
+    /// let record = Record::new(Level::Info, "built");
+    /// assert!(record.timestamp() >= before && record.timestamp() <= SystemTime::now());
+    /// ```
     pub fn timestamp(&self) -> SystemTime {
         self.timestamp
     }
 
-    /// Stamp time and thread: done by the logger at the moment of `log()`.
+    /// Stamp the producing thread: done by the logger when the record is
+    /// sent. (The time was taken when the record was built: for `log()`,
+    /// the same moment.)
     #[inline]
     pub(crate) fn stamp(&mut self) {
-        if !self.timed {
-            self.timestamp = SystemTime::now();
-        }
         self.thread_id = current_thread_id();
     }
 }
@@ -259,12 +275,15 @@ mod tests {
     }
 
     #[test]
-    fn stamping_sets_time_and_a_stable_thread_id() {
-        let mut a = Record::new(Level::Info, "a");
+    fn stamping_sets_a_stable_thread_id_and_keeps_the_time() {
+        let then = SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(1_700_000_000);
+        let mut a = Record::new(Level::Info, "a").at(then);
         let mut b = Record::new(Level::Info, "b");
+        let built = b.timestamp;
         a.stamp();
         b.stamp();
-        assert!(a.timestamp > SystemTime::UNIX_EPOCH);
+        assert_eq!(a.timestamp, then);
+        assert_eq!(b.timestamp, built);
         assert!(a.thread_id > 0);
         assert_eq!(a.thread_id, b.thread_id);
         let other = std::thread::spawn(current_thread_id).join().unwrap();

@@ -27,16 +27,16 @@ const DEFAULT_STDERR_FILTER: &str = "info,http=warn";
 
 static TABLE_LAYER: OnceLock<PgLogLayer> = OnceLock::new();
 
-/// Install the process-wide subscriber: `fmt` on stderr filtered by
-/// `RUST_LOG`, and the Log table for `info` and above once
-/// [`write_events_to`] is called.
-///
-/// The layer itself drops the events of pglogsink and of the database
-/// crates, so the service's own diagnostics go to stderr only.
 /// Which `tracing` events of the binary become rows, unless
 /// `PGLOGSINK_TABLE_FILTER` says otherwise (`EnvFilter` syntax).
 const DEFAULT_TABLE_FILTER: &str = "info";
 
+/// Install the process-wide subscriber: `fmt` on stderr filtered by
+/// `RUST_LOG`, and the Log table filtered by `PGLOGSINK_TABLE_FILTER`
+/// (default [`DEFAULT_TABLE_FILTER`]) once [`write_events_to`] is called.
+///
+/// The layer itself drops the events of pglogsink and of the database
+/// crates, so the service's own diagnostics go to stderr only.
 pub(crate) fn init() -> Result<(), String> {
     let stderr_filter =
         EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(DEFAULT_STDERR_FILTER));

@@ -6,7 +6,7 @@ use std::time::Duration;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use pglogsink::{Logger, SendError};
+use pglogsink::{Error, Logger, SendError};
 
 /// How long the readiness probe waits for `SELECT 1`.
 const PROBE_TIMEOUT: Duration = Duration::from_secs(1);
@@ -60,12 +60,12 @@ async fn not_ready_because(logger: &Logger, pool: &deadpool_postgres::Pool) -> O
         ));
     }
     let probe = async {
-        let client = pool.get().await.map_err(|e| e.to_string())?;
+        let client = pool.get().await.map_err(Error::from)?;
         client
             .simple_query("SELECT 1")
             .await
             .map(|_| ())
-            .map_err(|e| e.to_string())
+            .map_err(Error::from)
     };
     match tokio::time::timeout(PROBE_TIMEOUT, probe).await {
         Ok(Ok(())) => None,

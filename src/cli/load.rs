@@ -21,8 +21,9 @@ use hyper::{header, Request, StatusCode, Uri};
 use hyper_util::rt::TokioIo;
 use indicatif::{ProgressBar, ProgressStyle};
 use pglogsink::tokio_postgres::types::Type;
-use pglogsink::CancellationToken;
+use pglogsink::{describe, CancellationToken, Error};
 use tokio::net::TcpStream;
+use tokio_util::task::TaskTracker;
 
 use super::db::{Database, Mode};
 use super::Failure;
@@ -188,6 +189,9 @@ struct Shared {
     conn_errors: AtomicU64,
     first_error: Mutex<Option<String>>,
     cancel: CancellationToken,
+    /// Every task of the run (the HTTP connections, the progress line, the
+    /// signal listener), so that the run ends only when all have.
+    tasks: TaskTracker,
 }
 
 impl Shared {
@@ -239,7 +243,7 @@ async fn connect(
         let (sender, connection) = http1::handshake(TokioIo::new(stream))
             .await
             .map_err(|e| format!("handshake: {}", describe(&e)))?;
-        tokio::spawn(connection);
+        shared.tasks.spawn(connection);
         Ok(sender)
     };
     tokio::time::timeout(REQUEST_TIMEOUT, connecting)
@@ -252,7 +256,7 @@ async fn send(
     shared: &Shared,
     n: u64,
 ) -> Result<StatusCode, String> {
-    sender.ready().await.map_err(|e| describe(&e))?;
+    sender.ready().await.map_err(|e| describe(&e).to_string())?;
     let request = Request::get(shared.target.path(n))
         .header(header::HOST, &shared.target.authority)
         .header("x-run-id", &shared.run_id)
@@ -261,7 +265,7 @@ async fn send(
     let response = sender
         .send_request(request)
         .await
-        .map_err(|e| describe(&e))?;
+        .map_err(|e| describe(&e).to_string())?;
     let status = response.status();
     response
         .into_body()
@@ -490,14 +494,18 @@ async fn verify(
             .saturating_duration_since(Instant::now())
             .max(VERIFY_POLL);
         let query = async {
-            let client = db.pool.get().await.map_err(|e| describe(&e))?;
+            let client = db
+                .pool
+                .get()
+                .await
+                .map_err(|e| Error::from(e).to_string())?;
             // The unnamed statement: nothing outlives the query, so this
             // works through a transaction-mode pooler.
             let row = client
                 .query_typed_one(sql.as_str(), &[(&run_id, Type::TEXT)])
                 .await
-                .map_err(|e| describe(&e))?;
-            let count: i64 = row.try_get(0).map_err(|e| describe(&e))?;
+                .map_err(|e| describe(&e).to_string())?;
+            let count: i64 = row.try_get(0).map_err(|e| describe(&e).to_string())?;
             Ok::<u64, String>(u64::try_from(count).unwrap_or(0))
         };
         match tokio::time::timeout(remaining, query).await {
@@ -531,20 +539,6 @@ async fn verify(
     let (line, ok) = verify_line(run_id, expected, found, last_error.as_deref(), secs, failed);
     println!("verify:      {line}");
     Ok(ok)
-}
-
-/// An error with its sources, e.g. "db error: ERROR: relation \"x\" does not exist".
-fn describe(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(e) = source {
-        let more = e.to_string();
-        if !text.contains(&more) {
-            text = format!("{text}: {more}");
-        }
-        source = e.source();
-    }
-    text
 }
 
 /// Resolves the target to loopback addresses and opens the first connection, failing fast
@@ -604,6 +598,7 @@ pub(crate) async fn run(args: LoadArgs) -> Result<ExitCode, Failure> {
     };
     let started = Instant::now();
     let cancel = CancellationToken::new();
+    let tasks = TaskTracker::new();
     let shared = Arc::new(Shared {
         target,
         addrs,
@@ -615,14 +610,15 @@ pub(crate) async fn run(args: LoadArgs) -> Result<ExitCode, Failure> {
         conn_errors: AtomicU64::new(0),
         first_error: Mutex::new(None),
         cancel: cancel.clone(),
+        tasks: tasks.clone(),
     });
     let on_signal = cancel.clone();
-    let signal_task = tokio::spawn(async move {
+    let signal_task = tasks.spawn(async move {
         super::signal::shutdown_signal().await;
         on_signal.cancel();
     });
     let done = CancellationToken::new();
-    let progress = tokio::spawn(report_progress(
+    let progress = tasks.spawn(report_progress(
         shared.clone(),
         total,
         started,
@@ -672,6 +668,18 @@ pub(crate) async fn run(args: LoadArgs) -> Result<ExitCode, Failure> {
         (true, false) => verify(&args, &run_id, ok, failed, &cancel).await?,
     };
     signal_task.abort();
+    // The workers have returned, so every connection's sender is gone and
+    // its task is closing; wait for them, within a request's timeout.
+    tasks.close();
+    if tokio::time::timeout(REQUEST_TIMEOUT, tasks.wait())
+        .await
+        .is_err()
+    {
+        eprintln!(
+            "pglogsink: {} connections still closing after {REQUEST_TIMEOUT:?}; leaving them",
+            tasks.len()
+        );
+    }
     let success = failed == 0 && !interrupted && verified;
     Ok(if success {
         ExitCode::SUCCESS
@@ -828,6 +836,7 @@ mod tests {
             conn_errors: AtomicU64::new(0),
             first_error: Mutex::new(None),
             cancel: CancellationToken::new(),
+            tasks: TaskTracker::new(),
         };
         let slots: Vec<_> = std::iter::from_fn(|| shared.next_slot()).collect();
         assert_eq!(slots, [1, 2, 3]);

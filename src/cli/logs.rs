@@ -14,10 +14,10 @@ use std::io::{IsTerminal, Write as _};
 use std::path::Path;
 use std::time::Duration;
 
-use deadpool_postgres::{Object, PoolError};
+use deadpool_postgres::Object;
 use pglogsink::query::{FieldMatch, Filter, Follower, LogRow, Reader, TimeFormat, When};
 use pglogsink::tokio_postgres;
-use pglogsink::{Level, TableName};
+use pglogsink::{Error, Level, TableName};
 
 use super::db::{Database, Mode};
 use super::signal::shutdown_signal;
@@ -266,43 +266,26 @@ pub(crate) async fn run(args: LogsArgs) -> Result<(), Failure> {
     result
 }
 
-/// The server's own message ("relation ... does not exist"), not the
-/// driver's bare "db error".
-fn server_message(e: &tokio_postgres::Error) -> String {
-    e.as_db_error()
-        .map_or_else(|| e.to_string(), |d| d.message().to_owned())
-}
-
 /// What a failed query means for the user.
-fn read_error(e: &tokio_postgres::Error, table: &TableName, db: &Database) -> Failure {
-    if e.code() == Some(&tokio_postgres::error::SqlState::UNDEFINED_TABLE) {
+fn read_error(e: &Error, table: &TableName, db: &Database) -> Failure {
+    if e.sqlstate() == Some(tokio_postgres::error::SqlState::UNDEFINED_TABLE.code()) {
         format!(
             "table {table} does not exist in {}: run `pglogsink serve` or `pglogsink migrate` first",
             db.description
         )
         .into()
     } else {
-        format!("reading table {table}: {}", server_message(e)).into()
+        format!("reading table {table}: {e}").into()
     }
 }
 
-/// A lost connection or a server restarting: `--follow` waits it out.
-fn is_transient(e: &tokio_postgres::Error) -> bool {
-    let io = std::error::Error::source(e).is_some_and(|s| s.is::<std::io::Error>());
-    let class = e.code().map(|c| c.code());
-    e.is_closed() || io || class.is_some_and(|c| c.starts_with("08") || c.starts_with("57P"))
-}
-
-/// A connection; the error says whether trying again may help.
+/// A connection; the error says whether trying again may help (a lost
+/// connection, a server restarting: `--follow` waits those out).
 async fn connect(db: &Database) -> Result<Object, (bool, Failure)> {
     db.pool.get().await.map_err(|e| {
-        let transient = match &e {
-            PoolError::Backend(e) => is_transient(e),
-            PoolError::Timeout(_) => true,
-            _ => false,
-        };
+        let e = Error::from(e);
         (
-            transient,
+            e.is_transient(),
             Failure::from(format!("connecting to {}: {e}", db.description)),
         )
     })
@@ -319,9 +302,9 @@ async fn reader(client: &mut Object, args: &LogsArgs) -> Result<Reader, Failure>
     let reader = Reader::new(args.db.table.clone())
         .time_format(format)
         .time_zone(zone.as_str());
-    match reader.check_time_zone(client).await {
+    match reader.check_time_zone(client).await.map_err(Error::from) {
         Ok(()) => Ok(reader),
-        Err(e) if is_transient(&e) => Err(e.to_string().into()),
+        Err(e) if e.is_transient() => Err(e.to_string().into()),
         Err(_) => {
             eprintln!("pglogsink: PostgreSQL does not know the time zone {zone:?}; showing UTC");
             Ok(reader.time_zone("UTC"))
@@ -363,7 +346,7 @@ async fn resolve(
         };
         Failure::from(format!(
             "invalid value {text:?} for {option}: {}; {}",
-            server_message(&e),
+            Error::from(e),
             pglogsink::query::WHEN_FORM
         ))
     })
@@ -393,13 +376,13 @@ async fn show(db: &Database, args: &LogsArgs) -> Result<(), Failure> {
         let (rows, follower) = reader
             .follow(&mut client, &filter, args.limit)
             .await
-            .map_err(|e| read_error(&e, table, db))?;
+            .map_err(|e| read_error(&e.into(), table, db))?;
         (rows, Some(follower))
     } else {
         let rows = reader
             .newest(&mut client, &filter, args.limit)
             .await
-            .map_err(|e| read_error(&e, table, db))?;
+            .map_err(|e| read_error(&e.into(), table, db))?;
         (rows, None)
     };
     rows.reverse();
@@ -454,13 +437,13 @@ async fn follow(
             }
         }
         let Some(session) = &mut client else { continue };
-        match follower.poll(session).await {
+        match follower.poll(session).await.map_err(Error::from) {
             Ok(rows) => {
                 if !rows.is_empty() && !emit(&printer.render(&rows))? {
                     return Ok(());
                 }
             }
-            Err(e) if is_transient(&e) => {
+            Err(e) if e.is_transient() => {
                 eprintln!("pglogsink: lost {} ({e}); retrying", db.description);
                 client = None;
             }

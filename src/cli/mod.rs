@@ -36,8 +36,9 @@ pub(crate) struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub(crate) enum Command {
-    /// Run the demo web service; every request writes a log row with `Logger` and an `http` row
-    /// through the tracing layer, both carrying its request id.
+    /// Run the demo web service; every request writes one log row with `Logger`, carrying its
+    /// request id. The `http` access line (status, duration) is stored as a row of its own only
+    /// for a 5xx answer, or for every request with PGLOGSINK_TABLE_FILTER=info,http=debug.
     Serve(serve::ServeArgs),
     /// Fire concurrent requests at `serve`, report throughput and latency, optionally verify every row arrived.
     Load(load::LoadArgs),
@@ -115,6 +116,18 @@ pub(crate) struct MigrateArgs {
 
     #[command(flatten)]
     pub(crate) partitions: maintain::MaintenanceArgs,
+}
+
+/// A flag's value in seconds, shown in `--help` as a plain number (`10`,
+/// `2.5`), so that a default can come from a library constant such as
+/// [`pglogsink::DEFAULT_SHUTDOWN_TIMEOUT`] instead of a copy of its value.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(crate) struct Seconds(pub(crate) std::time::Duration);
+
+impl std::fmt::Display for Seconds {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", self.0.as_secs_f64())
+    }
 }
 
 /// Seconds, whole or fractional, up to `max`; zero only when `zero_ok`.

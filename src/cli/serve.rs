@@ -1,5 +1,6 @@
-//! `pglogsink serve`: the demo web service. Its handlers log through the
-//! sink, like the seed article's RecipesController.
+//! `pglogsink serve`: the demo web service. Its one handler,
+//! `GET /recipes/{id}`, answers a fixed body and logs one record through the
+//! sink, as a real service's handlers would.
 //!
 //! Shutdown order: a signal (or the sink's fatal error) cancels one token;
 //! the HTTP server stops taking connections and finishes in-flight requests
@@ -18,13 +19,14 @@ use axum::{Json, Router};
 use metrics_exporter_prometheus::PrometheusHandle;
 use pglogsink::{CancellationToken, Level, Logger, Record, Report};
 use tokio::net::TcpListener;
+use tokio_util::task::TaskTracker;
 
 use super::db::{Database, Mode};
 use super::maintain::{parse_retention, MaintenanceArgs};
 use super::request_span::{trace_request, RequestId};
 use super::signal::shutdown_signal;
 use super::sink_args::SinkArgs;
-use super::{DatabaseArgs, Failure};
+use super::{DatabaseArgs, Failure, Seconds};
 
 #[derive(Debug, clap::Args)]
 pub(crate) struct ServeArgs {
@@ -66,9 +68,10 @@ pub(crate) struct ServeArgs {
 
     /// Seconds to wait at shutdown for in-flight requests to finish and, separately, for the
     /// queue to be written; what is not written by then is reported.
-    #[arg(long, env = "PGLOGSINK_SHUTDOWN_TIMEOUT", default_value = "10",
+    #[arg(long, env = "PGLOGSINK_SHUTDOWN_TIMEOUT",
+          default_value_t = Seconds(pglogsink::DEFAULT_SHUTDOWN_TIMEOUT),
           value_parser = parse_seconds, value_name = "SECS")]
-    pub(crate) shutdown_timeout: Duration,
+    pub(crate) shutdown_timeout: Seconds,
 
     /// Answer requests without logging them (for measuring the sink's overhead).
     #[arg(long, env = "PGLOGSINK_NO_LOG",
@@ -85,8 +88,8 @@ fn parse_every(s: &str) -> Result<Duration, String> {
 }
 
 /// The shutdown deadline: 0 (do not wait) to one day.
-fn parse_seconds(s: &str) -> Result<Duration, String> {
-    super::parse_seconds(s, true, 86_400.0)
+fn parse_seconds(s: &str) -> Result<Seconds, String> {
+    super::parse_seconds(s, true, 86_400.0).map(Seconds)
 }
 
 #[derive(Clone)]
@@ -112,9 +115,11 @@ pub(crate) fn app(state: AppState) -> Router {
         .with_state(state)
 }
 
-/// Answers like the seed's RecipesController and writes exactly one log row
-/// with `Logger` (the request's `tracing` span adds an `http` row of its own,
-/// without `run_id`, so `load --verify` counts one row per request).
+/// Answers a fixed body and writes exactly one log row with `Logger`, with
+/// the `run_id` that `load --verify` counts. The request's `http` access
+/// line is a row of its own only for a 5xx answer or when
+/// `PGLOGSINK_TABLE_FILTER` asks for `http=debug`; it has no `run_id`, so
+/// `load --verify` still counts one row per request.
 async fn recipe(
     State(state): State<AppState>,
     Path(id): Path<String>,
@@ -178,8 +183,9 @@ pub(crate) async fn run(args: ServeArgs) -> Result<ExitCode, Failure> {
 
     let token = CancellationToken::new();
     let (logger, worker) = pglogsink::spawn(db.pool.clone(), &config, token.clone())?;
-    // From here on, `tracing` events of the service (the `http` request
-    // lines) become rows too; its own diagnostics stay on stderr.
+    // From here on, `tracing` events of the service at the table filter's
+    // levels (by default `info`, so the `http` line of a 5xx answer) become
+    // rows too; pglogsink's and the drivers' own diagnostics stay on stderr.
     if !args.no_log {
         super::diagnostics::write_events_to(logger.clone());
     }
@@ -190,21 +196,27 @@ pub(crate) async fn run(args: ServeArgs) -> Result<ExitCode, Failure> {
         db.description
     );
 
-    let maintenance_task = tokio::spawn(super::maintain::on_timer(
+    // Every task of the service ends when the token is cancelled; shutdown
+    // waits for all of them before the database goes.
+    let tasks = TaskTracker::new();
+    tasks.spawn(super::maintain::on_timer(
         db.pool.clone(),
         args.db.table.clone(),
         maintenance,
         args.maintenance_interval,
         token.clone(),
     ));
-
-    let upkeep_task = tokio::spawn(super::metrics::upkeep(metrics.clone(), token.clone()));
-
+    tasks.spawn(super::metrics::upkeep(metrics.clone(), token.clone()));
     let signal_token = token.clone();
-    tokio::spawn(async move {
-        shutdown_signal().await;
-        tracing::info!("shutdown requested; finishing requests and draining the log queue");
-        signal_token.cancel();
+    tasks.spawn(async move {
+        tokio::select! {
+            () = shutdown_signal() => {
+                tracing::info!("shutdown requested; finishing requests and draining the log queue");
+                signal_token.cancel();
+            }
+            // A fatal error stopped the service: no signal to wait for.
+            () = signal_token.cancelled() => {}
+        }
     });
 
     let state = AppState {
@@ -215,24 +227,26 @@ pub(crate) async fn run(args: ServeArgs) -> Result<ExitCode, Failure> {
     };
     let server =
         axum::serve(listener, app(state)).with_graceful_shutdown(token.clone().cancelled_owned());
+    let Seconds(shutdown_timeout) = args.shutdown_timeout;
     let http_grace = async {
         token.cancelled().await;
-        tokio::time::sleep(args.shutdown_timeout).await;
+        tokio::time::sleep(shutdown_timeout).await;
     };
     tokio::select! {
         served = server => if let Err(e) = served {
             tracing::error!("the HTTP server failed: {e}");
         },
         () = http_grace => tracing::warn!(
-            "HTTP connections still open after {:?}; closing them", args.shutdown_timeout
+            "HTTP connections still open after {shutdown_timeout:?}; closing them"
         ),
     }
 
-    let report = worker.shutdown(args.shutdown_timeout).await;
-    // The token is cancelled: the timer returns at once (a run in progress
-    // is abandoned; each of its changes is a transaction of its own).
-    let _ = maintenance_task.await;
-    let _ = upkeep_task.await;
+    let report = worker.shutdown(shutdown_timeout).await;
+    // The token is cancelled: the maintenance timer returns at once (a run
+    // in progress is abandoned; each of its changes is a transaction of its
+    // own), and so do the metrics upkeep and the signal listener.
+    tasks.close();
+    tasks.wait().await;
     db.close();
     Ok(print_report(&report))
 }
@@ -289,17 +303,49 @@ mod tests {
         }
     }
 
+    /// The reason /readyz gives, with its status.
+    async fn not_ready_because(logger: Logger) -> String {
+        let (status, body) = get(app(test_state(logger)), "/readyz", None).await;
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+        let json: serde_json::Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(json["ready"], false, "{body}");
+        json["reason"].as_str().unwrap().to_owned()
+    }
+
     #[tokio::test]
     async fn readyz_says_why_the_service_is_not_ready() {
+        // An idle sink has not met the database yet: the probe finds it away.
         let (logger, _worker) = unreachable_sink();
-        let (status, body) = get(app(test_state(logger)), "/readyz", None).await;
-        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
-        let json: serde_json::Value = serde_json::from_str(&body).unwrap();
-        assert_eq!(json["ready"], false);
+        assert!(!logger.stats().retrying);
+        let reason = not_ready_because(logger).await;
         assert!(
-            json["reason"].as_str().unwrap().contains("database"),
-            "{body}"
+            reason.starts_with("the database did not answer"),
+            "{reason}"
         );
+
+        // A sink with records to write meets it first, and keeps retrying.
+        let (logger, _worker) = unreachable_sink();
+        logger.log(Level::Info, "waiting").unwrap();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while !logger.stats().retrying {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the sink never retried: {:?}",
+                logger.stats()
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let reason = not_ready_because(logger).await;
+        assert!(
+            reason.starts_with("the database does not accept writes; the sink is retrying"),
+            "{reason}"
+        );
+
+        // A stopped sink says so before anything about the database.
+        let (logger, worker) = unreachable_sink();
+        let _ = worker.shutdown(Duration::ZERO).await;
+        let reason = not_ready_because(logger).await;
+        assert!(reason.starts_with("the log sink has stopped"), "{reason}");
     }
 
     fn unreachable_sink() -> (Logger, pglogsink::Worker) {
@@ -382,7 +428,13 @@ mod tests {
 
     #[test]
     fn bad_option_values_are_rejected_with_the_accepted_form() {
-        assert_eq!(parse_seconds("2.5"), Ok(Duration::from_millis(2500)));
+        assert_eq!(
+            parse_seconds("2.5"),
+            Ok(Seconds(Duration::from_millis(2500)))
+        );
+        // What --help shows as the default, and what it parses back to.
+        let default = Seconds(pglogsink::DEFAULT_SHUTDOWN_TIMEOUT);
+        assert_eq!(parse_seconds(&default.to_string()), Ok(default));
         assert!(parse_seconds("-1").is_err());
         assert!(parse_seconds("soon").is_err());
     }

@@ -563,7 +563,7 @@ fn long_outage_spills() -> Result<(), Failed> {
         let started = Instant::now();
         for chunk in 0..100u64 {
             log_numbered(&logger, 1000 + chunk * 1000, 1000)?;
-            max_queued = max_queued.max(logger.queue_len());
+            max_queued = max_queued.max(logger.stats().queued);
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         let outage = started.elapsed();

@@ -226,7 +226,10 @@ fn pgbouncer_errors() -> Result<(), Failed> {
             logger.log(Level::Info, format!("waiting for room {i}"))?;
         }
         let deadline = Instant::now() + Duration::from_secs(10);
-        while logger.stats().retries < 3 && Instant::now() < deadline {
+        while logger.stats().retries < 3 {
+            check(Instant::now() < deadline, || {
+                format!("fewer than 3 retries in 10 s: {:?}", logger.stats())
+            })?;
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         let last_error = logger.last_error().unwrap_or_default();

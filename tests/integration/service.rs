@@ -488,13 +488,22 @@ fn metrics_and_readyz() -> Result<(), Failed> {
             .find_map(|l| l.strip_prefix("pglogsink_records_written_total "))
             .and_then(|v| v.trim().parse::<f64>().ok())
             .unwrap_or(0.0);
-        if written >= 20.0 || Instant::now() > deadline {
+        if written >= 20.0 {
             break body;
         }
+        check(Instant::now() < deadline, || {
+            format!("{written} records written after 10 s:\n{body}")
+        })?;
         std::thread::sleep(Duration::from_millis(50));
     };
+    // A whole line: as a prefix, "... 2" would also match 200.
+    check(
+        metrics
+            .lines()
+            .any(|l| l == "pglogsink_records_written_total 20"),
+        || format!("/metrics does not count 20 records written:\n{metrics}"),
+    )?;
     for needle in [
-        "pglogsink_records_written_total 2",
         "pglogsink_records_enqueued_total",
         "pglogsink_queue_depth",
         "pglogsink_oldest_unwritten_seconds",

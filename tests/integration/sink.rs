@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 
 use libtest_mimic::{Failed, Trial};
 use pglogsink::embedded::EmbeddedPostgres;
-use pglogsink::{CancellationToken, Level, Record, SinkConfig, TableName};
+use pglogsink::{CancellationToken, Level, Logger, Record, SinkConfig, TableName};
 use serde_json::json;
 
 use crate::common::{async_trial, check, count, fresh_table, pool};
@@ -199,7 +199,8 @@ async fn batches_take_what_is_queued() -> Result<(), Failed> {
         batch_size: 10,
         ..config(&table)
     };
-    // The seed's demo: 77 records arrive at once; batches are at most 10.
+    // A burst like `load`'s default 77 concurrent requests: 77 records
+    // arrive at once; batches are at most 10.
     let (logger, worker) = pglogsink::spawn(pool.clone(), &cfg, CancellationToken::new())?;
     for i in 0..77 {
         logger.log(Level::Debug, format!("GET /recipes/{i}"))?;
@@ -525,20 +526,11 @@ fn server_restart_loses_nothing() -> Result<(), Failed> {
         let token = CancellationToken::new();
         let (logger, worker) = pglogsink::spawn(pool.clone(), &cfg, token.clone())?;
         let mut sent = 0u64;
-        let mut log_for = |d: Duration| -> Result<(), Failed> {
-            let end = Instant::now() + d;
-            while Instant::now() < end {
-                logger.log(Level::Info, format!("n{sent}"))?;
-                sent += 1;
-                std::thread::sleep(Duration::from_micros(200));
-            }
-            Ok(())
-        };
-        log_for(Duration::from_millis(500))?;
+        log_for(&logger, &mut sent, Duration::from_millis(500)).await?;
         server.stop_server()?;
-        log_for(Duration::from_secs(2))?;
+        log_for(&logger, &mut sent, Duration::from_secs(2)).await?;
         server.start_server()?;
-        log_for(Duration::from_millis(500))?;
+        log_for(&logger, &mut sent, Duration::from_millis(500)).await?;
         let report = worker.shutdown(Duration::from_secs(20)).await;
         check(!token.is_cancelled(), || {
             format!("fatal stop during a restart: {report}")
@@ -553,6 +545,20 @@ fn server_restart_loses_nothing() -> Result<(), Failed> {
         })
     })?;
     server.stop()?;
+    Ok(())
+}
+
+/// About 5 records a millisecond for `d`, counted in `sent`. It sleeps on
+/// the runtime's timer (not the thread), so that it never holds up a task.
+async fn log_for(logger: &Logger, sent: &mut u64, d: Duration) -> Result<(), Failed> {
+    let end = Instant::now() + d;
+    while Instant::now() < end {
+        for _ in 0..5 {
+            logger.log(Level::Info, format!("n{sent}"))?;
+            *sent += 1;
+        }
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
     Ok(())
 }
 

@@ -37,6 +37,7 @@ mod consumer;
 mod copy;
 mod copy_format;
 mod database;
+#[cfg(feature = "embedded")]
 pub mod embedded;
 mod error;
 #[cfg(feature = "tracing-layer")]

@@ -104,6 +104,10 @@ fn describe() {
         "pglogsink_retries_total",
         "Batch attempts retried after a transient error, by reason."
     );
+    describe_counter!(
+        "pglogsink_embedded_restarts_total",
+        "Times the private PostgreSQL was started again after it died."
+    );
     describe_gauge!(
         "pglogsink_queue_depth",
         "Records waiting in the in-memory queue."

@@ -204,6 +204,8 @@ pub(crate) async fn run(args: ServeArgs) -> Result<ExitCode, Failure> {
     ));
 
     let upkeep_task = tokio::spawn(super::metrics::upkeep(metrics.clone(), token.clone()));
+    // The private PostgreSQL, if we started it, is started again when it dies.
+    let supervision = db.supervise(&token);
 
     let signal_token = token.clone();
     tokio::spawn(async move {
@@ -238,8 +240,10 @@ pub(crate) async fn run(args: ServeArgs) -> Result<ExitCode, Failure> {
     // is abandoned; each of its changes is a transaction of its own).
     let _ = maintenance_task.await;
     let _ = upkeep_task.await;
+    let cluster_ok = supervision.finish().await;
     db.close();
-    Ok(print_report(&report))
+    let code = print_report(&report);
+    Ok(if cluster_ok { code } else { ExitCode::FAILURE })
 }
 
 /// One line for the operator. Exit 0 only when every record is in the

@@ -3,12 +3,14 @@
 //! killer would; the cluster must come back by itself and every
 //! acknowledged request's row must arrive exactly once.
 
+use std::net::TcpListener;
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use libtest_mimic::{Failed, Trial};
-use pglogsink::embedded::EmbeddedPostgres;
+use pglogsink::embedded::{EmbeddedPostgres, RestartPolicy};
+use pglogsink::CancellationToken;
 
 use crate::common::{block_on, check};
 use crate::service::{http_get, text, Serve, BIN};
@@ -18,10 +20,16 @@ use crate::service::{http_get, text, Serve, BIN};
 const BACK_WITHIN: Duration = Duration::from_secs(15);
 
 pub fn trials() -> Vec<Trial> {
-    vec![Trial::test(
-        "embedded_supervise::killed_postmaster_comes_back_and_every_row_arrives_once",
-        killed_postmaster,
-    )]
+    vec![
+        Trial::test(
+            "embedded_supervise::killed_postmaster_comes_back_and_every_row_arrives_once",
+            killed_postmaster,
+        ),
+        Trial::test(
+            "embedded_supervise::a_cluster_that_cannot_start_is_given_up",
+            cannot_start,
+        ),
+    ]
 }
 
 fn killed_postmaster() -> Result<(), Failed> {
@@ -118,6 +126,59 @@ fn killed_postmaster_in(dir: &Path) -> Result<(), Failed> {
         back_after.as_secs_f64()
     );
     Ok(())
+}
+
+/// The postmaster killed and its port taken by someone else: the restarts
+/// fail, and after `max_failed_starts` the supervisor gives up, cancelling
+/// its token (which stops `serve`).
+fn cannot_start() -> Result<(), Failed> {
+    let pg = EmbeddedPostgres::temporary()?;
+    let pgdata = pg.data_dir().join("pgdata");
+    let pid = ready_postmaster(&pgdata).ok_or("no running postmaster")?;
+    let policy = RestartPolicy {
+        poll_interval: Duration::from_millis(100),
+        first_delay: Duration::from_millis(300),
+        max_delay: Duration::from_millis(600),
+        max_failed_starts: 3,
+        ..RestartPolicy::default()
+    };
+    let supervisor = pg.supervisor()?.with_policy(policy);
+    let token = CancellationToken::new();
+    let port = pg.port();
+    let outcome = block_on(async {
+        let run = tokio::spawn(supervisor.run(token.clone()));
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        check(!run.is_finished(), || "the supervisor stopped early".into())?;
+        let status = Command::new("kill")
+            .args(["-KILL", &pid.to_string()])
+            .status()?;
+        check(status.success(), || format!("kill -KILL {pid} failed"))?;
+        // Take the port as soon as the dead server lets go of it.
+        let taken = Instant::now();
+        let _squatter = loop {
+            match TcpListener::bind(("127.0.0.1", port)) {
+                Ok(listener) => break listener,
+                Err(_) if taken.elapsed() < Duration::from_secs(5) => {
+                    tokio::time::sleep(Duration::from_millis(5)).await
+                }
+                Err(e) => return Err(format!("port {port} not freed: {e}").into()),
+            }
+        };
+        let result = tokio::time::timeout(Duration::from_secs(60), run).await??;
+        let error = match result {
+            Ok(()) => return Err("the supervisor returned Ok without being cancelled".into()),
+            Err(e) => e.to_string(),
+        };
+        check(
+            error.contains("3 starts in a row failed") && error.contains(&port.to_string()),
+            || error.clone(),
+        )?;
+        check(token.is_cancelled(), || {
+            "the supervisor gave up without cancelling its token".into()
+        })
+    });
+    pg.stop()?;
+    outcome
 }
 
 /// The pid of the cluster's postmaster once it accepts connections.

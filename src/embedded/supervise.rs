@@ -266,6 +266,20 @@ impl Supervisor {
             // Someone else (a person with pg_ctl) started it meanwhile.
             return Ok(pm);
         }
+        if let Some(info) = running_server(&self.pgdata)? {
+            if serves(info.pid, &self.pgdata) {
+                return Err(Error::embedded(format!(
+                    "another process started the PostgreSQL server in {} (pid {}) on port {}, \
+                     but this process's connections go to port {}; stop that server \
+                     (`pg_ctl -D {} stop`) so that it can be started here again.",
+                    self.pgdata.display(),
+                    info.pid,
+                    info.port.map_or_else(|| "?".to_owned(), |p| p.to_string()),
+                    self.port,
+                    self.pgdata.display()
+                )));
+            }
+        }
         self.remove_stale_pid_file()?;
         match self.runner.start(&self.pgdata, self.port)? {
             StartOutcome::Started => self.postmaster().ok_or_else(|| {

@@ -11,7 +11,21 @@
 //!   system temporary directory ([`EmbeddedPostgres::temporary`]).
 //!
 //! Everything here is blocking (`std::process::Command`); call it before, or
-//! outside of, the async runtime's hot paths.
+//! outside of, the async runtime's hot paths. The exception is
+//! [`Supervisor::run`], a future that watches the server and starts it again
+//! when it dies (see [`Supervisor`]); `pglogsink serve` runs one for the
+//! cluster it started.
+//!
+//! # What is public
+//!
+//! Behind the `embedded` feature (on with `cli`): [`EmbeddedPostgres`] (start,
+//! attach, a temporary cluster, how to connect, stop, a supervisor),
+//! [`Supervisor`] and its [`RestartPolicy`], and [`server_user_can_reach`].
+//! The module is public because the `pglogsink` binary is a crate of its own;
+//! `EmbeddedPostgres::stop_server` and `start_server` are hidden from the
+//! docs: they exist for fault-injection tests and benchmarks, not for users.
+//! Everything else (running `pg_ctl`, the pid and connection files, the start
+//! lock) is private to this module.
 //!
 //! # Layout of a data directory
 //!

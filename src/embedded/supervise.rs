@@ -1,36 +1,5 @@
 //! Supervision: a cluster this process started is started again when its
 //! server dies.
-//!
-//! A process that owns its database should not go on without it when the
-//! kernel's OOM killer (or a `kill -9`) takes the postmaster: the sink would
-//! spool and report not ready for as long as it runs. The [`Supervisor`]
-//! watches the postmaster and starts the server again, on the same port, so
-//! the pool's connections find it where they left it; PostgreSQL's crash
-//! recovery replays its WAL, and the sink's retries and spool do the rest.
-//!
-//! * **Detection**: every [`RestartPolicy::poll_interval`] (1 s), whether the
-//!   postmaster this process watches is still running (`postmaster.pid`, the
-//!   process, and its start time, so a later process given the same pid is
-//!   not taken for it). pg_ctl starts the postmaster detached, so we are not
-//!   its parent and cannot wait for it; its exit status is read from `/proc`
-//!   while it is a zombie, if we look in time.
-//! * **Restart**: after [`RestartPolicy::delay`] (0.5 s, doubling up to 30 s
-//!   while starts fail or the restarted server keeps dying within
-//!   [`RestartPolicy::stable_after`]), `pg_ctl start` under the data
-//!   directory's start lock. A `postmaster.pid` left behind is removed first
-//!   only when the pid it names is a zombie or a process that is not this
-//!   cluster's server (PostgreSQL's own check would take either for a running
-//!   server); when the pid is gone PostgreSQL removes the file itself, after
-//!   checking that no old server process still uses its shared memory.
-//! * **Giving up**: after [`RestartPolicy::max_failed_starts`] starts in a row
-//!   fail (10: about two and a half minutes of trying), the supervisor
-//!   cancels the token it was given (a fatal stop, like the sink's) and
-//!   returns the last error. A server that starts and dies again is started
-//!   again, with growing delays, for as long as it starts.
-//! * **Telling**: a warning when the server is found dead (how, when known),
-//!   one per failed start, an info line when it runs again (with the
-//!   attempt count and the downtime), and the counter
-//!   `pglogsink_embedded_restarts_total` through the `metrics` facade.
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -99,8 +68,38 @@ impl RestartPolicy {
 /// Starts the server of an [`EmbeddedPostgres`](super::EmbeddedPostgres)
 /// again whenever it dies; made by
 /// [`EmbeddedPostgres::supervisor`](super::EmbeddedPostgres::supervisor) and
-/// driven by [`run`](Self::run). See the [module docs](self) for what it does
-/// and logs.
+/// driven by [`run`](Self::run).
+///
+/// A process that owns its database should not go on without it when the
+/// kernel's OOM killer (or a `kill -9`) takes the postmaster: the sink would
+/// spool and report not ready for as long as it runs. The supervisor
+/// watches the postmaster and starts the server again, on the same port, so
+/// the pool's connections find it where they left it; PostgreSQL's crash
+/// recovery replays its WAL, and the sink's retries and spool do the rest.
+///
+/// * **Detection**: every [`RestartPolicy::poll_interval`] (1 s), whether the
+///   postmaster this process watches is still running (`postmaster.pid`, the
+///   process, and its start time, so a later process given the same pid is
+///   not taken for it). pg_ctl starts the postmaster detached, so we are not
+///   its parent and cannot wait for it; its exit status is read from `/proc`
+///   while it is a zombie, if we look in time.
+/// * **Restart**: after [`RestartPolicy::delay`] (0.5 s, doubling up to 30 s
+///   while starts fail or the restarted server keeps dying within
+///   [`RestartPolicy::stable_after`]), `pg_ctl start` under the data
+///   directory's start lock. A `postmaster.pid` left behind is removed first
+///   only when the pid it names is a zombie or a process that is not this
+///   cluster's server (PostgreSQL's own check would take either for a running
+///   server); when the pid is gone PostgreSQL removes the file itself, after
+///   checking that no old server process still uses its shared memory.
+/// * **Giving up**: after [`RestartPolicy::max_failed_starts`] starts in a row
+///   fail (10: about two and a half minutes of trying), the supervisor
+///   cancels the token it was given (a fatal stop, like the sink's) and
+///   returns the last error. A server that starts and dies again is started
+///   again, with growing delays, for as long as it starts.
+/// * **Telling**: a warning when the server is found dead (how, when known),
+///   one per failed start, an info line when it runs again (with the
+///   attempt count and the downtime), and the counter
+///   `pglogsink_embedded_restarts_total` through the `metrics` facade.
 ///
 /// ```no_run
 /// use pglogsink::embedded::EmbeddedPostgres;

@@ -192,7 +192,15 @@ impl Supervisor {
                         continue;
                     }
                 }
-                Some(_) => {}
+                Some(_) => {
+                    // Restarted by someone else (`pg_ctl restart`): adopt it.
+                    if let Some(pm) = self.postmaster() {
+                        tracing::info!(target: "pglogsink", data_dir = %self.data_dir.display(),
+                            pid = pm.pid, "the embedded PostgreSQL server was restarted by another process");
+                        watched = Some(pm);
+                        continue;
+                    }
+                }
             }
             let died = Instant::now();
             tracing::warn!(target: "pglogsink", data_dir = %self.data_dir.display(),

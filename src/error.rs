@@ -163,6 +163,7 @@ impl Error {
         }))
     }
 
+    #[cfg(feature = "embedded")]
     pub(crate) fn embedded(message: impl Into<String>) -> Error {
         Error(Box::new(ErrorKind::Embedded {
             message: message.into(),

@@ -38,6 +38,7 @@ mod copy;
 mod copy_format;
 mod database;
 mod delivery;
+#[cfg(feature = "embedded")]
 pub mod embedded;
 mod error;
 #[cfg(feature = "tracing-layer")]

@@ -4,6 +4,8 @@
 use std::path::{Path, PathBuf};
 
 use pglogsink::embedded::{self, EmbeddedPostgres};
+use pglogsink::CancellationToken;
+use tokio::task::JoinHandle;
 
 use super::DatabaseArgs;
 
@@ -68,12 +70,49 @@ impl Database {
         })
     }
 
+    /// Start the private PostgreSQL again whenever it dies, until `token` is
+    /// cancelled; if it cannot be started, `token` is cancelled (a fatal
+    /// stop). Nothing to do for a `--database-url`, or for a server another
+    /// pglogsink process started (that process supervises it).
+    pub(crate) fn supervise(&self, token: &CancellationToken) -> Supervision {
+        let supervisor = self
+            .embedded
+            .as_ref()
+            .filter(|server| server.owns_server())
+            .and_then(|server| server.supervisor().ok());
+        Supervision(supervisor.map(|s| tokio::spawn(s.run(token.clone()))))
+    }
+
     /// Close the pool and stop the embedded server if this process started it.
     pub(crate) fn close(self) {
         self.pool.close();
         if let Some(server) = self.embedded {
             if let Err(e) = server.stop() {
                 eprintln!("pglogsink: {e}");
+            }
+        }
+    }
+}
+
+/// The supervision task of [`Database::supervise`].
+pub(crate) struct Supervision(Option<JoinHandle<Result<(), pglogsink::Error>>>);
+
+impl Supervision {
+    /// Wait for the task (its token is cancelled by now); false, with the
+    /// fatal line printed, when it gave up on the server.
+    pub(crate) async fn finish(self) -> bool {
+        let Some(task) = self.0 else {
+            return true;
+        };
+        match task.await {
+            Ok(Ok(())) => true,
+            Ok(Err(e)) => {
+                eprintln!("pglogsink: fatal: {e}");
+                false
+            }
+            Err(e) => {
+                eprintln!("pglogsink: fatal: the embedded PostgreSQL supervisor failed: {e}");
+                false
             }
         }
     }

@@ -122,6 +122,10 @@ fn describe() {
         "pglogsink_full",
         "1 while the memory budget and the spool are both exhausted and records are handed back."
     );
+    describe_counter!(
+        "pglogsink_embedded_restarts_total",
+        "Times the private PostgreSQL was started again after it died."
+    );
     describe_gauge!(
         "pglogsink_queue_depth",
         "Records waiting in the in-memory queue."

@@ -207,6 +207,8 @@ pub(crate) async fn run(args: ServeArgs) -> Result<ExitCode, Failure> {
         token.clone(),
     ));
     tasks.spawn(super::metrics::upkeep(metrics.clone(), token.clone()));
+    // The private PostgreSQL, if we started it, is started again when it dies.
+    let supervision = db.supervise(&token);
     let signal_token = token.clone();
     tasks.spawn(async move {
         tokio::select! {
@@ -241,14 +243,19 @@ pub(crate) async fn run(args: ServeArgs) -> Result<ExitCode, Failure> {
         ),
     }
 
+    // Also when the HTTP server failed on its own: everything below waits
+    // for the token.
+    token.cancel();
     let report = worker.shutdown(shutdown_timeout).await;
     // The token is cancelled: the maintenance timer returns at once (a run
     // in progress is abandoned; each of its changes is a transaction of its
     // own), and so do the metrics upkeep and the signal listener.
     tasks.close();
     tasks.wait().await;
+    let cluster_ok = supervision.finish().await;
     db.close();
-    Ok(print_report(&report))
+    let code = print_report(&report);
+    Ok(if cluster_ok { code } else { ExitCode::FAILURE })
 }
 
 /// One line for the operator. Exit 0 only when every record is in the

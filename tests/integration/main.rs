@@ -8,6 +8,7 @@
 
 mod common;
 mod embedded;
+mod embedded_supervise;
 mod faults;
 mod layer;
 mod lifecycle;
@@ -25,6 +26,7 @@ fn main() {
     trials.extend(faults::trials());
     trials.extend(service::trials());
     trials.extend(embedded::trials());
+    trials.extend(embedded_supervise::trials());
     trials.extend(layer::trials());
     trials.extend(logs::trials());
     trials.extend(lifecycle::trials());

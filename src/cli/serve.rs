@@ -10,7 +10,7 @@ use std::net::SocketAddr;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use axum::extract::{Extension, Path, State};
+use axum::extract::{Extension, FromRef, Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
@@ -20,6 +20,7 @@ use pglogsink::{CancellationToken, Level, Logger, Record, Report};
 use tokio::net::TcpListener;
 
 use super::db::{Database, Mode};
+use super::ingest::{IngestArgs, IngestState};
 use super::maintain::{parse_retention, MaintenanceArgs};
 use super::request_span::{trace_request, RequestId};
 use super::signal::shutdown_signal;
@@ -45,6 +46,9 @@ pub(crate) struct ServeArgs {
 
     #[command(flatten)]
     pub(crate) partitions: MaintenanceArgs,
+
+    #[command(flatten)]
+    pub(crate) ingest: IngestArgs,
 
     /// Drop partitions of the Log table whose whole time range is older than this (30d, 12h,
     /// 2d12h), on the maintenance timer. Without it nothing is dropped.
@@ -98,6 +102,14 @@ pub(crate) struct AppState {
     pub(crate) pool: deadpool_postgres::Pool,
     /// The Prometheus registry, when one is installed.
     pub(crate) metrics: Option<PrometheusHandle>,
+    /// The OTLP and NDJSON endpoints' settings.
+    pub(crate) ingest: IngestState,
+}
+
+impl FromRef<AppState> for IngestState {
+    fn from_ref(state: &AppState) -> IngestState {
+        state.ingest.clone()
+    }
 }
 
 /// The routes, separate from `run` so tests can call them without a socket.
@@ -107,6 +119,7 @@ pub(crate) fn app(state: AppState) -> Router {
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
+        .merge(super::ingest::routes(&state))
         .layer(axum::middleware::from_fn(trace_request))
         .layer(axum::middleware::from_fn(super::metrics::track))
         .with_state(state)
@@ -169,7 +182,9 @@ async fn metrics(State(state): State<AppState>) -> Response {
 }
 
 pub(crate) async fn run(args: ServeArgs) -> Result<ExitCode, Failure> {
-    // Bind first: a taken port should fail before a database is started.
+    // Keys and certificate first: a refusal to start needs no database.
+    let ingest = args.ingest.prepare(args.listen)?;
+    // Bind next: a taken port should fail before a database is started.
     let listener = TcpListener::bind(args.listen)
         .await
         .map_err(|e| format!("cannot listen on {}: {e}", args.listen))?;
@@ -189,7 +204,12 @@ pub(crate) async fn run(args: ServeArgs) -> Result<ExitCode, Failure> {
         super::diagnostics::write_events_to(logger.clone());
     }
     tracing::info!(
-        "listening on http://{}; logging to table {} in {}",
+        "listening on {}://{}; logging to table {} in {}",
+        if ingest.tls.is_some() {
+            "https"
+        } else {
+            "http"
+        },
         args.listen,
         args.db.table,
         db.description
@@ -205,6 +225,10 @@ pub(crate) async fn run(args: ServeArgs) -> Result<ExitCode, Failure> {
 
     let upkeep_task = tokio::spawn(super::metrics::upkeep(metrics.clone(), token.clone()));
 
+    if let Some(keys) = ingest.keys.clone() {
+        tokio::spawn(keys.watch(token.clone()));
+    }
+
     let signal_token = token.clone();
     tokio::spawn(async move {
         shutdown_signal().await;
@@ -213,24 +237,22 @@ pub(crate) async fn run(args: ServeArgs) -> Result<ExitCode, Failure> {
     });
 
     let state = AppState {
+        ingest: IngestState {
+            logger: logger.clone(),
+            max_body_bytes: args.ingest.max_body_bytes,
+            keys: ingest.keys,
+        },
         logger,
         log_requests: !args.no_log,
         pool: db.pool.clone(),
         metrics: Some(metrics),
     };
-    let server =
-        axum::serve(listener, app(state)).with_graceful_shutdown(token.clone().cancelled_owned());
-    let http_grace = async {
-        token.cancelled().await;
-        tokio::time::sleep(args.shutdown_timeout).await;
-    };
-    tokio::select! {
-        served = server => if let Err(e) = served {
-            tracing::error!("the HTTP server failed: {e}");
-        },
-        () = http_grace => tracing::warn!(
-            "HTTP connections still open after {:?}; closing them", args.shutdown_timeout
-        ),
+    match ingest.tls {
+        Some(acceptor) => {
+            let listener = super::ingest::https::TlsListener::new(listener, acceptor)?;
+            serve_http(listener, app(state), &token, args.shutdown_timeout).await;
+        }
+        None => serve_http(listener, app(state), &token, args.shutdown_timeout).await,
     }
 
     let report = worker.shutdown(args.shutdown_timeout).await;
@@ -240,6 +262,29 @@ pub(crate) async fn run(args: ServeArgs) -> Result<ExitCode, Failure> {
     let _ = upkeep_task.await;
     db.close();
     Ok(print_report(&report))
+}
+
+/// Serve until the token is cancelled, then give open connections `grace`
+/// to finish.
+async fn serve_http<L>(listener: L, router: Router, token: &CancellationToken, grace: Duration)
+where
+    L: axum::serve::Listener,
+    L::Addr: std::fmt::Debug,
+{
+    let server =
+        axum::serve(listener, router).with_graceful_shutdown(token.clone().cancelled_owned());
+    let http_grace = async {
+        token.cancelled().await;
+        tokio::time::sleep(grace).await;
+    };
+    tokio::select! {
+        served = server => if let Err(e) = served {
+            tracing::error!("the HTTP server failed: {e}");
+        },
+        () = http_grace => tracing::warn!(
+            "HTTP connections still open after {grace:?}; closing them"
+        ),
+    }
 }
 
 /// One line for the operator. Exit 0 only when every record is in the
@@ -287,6 +332,11 @@ mod tests {
 
     fn test_state(logger: Logger) -> AppState {
         AppState {
+            ingest: IngestState {
+                logger: logger.clone(),
+                max_body_bytes: 1 << 20,
+                keys: None,
+            },
             logger,
             log_requests: true,
             pool: unreachable_pool(),

@@ -9,6 +9,7 @@
 mod common;
 mod embedded;
 mod faults;
+mod ingest;
 mod layer;
 mod lifecycle;
 mod logs;
@@ -29,6 +30,7 @@ fn main() {
     trials.extend(lifecycle::trials());
     trials.extend(pooler::trials());
     trials.extend(tls::trials());
+    trials.extend(ingest::trials());
     let conclusion = libtest_mimic::run(&args, trials);
     common::shutdown();
     conclusion.exit();

@@ -261,6 +261,84 @@ pub(crate) const LEVEL_NAMES: &str =
 #[cfg(test)]
 mod tests {
     use super::*;
+    use axum::body::Body;
+    use http_body_util::BodyExt;
+    use std::time::Duration;
+    use tower::ServiceExt;
+
+    /// A sink on a database that refuses connections: records queue up.
+    fn sink() -> (Logger, pglogsink::Worker) {
+        let config = pglogsink::parse_url("postgres://nobody@127.0.0.1:1/none").unwrap();
+        let pool = pglogsink::pool(config, 1).unwrap();
+        let config = pglogsink::SinkConfig::default();
+        pglogsink::spawn(pool, &config, pglogsink::CancellationToken::new()).unwrap()
+    }
+
+    async fn post(logger: &Logger, uri: &str, content_type: &str, body: &[u8]) -> Response {
+        let state = IngestState {
+            logger: logger.clone(),
+            max_body_bytes: 1 << 20,
+            keys: None,
+        };
+        let request = axum::http::Request::post(uri)
+            .header(header::CONTENT_TYPE, content_type)
+            .body(Body::from(body.to_vec()))
+            .unwrap();
+        routes(&state)
+            .with_state(state)
+            .oneshot(request)
+            .await
+            .unwrap()
+    }
+
+    const TWO_LINES: &[u8] = b"{\"message\":\"a\"}\n{\"message\":\"b\"}\n";
+    const OTLP: &str =
+        r#"{"resourceLogs":[{"scopeLogs":[{"logRecords":[{"body":{"stringValue":"x"}}]}]}]}"#;
+
+    #[tokio::test]
+    async fn a_running_sink_takes_every_record() {
+        let (logger, worker) = sink();
+        let response = post(&logger, "/ingest/ndjson", "application/x-ndjson", TWO_LINES).await;
+        assert_eq!(response.status(), StatusCode::OK);
+        let response = post(&logger, "/v1/logs", "application/json", OTLP.as_bytes()).await;
+        assert_eq!(response.status(), StatusCode::OK);
+        let report = worker.shutdown(Duration::from_millis(100)).await;
+        assert_eq!(report.written + report.not_written + report.in_doubt, 3);
+    }
+
+    #[tokio::test]
+    async fn a_stopped_sink_is_a_503_with_retry_after_and_takes_nothing() {
+        let (logger, worker) = sink();
+        let report = worker.shutdown(Duration::from_millis(50)).await;
+        assert_eq!(report.written + report.not_written, 0);
+        let response = post(&logger, "/ingest/ndjson", "application/x-ndjson", TWO_LINES).await;
+        assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(response.headers()[header::RETRY_AFTER], "5");
+        let body = response.into_body().collect().await.unwrap().to_bytes();
+        let json: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(
+            (json["accepted"].as_u64(), json["refused"].as_u64()),
+            (Some(0), Some(2))
+        );
+        for content_type in ["application/json", "application/x-protobuf"] {
+            let body: Vec<u8> = if content_type == "application/json" {
+                OTLP.as_bytes().to_vec()
+            } else {
+                prost::Message::encode_to_vec(&otlp_json::decode(OTLP.as_bytes()).unwrap())
+            };
+            let response = post(&logger, "/v1/logs", content_type, &body).await;
+            assert_eq!(
+                response.status(),
+                StatusCode::SERVICE_UNAVAILABLE,
+                "{content_type}"
+            );
+            assert_eq!(response.headers()[header::RETRY_AFTER], "5");
+        }
+        // An empty request has no record to refuse: success, as OTLP asks.
+        let response = post(&logger, "/v1/logs", "application/x-protobuf", b"").await;
+        assert_eq!(response.status(), StatusCode::OK);
+        assert_eq!(logger.stats().queued, 0);
+    }
 
     #[test]
     fn level_names_from_other_loggers() {

@@ -19,18 +19,33 @@ use serde_json::{Map, Value};
 
 /// The request, or the error to show (with a position when there is one).
 pub(crate) fn decode(bytes: &[u8]) -> Result<ExportLogsServiceRequest, String> {
-    let first = match serde_json::from_slice(bytes) {
-        Ok(request) => return Ok(request),
+    let mut reader = serde_json::Deserializer::from_slice(bytes);
+    let first = match serde_path_to_error::deserialize(&mut reader) {
+        Ok(request) => match reader.end() {
+            Ok(()) => return Ok(request),
+            Err(e) => return Err(e.to_string()),
+        },
         Err(e) => e,
     };
     // Not JSON at all: nothing to rewrite.
     let Ok(mut value) = serde_json::from_slice::<Value>(bytes) else {
-        return Err(first.to_string());
+        return Err(explain(first));
     };
     if !normalize(&mut value) {
-        return Err(first.to_string());
+        return Err(explain(first));
     }
-    serde_json::from_value(value).map_err(|e| e.to_string())
+    serde_path_to_error::deserialize(value).map_err(explain)
+}
+
+/// The error with the path of the field at fault
+/// (`resourceLogs[0].scopeLogs[0].logRecords[1].traceId`).
+fn explain(error: serde_path_to_error::Error<serde_json::Error>) -> String {
+    let path = error.path().to_string();
+    if path == "." || path.is_empty() {
+        error.into_inner().to_string()
+    } else {
+        format!("{path}: {}", error.into_inner())
+    }
 }
 
 /// Rewrite `value` in place into what the crate takes; whether anything
@@ -135,6 +150,20 @@ mod tests {
             decode(br#"{"resourceLogs":[{"scopeLogs":[{"logRecords":[{"traceId":"zz"}]}]}]}"#)
                 .unwrap_err();
         assert!(err.contains("line 1 column"), "{err}");
+        assert!(
+            err.starts_with("resourceLogs[0].scopeLogs[0].logRecords[0].traceId: "),
+            "{err}"
+        );
+        // Rewritten first (a number for an int64), then refused: the path
+        // still names the field.
+        let err = decode(
+            br#"{"resourceLogs":[{"scopeLogs":[{"logRecords":[{"timeUnixNano":1},{"spanId":"x"}]}]}]}"#,
+        )
+        .unwrap_err();
+        assert!(
+            err.starts_with("resourceLogs[0].scopeLogs[0].logRecords[1].spanId: "),
+            "{err}"
+        );
         assert!(decode(b"[]").is_err());
     }
 }

@@ -10,6 +10,7 @@ mod common;
 mod embedded;
 mod faults;
 mod ingest;
+mod ingest_otel;
 mod layer;
 mod lifecycle;
 mod logs;
@@ -31,6 +32,7 @@ fn main() {
     trials.extend(pooler::trials());
     trials.extend(tls::trials());
     trials.extend(ingest::trials());
+    trials.extend(ingest_otel::trials());
     let conclusion = libtest_mimic::run(&args, trials);
     common::shutdown();
     conclusion.exit();

@@ -520,7 +520,41 @@ fn rows_arrive_exactly() -> Result<(), Failed> {
     let found = server.rows()?;
     check(sorted(found.clone()) == sorted(expected.clone()), || {
         format!("rows:\n{found:#?}\nexpected:\n{expected:#?}")
-    })
+    })?;
+    logs_finds_a_trace(&server.table)
+}
+
+/// `logs --trace-id` (any case) finds the fixture's traced record, sent
+/// twice, and nothing else; an id that is not one is refused at start.
+fn logs_finds_a_trace(table: &TableName) -> Result<(), Failed> {
+    let db = url()?;
+    let table = table.to_string();
+    let logs = |id: &str| {
+        Command::new(BIN)
+            .args(["logs", "--database-url", &db, "--table", &table, "--json"])
+            .args(["--trace-id", id])
+            .env_remove("DATABASE_URL")
+            .output()
+    };
+    let out = logs("5B8EFFF798038103D269B633813FC60C")?;
+    let shown: Vec<Value> = text(&out.stdout)
+        .lines()
+        .map(serde_json::from_str)
+        .collect::<Result<_, _>>()?;
+    check(
+        out.status.success()
+            && shown.len() == 2
+            && shown.iter().all(|r| {
+                r["message"] == "card declined"
+                    && r["fields"]["trace_id"] == "5b8efff798038103d269b633813fc60c"
+            }),
+        || format!("{shown:#?} {}", text(&out.stderr)),
+    )?;
+    let out = logs("not-a-trace")?;
+    check(
+        !out.status.success() && text(&out.stderr).contains("32 hex digits"),
+        || text(&out.stderr),
+    )
 }
 
 fn refused_requests_write_nothing() -> Result<(), Failed> {

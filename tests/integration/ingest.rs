@@ -51,6 +51,10 @@ pub fn trials() -> Vec<Trial> {
             "ingest::https_with_keys_and_a_certificate_the_test_makes",
             https,
         ),
+        Trial::test(
+            "ingest::load_modes_ndjson_and_otlp_verify_every_record",
+            load_modes,
+        ),
     ]
 }
 
@@ -870,4 +874,33 @@ fn wait_until(mut cond: impl FnMut() -> Result<bool, Failed>) -> Result<(), Fail
         })?;
         std::thread::sleep(Duration::from_millis(100));
     }
+}
+
+fn load_modes() -> Result<(), Failed> {
+    let mut server = Server::start(&[])?;
+    let (db, table) = (url()?, server.table.to_string());
+    for mode in ["ndjson", "otlp"] {
+        let out = Command::new(BIN)
+            .args(["load", "--url", &format!("http://{}", server.addr)])
+            .args(["--mode", mode, "--batch", "250", "--requests", "40"])
+            .args(["--concurrency", "4", "--verify"])
+            .args(["--database-url", &db, "--table", &table])
+            .env_remove("DATABASE_URL")
+            .output()?;
+        let stdout = text(&out.stdout);
+        check(
+            out.status.success()
+                && stdout.contains("40 ok")
+                && stdout.contains("records:     10000 in 40 requests of 250")
+                && stdout.contains("10000 of 10000 rows"),
+            || format!("{mode}: {stdout}{}", text(&out.stderr)),
+        )?;
+    }
+    let out = server.stop()?;
+    check(out.status.success(), || text(&out.stderr))?;
+    let rows = server.rows()?;
+    let targets = |t: &str| rows.iter().filter(|r| r.1 == t).count();
+    check(rows.len() == 20_000 && targets("load") == 20_000, || {
+        format!("{} rows", rows.len())
+    })
 }

@@ -1,5 +1,6 @@
 //! `pglogsink serve`: the demo web service. Its handlers log through the
-//! sink, like the seed article's RecipesController.
+//! sink, like the seed article's RecipesController, and its ingest
+//! endpoints (`super::ingest`) take other services' logs into the same sink.
 //!
 //! Shutdown order: a signal (or the sink's fatal error) cancels one token;
 //! the HTTP server stops taking connections and finishes in-flight requests

@@ -55,6 +55,10 @@ pub fn trials() -> Vec<Trial> {
             "ingest::load_modes_ndjson_and_otlp_verify_every_record",
             load_modes,
         ),
+        Trial::test(
+            "ingest::an_upload_in_flight_when_the_sink_stops_gets_503_and_is_not_kept",
+            sink_stopped_503,
+        ),
     ]
 }
 
@@ -903,4 +907,74 @@ fn load_modes() -> Result<(), Failed> {
     check(rows.len() == 20_000 && targets("load") == 20_000, || {
         format!("{} rows", rows.len())
     })
+}
+
+/// The sink stops on a fatal error (its table dropped) while a body is
+/// still arriving: the HTTP server finishes that request, which gets 503
+/// with Retry-After, and its records are neither written nor spooled (the
+/// record that was acknowledged before the stop is spooled).
+fn sink_stopped_503() -> Result<(), Failed> {
+    let mut server = Server::start(&["--shutdown-timeout", "20"])?;
+    let body = b"{\"message\":\"refused-503 first\"}\n{\"message\":\"refused-503 second\"}\n";
+    let mut slow = TcpStream::connect(&server.addr)?;
+    slow.set_read_timeout(Some(Duration::from_secs(20)))?;
+    write!(
+        slow,
+        "POST /ingest/ndjson HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\
+         Content-Type: application/x-ndjson\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    )?;
+    slow.write_all(&body[..10])?;
+
+    let table = server.table.clone();
+    block_on(async move {
+        let pool = crate::common::pool()?;
+        let sql = format!("DROP TABLE {}", table.quoted());
+        pool.get().await?.batch_execute(&sql).await?;
+        Ok(())
+    })?;
+    let reply = server.post(
+        "/ingest/ndjson",
+        &[NDJSON],
+        b"{\"message\":\"acknowledged-trigger\"}\n",
+    )?;
+    expect_status(&reply, 200, "the record whose COPY finds no table")?;
+    // The fatal stop closes the listener once the sink has stopped.
+    wait_until(|| Ok(TcpStream::connect(&server.addr).is_err()))?;
+
+    slow.write_all(&body[10..])?;
+    let reply = finish_reading(Box::new(slow))?;
+    expect_status(&reply, 503, "an upload in flight at the stop")?;
+    check(reply.header("retry-after") == Some("5"), || {
+        format!("{:?}", reply.headers)
+    })?;
+    check(
+        reply.json()["accepted"] == 0 && reply.json()["refused"] == 2,
+        || reply.text(),
+    )?;
+    let out = server.stop()?;
+    check(
+        !out.status.success() && text(&out.stderr).contains("fatal"),
+        || text(&out.stderr),
+    )?;
+    let mut spooled = Vec::new();
+    for entry in std::fs::read_dir(&server.spool)? {
+        let path = entry?.path();
+        if path.is_file() {
+            spooled.extend(std::fs::read(path)?);
+        }
+    }
+    let holds = |needle: &[u8]| spooled.windows(needle.len()).any(|w| w == needle);
+    check(holds(b"acknowledged-trigger"), || {
+        "the acknowledged record is not in the spool".to_owned()
+    })?;
+    check(!holds(b"refused-503"), || {
+        "a record answered with 503 was spooled".to_owned()
+    })
+}
+
+/// The answer on a connection whose request is already sent.
+fn finish_reading(mut stream: Box<dyn ReadWrite>) -> Result<Reply, Failed> {
+    let head = read_head(&mut stream)?;
+    finish(stream, head)
 }

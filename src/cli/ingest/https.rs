@@ -119,3 +119,25 @@ impl axum::serve::Listener for TlsListener {
         Ok(self.local)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unusable_files_are_named_in_the_error() {
+        let dir = std::env::temp_dir().join(format!("pglogsink-https-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let empty = dir.join("empty.pem");
+        std::fs::write(&empty, "not a certificate\n").unwrap();
+        let missing = dir.join("missing.pem");
+        let err = acceptor(&missing, &empty).err().unwrap();
+        assert!(
+            err.starts_with("--tls-cert ") && err.contains("missing.pem"),
+            "{err}"
+        );
+        let err = acceptor(&empty, &empty).err().unwrap();
+        assert!(err.contains("no certificate"), "{err}");
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+}

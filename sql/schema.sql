@@ -38,6 +38,11 @@
 --   btree on "timestamp" for level >= warn only (about 1% of rows)
 --   hash on fields->>'request_id' for rows that carry one: one request's
 --                            lines without a time bound
+--   hash on fields->>'trace_id' for rows that carry one (OTLP ingest): one
+--                            trace's lines (`logs --trace-id`) without a time
+--                            bound; 0.1 ms instead of a 0.6-1 s scan at 3
+--                            million rows. Tables made before it lack it:
+--                            see the README for the statement to add it.
 --
 -- Beside it (names cut to 63 bytes):
 --   <table>_batches   the ledger: one row per committed batch, written in the
@@ -114,6 +119,8 @@ BEGIN
         -- random page per insert; measured in benches/table_shapes.sh.
         EXECUTE format('CREATE INDEX %I ON %I.%I USING hash ((fields->>''request_id'')) WHERE fields ? ''request_id''',
                        left(tbl, 48) || '_request_id_idx', tbl_schema, tbl);
+        EXECUTE format('CREATE INDEX %I ON %I.%I USING hash ((fields->>''trace_id'')) WHERE fields ? ''trace_id''',
+                       left(tbl, 50) || '_trace_id_idx', tbl_schema, tbl);
     END IF;
 
     IF to_regclass(format('%I.%I', tbl_schema, ledger)) IS NULL THEN

@@ -127,6 +127,10 @@ async fn prepare_old_table(
             "_request_id_idx",
             "USING hash ((fields->>'request_id')) WHERE fields ? 'request_id'",
         ),
+        (
+            "_trace_id_idx",
+            "USING hash ((fields->>'trace_id')) WHERE fields ? 'trace_id'",
+        ),
     ];
     for (suffix, definition) in indexes {
         let index = legacy.sibling(suffix);

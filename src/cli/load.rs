@@ -1,10 +1,11 @@
 //! `pglogsink load`: a bundled concurrent HTTP load client for local tests.
 //!
 //! `concurrency` workers each keep one HTTP/1.1 keep-alive connection to
-//! `serve` and send `GET <url>/recipes/<n>` one after another, every request
-//! tagged with the same fresh run id in `x-run-id`. With `--verify` it then
-//! counts the rows carrying that run id in the Log table until every
-//! successful request has its row.
+//! `serve` and send `GET <url>/recipes/<n>` one after another (or, with
+//! `--mode ndjson|otlp`, a batch of records to an ingest endpoint: see
+//! `load_body.rs`), every request tagged with the same fresh run id in
+//! `x-run-id`. With `--verify` it then counts the rows carrying that run id
+//! in the Log table until every successful request has its rows.
 
 use std::io::IsTerminal;
 use std::net::{IpAddr, SocketAddr};
@@ -15,9 +16,9 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use hdrhistogram::Histogram;
-use http_body_util::{BodyExt, Empty};
+use http_body_util::{BodyExt, Full};
 use hyper::client::conn::http1::{self, SendRequest};
-use hyper::{header, Request, StatusCode, Uri};
+use hyper::{StatusCode, Uri};
 use hyper_util::rt::TokioIo;
 use indicatif::{ProgressBar, ProgressStyle};
 use pglogsink::tokio_postgres::types::Type;
@@ -26,6 +27,7 @@ use tokio::net::TcpStream;
 use tokio_util::task::TaskTracker;
 
 use super::db::{Database, Mode};
+use super::load_body::{LoadMode, Payload};
 use super::Failure;
 
 const DEFAULT_REQUESTS: u64 = 1000;
@@ -64,8 +66,9 @@ pub(crate) struct LoadArgs {
     #[arg(long, env = "PGLOGSINK_DURATION", value_name = "SECS", value_parser = parse_duration)]
     pub(crate) duration: Option<Duration>,
 
-    /// After the run, check in the database that every successful request wrote exactly one
-    /// row tagged with this run's id (needs the same --database-url or --data-dir as `serve`).
+    /// After the run, check in the database that every successful request wrote exactly its
+    /// rows (one, or --batch with ndjson/otlp) tagged with this run's id (needs the same
+    /// --database-url or --data-dir as `serve`).
     #[arg(long, env = "PGLOGSINK_VERIFY",
           value_parser = clap::builder::BoolishValueParser::new())]
     pub(crate) verify: bool,
@@ -75,8 +78,32 @@ pub(crate) struct LoadArgs {
           value_parser = parse_verify_timeout)]
     pub(crate) verify_timeout: Duration,
 
+    /// What each request does: `recipes` (GET /recipes/<n>, one row each), `ndjson` (POST
+    /// /ingest/ndjson) or `otlp` (POST /v1/logs, OTLP protobuf), these two with --batch records
+    /// per request.
+    #[arg(
+        long,
+        env = "PGLOGSINK_LOAD_MODE",
+        value_enum,
+        default_value = "recipes",
+        value_name = "MODE"
+    )]
+    pub(crate) mode: LoadMode,
+
+    /// Records per request with --mode ndjson or otlp (1..=100000).
+    #[arg(long, env = "PGLOGSINK_LOAD_BATCH", default_value = "1000", value_name = "N",
+          value_parser = parse_batch)]
+    pub(crate) batch: usize,
+
     #[command(flatten)]
     pub(crate) db: super::DatabaseArgs,
+}
+
+fn parse_batch(s: &str) -> Result<usize, String> {
+    match s.trim().parse::<usize>() {
+        Ok(n) if (1..=100_000).contains(&n) => Ok(n),
+        _ => Err("must be a whole number from 1 to 100000".to_owned()),
+    }
 }
 
 /// A validated `--url`: plain HTTP to a loopback host.
@@ -91,12 +118,6 @@ pub(crate) struct Target {
     authority: String,
     /// Path of the URL without trailing slash (`""` for `http://127.0.0.1:8080`).
     prefix: String,
-}
-
-impl Target {
-    fn path(&self, n: u64) -> String {
-        format!("{}/recipes/{n}", self.prefix)
-    }
 }
 
 fn parse_target(s: &str) -> Result<Target, String> {
@@ -181,6 +202,8 @@ struct Shared {
     target: Target,
     addrs: Vec<SocketAddr>,
     run_id: String,
+    /// What every request sends.
+    payload: Payload,
     /// With --requests, the total; with --duration, when to stop starting requests.
     limit: Result<u64, Instant>,
     next: AtomicU64,
@@ -231,7 +254,7 @@ impl Shared {
 async fn connect(
     shared: &Shared,
     stream: Option<TcpStream>,
-) -> Result<SendRequest<Empty<Bytes>>, String> {
+) -> Result<SendRequest<Full<Bytes>>, String> {
     let connecting = async {
         let stream = match stream {
             Some(stream) => stream,
@@ -252,15 +275,15 @@ async fn connect(
 }
 
 async fn send(
-    sender: &mut SendRequest<Empty<Bytes>>,
+    sender: &mut SendRequest<Full<Bytes>>,
     shared: &Shared,
     n: u64,
 ) -> Result<StatusCode, String> {
     sender.ready().await.map_err(|e| describe(&e).to_string())?;
-    let request = Request::get(shared.target.path(n))
-        .header(header::HOST, &shared.target.authority)
-        .header("x-run-id", &shared.run_id)
-        .body(Empty::<Bytes>::new())
+    let target = &shared.target;
+    let request = shared
+        .payload
+        .request(&target.prefix, &target.authority, n, &shared.run_id)
         .map_err(|e| e.to_string())?;
     let response = sender
         .send_request(request)
@@ -281,7 +304,7 @@ async fn worker(
     mut first: Option<TcpStream>,
     mut hist: Histogram<u64>,
 ) -> Histogram<u64> {
-    let mut conn: Option<SendRequest<Empty<Bytes>>> = None;
+    let mut conn: Option<SendRequest<Full<Bytes>>> = None;
     while let Some(n) = shared.next_slot() {
         if conn.as_ref().is_some_and(|c| c.is_closed()) {
             conn = None;
@@ -602,6 +625,7 @@ pub(crate) async fn run(args: LoadArgs) -> Result<ExitCode, Failure> {
     let shared = Arc::new(Shared {
         target,
         addrs,
+        payload: Payload::new(args.mode, args.batch, &run_id),
         run_id: run_id.clone(),
         limit: total.ok_or(started + args.duration.unwrap_or_default()),
         next: AtomicU64::new(0),
@@ -653,6 +677,14 @@ pub(crate) async fn run(args: LoadArgs) -> Result<ExitCode, Failure> {
         "{}",
         summary(&run_id, ok, non_2xx, conn_errors, elapsed, &latency)
     );
+    if args.mode != LoadMode::Recipes {
+        let records = ok * shared.payload.records;
+        println!(
+            "records:     {records} in {ok} requests of {}: {:.0} records/s",
+            shared.payload.records,
+            records as f64 / elapsed.max(1e-3)
+        );
+    }
     if interrupted {
         println!("interrupted: stopped early by a signal");
     }
@@ -665,7 +697,10 @@ pub(crate) async fn run(args: LoadArgs) -> Result<ExitCode, Failure> {
             println!("verify:      skipped (interrupted)");
             false
         }
-        (true, false) => verify(&args, &run_id, ok, failed, &cancel).await?,
+        (true, false) => {
+            let rows = ok * shared.payload.records;
+            verify(&args, &run_id, rows, failed, &cancel).await?
+        }
     };
     signal_task.abort();
     // The workers have returned, so every connection's sender is gone and
@@ -736,10 +771,10 @@ mod tests {
     #[test]
     fn request_paths_keep_the_url_prefix() {
         let t = parse_target("http://127.0.0.1:8080").expect("valid");
-        assert_eq!(t.path(17), "/recipes/17");
+        assert_eq!(t.prefix, "");
         assert_eq!(t.display, "http://127.0.0.1:8080");
         let t = parse_target("http://localhost:8080/api/").expect("valid");
-        assert_eq!(t.path(1), "/api/recipes/1");
+        assert_eq!(t.prefix, "/api");
         assert_eq!(t.authority, "localhost:8080");
     }
 
@@ -829,6 +864,7 @@ mod tests {
             target: parse_target("http://127.0.0.1:1").expect("valid"),
             addrs: Vec::new(),
             run_id: run_id(0, 0),
+            payload: Payload::new(LoadMode::Recipes, 1, "r"),
             limit: Ok(3),
             next: AtomicU64::new(0),
             ok: AtomicU64::new(0),

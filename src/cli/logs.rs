@@ -72,6 +72,11 @@ pub(crate) struct LogsArgs {
     #[arg(long, env = "PGLOGSINK_REQUEST_ID", value_name = "ID")]
     pub(crate) request_id: Option<String>,
 
+    /// Only rows of this trace (the trace_id field that OTLP ingest stores: 32 hex digits, any
+    /// case), found through an index whatever their time.
+    #[arg(long, env = "PGLOGSINK_TRACE_ID", value_name = "ID", value_parser = parse_trace_id)]
+    pub(crate) trace_id: Option<String>,
+
     /// After the newest rows, keep printing new matching rows as they are committed, until Ctrl-C.
     #[arg(long, short = 'f', env = "PGLOGSINK_FOLLOW",
           value_parser = clap::builder::BoolishValueParser::new())]
@@ -93,6 +98,20 @@ fn parse_when(s: &str) -> Result<When, String> {
 
 fn parse_field(s: &str) -> Result<FieldMatch, String> {
     s.parse()
+}
+
+/// A W3C / OTLP trace id: 32 hex digits, not all zero; stored lowercase.
+fn parse_trace_id(s: &str) -> Result<String, String> {
+    let id = s.trim().to_ascii_lowercase();
+    if id.len() == 32 && id.bytes().all(|b| b.is_ascii_hexdigit()) && id.bytes().any(|b| b != b'0')
+    {
+        Ok(id)
+    } else {
+        Err(
+            "expected a trace id of 32 hex digits, e.g. 5b8efff798038103d269b633813fc60c"
+                .to_owned(),
+        )
+    }
 }
 
 /// Renders rows as aligned (optionally coloured) text or as NDJSON. Column
@@ -329,6 +348,7 @@ async fn filter(client: &mut Object, reader: &Reader, args: &LogsArgs) -> Result
         target: args.target.clone(),
         fields: args.fields.clone(),
         request_id: args.request_id.clone(),
+        trace_id: args.trace_id.clone(),
     })
 }
 

@@ -4,7 +4,9 @@
 pub(crate) mod db;
 pub(crate) mod diagnostics;
 pub(crate) mod health;
+pub(crate) mod ingest;
 pub(crate) mod load;
+pub(crate) mod load_body;
 pub(crate) mod logs;
 pub(crate) mod maintain;
 pub(crate) mod metrics;

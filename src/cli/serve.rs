@@ -1,6 +1,7 @@
-//! `pglogsink serve`: the demo web service. Its one handler,
-//! `GET /recipes/{id}`, answers a fixed body and logs one record through the
-//! sink, as a real service's handlers would.
+//! `pglogsink serve`: the demo web service. Its handler `GET /recipes/{id}`
+//! answers a fixed body and logs one record through the sink, as a real
+//! service's handlers would, and its ingest endpoints (`super::ingest`) take
+//! other services' logs into the same sink.
 //!
 //! Shutdown order: a signal (or the sink's fatal error) cancels one token;
 //! the HTTP server stops taking connections and finishes in-flight requests
@@ -11,7 +12,7 @@ use std::net::SocketAddr;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use axum::extract::{Extension, Path, State};
+use axum::extract::{Extension, FromRef, Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
@@ -22,6 +23,7 @@ use tokio::net::TcpListener;
 use tokio_util::task::TaskTracker;
 
 use super::db::{Database, Mode};
+use super::ingest::{IngestArgs, IngestState};
 use super::maintain::{parse_retention, MaintenanceArgs};
 use super::request_span::{trace_request, RequestId};
 use super::signal::shutdown_signal;
@@ -47,6 +49,9 @@ pub(crate) struct ServeArgs {
 
     #[command(flatten)]
     pub(crate) partitions: MaintenanceArgs,
+
+    #[command(flatten)]
+    pub(crate) ingest: IngestArgs,
 
     /// Drop partitions of the Log table whose whole time range is older than this (30d, 12h,
     /// 2d12h), on the maintenance timer. Without it nothing is dropped.
@@ -101,6 +106,14 @@ pub(crate) struct AppState {
     pub(crate) pool: deadpool_postgres::Pool,
     /// The Prometheus registry, when one is installed.
     pub(crate) metrics: Option<PrometheusHandle>,
+    /// The OTLP and NDJSON endpoints' settings.
+    pub(crate) ingest: IngestState,
+}
+
+impl FromRef<AppState> for IngestState {
+    fn from_ref(state: &AppState) -> IngestState {
+        state.ingest.clone()
+    }
 }
 
 /// The routes, separate from `run` so tests can call them without a socket.
@@ -110,6 +123,7 @@ pub(crate) fn app(state: AppState) -> Router {
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
+        .merge(super::ingest::routes(&state))
         .layer(axum::middleware::from_fn(trace_request))
         .layer(axum::middleware::from_fn(super::metrics::track))
         .with_state(state)
@@ -169,7 +183,9 @@ async fn metrics(State(state): State<AppState>) -> Response {
 }
 
 pub(crate) async fn run(args: ServeArgs) -> Result<ExitCode, Failure> {
-    // Bind first: a taken port should fail before a database is started.
+    // Keys and certificate first: a refusal to start needs no database.
+    let ingest = args.ingest.prepare(args.listen)?;
+    // Bind next: a taken port should fail before a database is started.
     let listener = TcpListener::bind(args.listen)
         .await
         .map_err(|e| format!("cannot listen on {}: {e}", args.listen))?;
@@ -190,7 +206,12 @@ pub(crate) async fn run(args: ServeArgs) -> Result<ExitCode, Failure> {
         super::diagnostics::write_events_to(logger.clone());
     }
     tracing::info!(
-        "listening on http://{}; logging to table {} in {}",
+        "listening on {}://{}; logging to table {} in {}",
+        if ingest.tls.is_some() {
+            "https"
+        } else {
+            "http"
+        },
         args.listen,
         args.db.table,
         db.description
@@ -209,6 +230,9 @@ pub(crate) async fn run(args: ServeArgs) -> Result<ExitCode, Failure> {
     tasks.spawn(super::metrics::upkeep(metrics.clone(), token.clone()));
     // The private PostgreSQL, if we started it, is started again when it dies.
     let supervision = db.supervise(&token);
+    if let Some(keys) = ingest.keys.clone() {
+        tasks.spawn(keys.watch(token.clone()));
+    }
     let signal_token = token.clone();
     tasks.spawn(async move {
         tokio::select! {
@@ -222,25 +246,23 @@ pub(crate) async fn run(args: ServeArgs) -> Result<ExitCode, Failure> {
     });
 
     let state = AppState {
+        ingest: IngestState {
+            logger: logger.clone(),
+            max_body_bytes: args.ingest.max_body_bytes,
+            keys: ingest.keys,
+        },
         logger,
         log_requests: !args.no_log,
         pool: db.pool.clone(),
         metrics: Some(metrics),
     };
-    let server =
-        axum::serve(listener, app(state)).with_graceful_shutdown(token.clone().cancelled_owned());
     let Seconds(shutdown_timeout) = args.shutdown_timeout;
-    let http_grace = async {
-        token.cancelled().await;
-        tokio::time::sleep(shutdown_timeout).await;
-    };
-    tokio::select! {
-        served = server => if let Err(e) = served {
-            tracing::error!("the HTTP server failed: {e}");
-        },
-        () = http_grace => tracing::warn!(
-            "HTTP connections still open after {shutdown_timeout:?}; closing them"
-        ),
+    match ingest.tls {
+        Some(acceptor) => {
+            let listener = super::ingest::https::TlsListener::new(listener, acceptor)?;
+            serve_http(listener, app(state), &token, shutdown_timeout).await;
+        }
+        None => serve_http(listener, app(state), &token, shutdown_timeout).await,
     }
 
     // Also when the HTTP server failed on its own: everything below waits
@@ -256,6 +278,29 @@ pub(crate) async fn run(args: ServeArgs) -> Result<ExitCode, Failure> {
     db.close();
     let code = print_report(&report);
     Ok(if cluster_ok { code } else { ExitCode::FAILURE })
+}
+
+/// Serve until the token is cancelled, then give open connections `grace`
+/// to finish.
+async fn serve_http<L>(listener: L, router: Router, token: &CancellationToken, grace: Duration)
+where
+    L: axum::serve::Listener,
+    L::Addr: std::fmt::Debug,
+{
+    let server =
+        axum::serve(listener, router).with_graceful_shutdown(token.clone().cancelled_owned());
+    let http_grace = async {
+        token.cancelled().await;
+        tokio::time::sleep(grace).await;
+    };
+    tokio::select! {
+        served = server => if let Err(e) = served {
+            tracing::error!("the HTTP server failed: {e}");
+        },
+        () = http_grace => tracing::warn!(
+            "HTTP connections still open after {grace:?}; closing them"
+        ),
+    }
 }
 
 /// One line for the operator. Exit 0 only when every record is in the
@@ -303,6 +348,11 @@ mod tests {
 
     fn test_state(logger: Logger) -> AppState {
         AppState {
+            ingest: IngestState {
+                logger: logger.clone(),
+                max_body_bytes: 1 << 20,
+                keys: None,
+            },
             logger,
             log_requests: true,
             pool: unreachable_pool(),

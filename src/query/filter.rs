@@ -35,6 +35,10 @@ pub struct Filter {
     /// The `request_id` field is exactly this: one request's rows, found
     /// through an index whatever their time.
     pub request_id: Option<String>,
+    /// The `trace_id` field is exactly this (lowercase hex, as OTLP ingest
+    /// stores it): one trace's rows, found through an index whatever
+    /// their time.
+    pub trace_id: Option<String>,
 }
 
 impl Filter {
@@ -47,12 +51,13 @@ impl Filter {
             && self.target.is_none()
             && self.fields.is_empty()
             && self.request_id.is_none()
+            && self.trace_id.is_none()
     }
 
     /// Whether an index finds the rows whatever their time (no need to
     /// narrow the time range first).
     pub(crate) fn is_lookup(&self) -> bool {
-        self.request_id.is_some()
+        self.request_id.is_some() || self.trace_id.is_some()
     }
 }
 
@@ -320,6 +325,13 @@ impl Sql {
                 self.bind(id.clone(), Type::TEXT)
             ));
         }
+        if let Some(id) = &filter.trace_id {
+            // As for request_id: both terms, for the partial index.
+            conditions.push(format!(
+                "fields ? 'trace_id' AND fields->>'trace_id' = {}",
+                self.bind(id.clone(), Type::TEXT)
+            ));
+        }
         conditions
     }
 }
@@ -470,6 +482,7 @@ mod tests {
             target: Some("shop_x".into()),
             fields: vec!["status=500".parse().unwrap()],
             request_id: Some("r'1".into()),
+            trace_id: Some("5b8efff798038103d269b633813fc60c".into()),
         };
         let mut sql = Sql::default();
         let conditions = sql.conditions(&filter);
@@ -477,7 +490,8 @@ mod tests {
             where_clause(&conditions),
             " WHERE level >= 'warn' AND \"timestamp\" >= $1 AND \"timestamp\" < $2 \
              AND message ILIKE $3 AND target LIKE $4 AND (fields @> $5 OR fields @> $6) \
-             AND fields ? 'request_id' AND fields->>'request_id' = $7"
+             AND fields ? 'request_id' AND fields->>'request_id' = $7 \
+             AND fields ? 'trace_id' AND fields->>'trace_id' = $8"
         );
         let params: Vec<String> = sql.params.iter().map(|(p, _)| format!("{p:?}")).collect();
         assert_eq!(params[2], r#""%100\\%%""#);
@@ -488,7 +502,8 @@ mod tests {
         let types: Vec<Type> = sql.params.iter().map(|(_, t)| t.clone()).collect();
         assert_eq!(types[0], Type::TIMESTAMPTZ);
         assert_eq!(types[4], Type::JSONB);
-        assert_eq!(sql.refs().len(), 7);
+        assert_eq!(params[7], r#""5b8efff798038103d269b633813fc60c""#);
+        assert_eq!(sql.refs().len(), 8);
     }
 
     #[test]

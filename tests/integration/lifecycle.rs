@@ -434,7 +434,7 @@ async fn upgrade_in_place() -> Result<(), Failed> {
         format!("{names:?}")
     })?;
     // Adopted, not built again under the lock: its primary key, its old
-    // "timestamp" and warn indexes, and the two built concurrently.
+    // "timestamp" and warn indexes, and the three built concurrently.
     let legacy_indexes: Vec<String> = pool
         .get()
         .await?
@@ -446,7 +446,7 @@ async fn upgrade_in_place() -> Result<(), Failed> {
         .iter()
         .map(|r| r.get(0))
         .collect();
-    check(legacy_indexes.len() == 5, || format!("{legacy_indexes:#?}"))?;
+    check(legacy_indexes.len() == 6, || format!("{legacy_indexes:#?}"))?;
     // Upgrading again is a no-op; maintenance works on the result.
     let again = pglogsink::upgrade(&pool, &table, &Maintenance::default()).await?;
     check(again == pglogsink::Upgrade::AlreadyPartitioned, || {

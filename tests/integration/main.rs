@@ -10,6 +10,8 @@ mod common;
 mod embedded;
 mod embedded_supervise;
 mod faults;
+mod ingest;
+mod ingest_otel;
 mod layer;
 mod lifecycle;
 mod limits;
@@ -33,6 +35,8 @@ fn main() {
     trials.extend(limits::trials());
     trials.extend(pooler::trials());
     trials.extend(tls::trials());
+    trials.extend(ingest::trials());
+    trials.extend(ingest_otel::trials());
     let conclusion = libtest_mimic::run(&args, trials);
     common::shutdown();
     conclusion.exit();

@@ -480,8 +480,8 @@ async fn migrate_is_idempotent() -> Result<(), Failed> {
         .iter()
         .map(|r| r.get(0))
         .collect();
-    check(indexes.len() == 3, || {
-        format!("expected the BRIN index on time and id, the warn and the request id index: {indexes:#?}")
+    check(indexes.len() == 4, || {
+        format!("expected the BRIN index on time and id, the warn, the request id and the trace id index: {indexes:#?}")
     })?;
     check(
         indexes[0].contains("USING brin (\"timestamp\", id)"),

@@ -133,7 +133,7 @@ impl Drop for TlsServer {
 
 /// ca.crt signs server.crt (for DNS name `localhost` only, so that
 /// 127.0.0.1 does not match it); other-ca.crt signs nothing we use.
-fn make_certificates(dir: &Path) -> Result<(), Failed> {
+pub(crate) fn make_certificates(dir: &Path) -> Result<(), Failed> {
     let openssl = |args: &[&str]| -> Result<(), Failed> {
         let out = Command::new("openssl")
             .args(args)

@@ -1,0 +1,335 @@
+//! `POST /ingest/ndjson`: one JSON object per line, as Vector's `http` sink
+//! (codec json, newline-delimited framing), Fluent Bit's `http` output
+//! (`format json_lines`) and `curl --data-binary @file` send it. A body that
+//! is one JSON array of objects is taken too.
+//!
+//! Keys: `timestamp` (RFC 3339, or Unix seconds or milliseconds; absent:
+//! when received), `level` (a name, or pino's and bunyan's numbers 10-60;
+//! absent: info), `message` (or `msg`; absent: empty; not text: its JSON),
+//! `target` (absent: `ndjson`). Every other key becomes a field.
+//!
+//! Bad lines: the whole body is refused (400) with the number and the fault
+//! of each bad line, and nothing of it is taken, so that a client can fix
+//! and resend the body without duplicating the good lines.
+
+use axum::body::Body;
+use axum::extract::State;
+use axum::http::HeaderMap;
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use pglogsink::{Level, Record};
+use serde_json::{Map, Value};
+
+use super::{body, hand_over, level_from_name, timestamp, IngestState, Rejection, LEVEL_NAMES};
+
+/// The media types taken (Fluent Bit's `json_lines` says application/json).
+const MEDIA_TYPES: [&str; 5] = [
+    "application/x-ndjson",
+    "application/ndjson",
+    "application/jsonl",
+    "application/json-lines",
+    "application/json",
+];
+
+/// The target of records that name none.
+const DEFAULT_TARGET: &str = "ndjson";
+
+/// Bad lines listed in a 400 (all are counted).
+const MAX_LISTED: usize = 20;
+
+pub(crate) async fn ingest(
+    State(state): State<IngestState>,
+    headers: HeaderMap,
+    request: Body,
+) -> Response {
+    match take(&state, &headers, request).await {
+        Ok(response) => response,
+        Err(rejection) => rejection.into_response(),
+    }
+}
+
+async fn take(
+    state: &IngestState,
+    headers: &HeaderMap,
+    request: Body,
+) -> Result<Response, Rejection> {
+    let media_type = body::media_type(headers);
+    if !MEDIA_TYPES.contains(&media_type.as_str()) {
+        return Err(body::unsupported_media_type(&media_type, &MEDIA_TYPES[..1]));
+    }
+    let encoding = body::encoding(headers)?;
+    let bytes = body::read(headers, request, encoding, state.max_body_bytes).await?;
+    let records = parse(&bytes)?;
+    let total = records.len();
+    let handed = hand_over(&state.logger, records);
+    match handed.refused {
+        None => Ok(Json(serde_json::json!({ "accepted": handed.accepted })).into_response()),
+        Some((refused, mut rejection)) => {
+            rejection
+                .details
+                .insert("accepted".to_owned(), handed.accepted.into());
+            rejection
+                .details
+                .insert("refused".to_owned(), refused.into());
+            if handed.accepted > 0 {
+                rejection.message = format!(
+                    "{}; the first {} of {total} records were taken before that (a retry of \
+                     the whole body repeats them)",
+                    rejection.message, handed.accepted
+                );
+            }
+            Err(rejection)
+        }
+    }
+}
+
+/// Every record of the body, or a 400 listing the bad lines.
+pub(crate) fn parse(bytes: &[u8]) -> Result<Vec<Record>, Rejection> {
+    let first = bytes.iter().find(|b| !b.is_ascii_whitespace());
+    let (records, bad, total) = if first == Some(&b'[') {
+        parse_array(bytes)?
+    } else {
+        parse_lines(bytes)
+    };
+    if bad.is_empty() {
+        return Ok(records);
+    }
+    let mut rejection = Rejection::bad_request(format!(
+        "{} of {total} {} not valid records; nothing was taken. First: {}",
+        bad.len(),
+        if first == Some(&b'[') {
+            "array elements are"
+        } else {
+            "lines are"
+        },
+        bad[0].1
+    ));
+    let listed: Vec<Value> = bad
+        .iter()
+        .take(MAX_LISTED)
+        .map(|(n, e)| serde_json::json!({ "line": n, "error": e }))
+        .collect();
+    rejection
+        .details
+        .insert("bad_lines".to_owned(), bad.len().into());
+    rejection.details.insert("lines".to_owned(), listed.into());
+    Err(rejection)
+}
+
+type Parsed = (Vec<Record>, Vec<(usize, String)>, usize);
+
+/// Lines are numbered from 1; blank lines are skipped but counted.
+fn parse_lines(bytes: &[u8]) -> Parsed {
+    let mut records = Vec::new();
+    let mut bad = Vec::new();
+    let mut total = 0;
+    for (i, line) in bytes.split(|&b| b == b'\n').enumerate() {
+        let line = line.strip_suffix(b"\r").unwrap_or(line);
+        if line.iter().all(u8::is_ascii_whitespace) {
+            continue;
+        }
+        total += 1;
+        let n = i + 1;
+        let parsed = serde_json::from_slice::<Value>(line)
+            .map_err(|e| format!("line {n}: not JSON: {e}"))
+            .and_then(|value| record(value).map_err(|e| format!("line {n}: {e}")));
+        match parsed {
+            Ok(record) => records.push(record),
+            Err(e) => bad.push((n, e)),
+        }
+    }
+    (records, bad, total)
+}
+
+/// A JSON array of objects; its elements are numbered from 1.
+fn parse_array(bytes: &[u8]) -> Result<Parsed, Rejection> {
+    let values: Vec<Value> = serde_json::from_slice(bytes)
+        .map_err(|e| Rejection::bad_request(format!("the body is not a JSON array: {e}")))?;
+    let total = values.len();
+    let mut records = Vec::with_capacity(total);
+    let mut bad = Vec::new();
+    for (i, value) in values.into_iter().enumerate() {
+        match record(value) {
+            Ok(record) => records.push(record),
+            Err(e) => bad.push((i + 1, format!("element {}: {e}", i + 1))),
+        }
+    }
+    Ok((records, bad, total))
+}
+
+/// One object as a record; the error names the key at fault.
+fn record(value: Value) -> Result<Record, String> {
+    let Value::Object(mut object) = value else {
+        return Err(format!("expected a JSON object, found {}", kind(&value)));
+    };
+    let level = level(object.remove("level"))?;
+    let message = match object.remove("message") {
+        Some(message) => message,
+        None => object.remove("msg").unwrap_or(Value::Null),
+    };
+    let message = match message {
+        Value::String(text) => text,
+        Value::Null => String::new(),
+        other => other.to_string(),
+    };
+    let target = match object.remove("target") {
+        None | Some(Value::Null) => DEFAULT_TARGET.to_owned(),
+        Some(Value::String(target)) => target,
+        Some(other) => return Err(format!("\"target\" must be text, found {}", kind(&other))),
+    };
+    let at = match object.remove("timestamp") {
+        None | Some(Value::Null) => None,
+        Some(Value::String(text)) => Some(
+            timestamp::parse_rfc3339(&text)
+                .ok_or_else(|| format!("\"timestamp\" {text:?} is not {}", timestamp::FORMS))?,
+        ),
+        Some(Value::Number(n)) => Some(
+            n.as_f64()
+                .and_then(timestamp::from_unix)
+                .ok_or_else(|| format!("\"timestamp\" {n} is not {}", timestamp::FORMS))?,
+        ),
+        Some(other) => {
+            return Err(format!(
+                "\"timestamp\" must be {}, found {}",
+                timestamp::FORMS,
+                kind(&other)
+            ))
+        }
+    };
+    let record = Record::new(level, message)
+        .target(target)
+        .fields(fields(object));
+    Ok(match at {
+        Some(at) => record.at(at),
+        None => record,
+    })
+}
+
+fn fields(object: Map<String, Value>) -> pglogsink::Fields {
+    object.into_iter().map(|(k, v)| (k.into(), v)).collect()
+}
+
+/// A level name, or a pino/bunyan number (10 trace ... 60 fatal).
+fn level(value: Option<Value>) -> Result<Level, String> {
+    let unknown = |shown: String| {
+        format!("\"level\" {shown} is not a level: use one of {LEVEL_NAMES}, or 10 to 60 as pino")
+    };
+    match value {
+        None | Some(Value::Null) => Ok(Level::Info),
+        Some(Value::String(name)) => {
+            level_from_name(&name).ok_or_else(|| unknown(format!("{name:?}")))
+        }
+        Some(Value::Number(n)) => match n.as_u64() {
+            Some(10) => Ok(Level::Trace),
+            Some(20) => Ok(Level::Debug),
+            Some(30) => Ok(Level::Info),
+            Some(40) => Ok(Level::Warn),
+            Some(50 | 60) => Ok(Level::Error),
+            _ => Err(unknown(n.to_string())),
+        },
+        Some(other) => Err(unknown(kind(&other).to_owned())),
+    }
+}
+
+fn kind(value: &Value) -> &'static str {
+    match value {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "text",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::http::StatusCode;
+    use serde_json::json;
+    use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+    fn one(line: &str) -> Record {
+        let mut records = parse(line.as_bytes()).unwrap();
+        assert_eq!(records.len(), 1);
+        records.remove(0)
+    }
+
+    fn field<'a>(record: &'a Record, key: &str) -> Option<&'a Value> {
+        record
+            .field_list()
+            .iter()
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| v)
+    }
+
+    #[test]
+    fn recognised_keys_and_fields() {
+        let r = one(
+            r#"{"timestamp":"2025-12-03T10:15:00.250Z","level":"WARNING","msg":"disk low","target":"billing","free_mb":120,"tags":["a"]}"#,
+        );
+        assert_eq!(r.level(), Level::Warn);
+        assert_eq!(r.message(), "disk low");
+        assert_eq!(
+            r.timestamp(),
+            UNIX_EPOCH + Duration::from_millis(1_764_756_900_250)
+        );
+        assert_eq!(field(&r, "free_mb"), Some(&json!(120)));
+        assert_eq!(field(&r, "tags"), Some(&json!(["a"])));
+        assert_eq!(r.field_list().len(), 2, "{:?}", r.field_list());
+    }
+
+    #[test]
+    fn defaults_and_other_shapes() {
+        let before = SystemTime::now();
+        let r = one(r#"{"message":{"k":1},"msg":"kept as a field"}"#);
+        assert_eq!(r.level(), Level::Info);
+        assert_eq!(r.message(), r#"{"k":1}"#);
+        assert_eq!(field(&r, "msg"), Some(&json!("kept as a field")));
+        // Stamped when handed to the sink, not here.
+        assert!(r.timestamp() < before);
+        assert_eq!(one(r#"{"level":50}"#).level(), Level::Error);
+        assert_eq!(one(r#"{"timestamp":1764756900.5}"#).message(), "");
+        // Fluent Bit's json_lines, unchanged.
+        let fb = one(r#"{"date":1764756900.5,"log":"hello"}"#);
+        assert_eq!(fb.field_list().len(), 2);
+    }
+
+    #[test]
+    fn blank_lines_and_crlf_are_fine() {
+        let records = parse(b"\n{\"message\":\"a\"}\r\n\n  \n{\"message\":\"b\"}").unwrap();
+        let messages: Vec<&str> = records.iter().map(Record::message).collect();
+        assert_eq!(messages, ["a", "b"]);
+        assert!(parse(b"").unwrap().is_empty());
+    }
+
+    #[test]
+    fn a_bad_line_refuses_the_body_with_its_number_and_key() {
+        let body = "{\"message\":\"ok\"}\nnot json\n{\"level\":\"loud\"}\n[1]\n{\"timestamp\":\"yesterday\"}\n";
+        let err = parse(body.as_bytes()).unwrap_err();
+        assert_eq!(err.status, StatusCode::BAD_REQUEST);
+        assert!(err.message.starts_with("4 of 5 lines"), "{}", err.message);
+        let lines = err.details["lines"].as_array().unwrap();
+        let numbers: Vec<u64> = lines.iter().map(|l| l["line"].as_u64().unwrap()).collect();
+        assert_eq!(numbers, [2, 3, 4, 5]);
+        let text = |i: usize| lines[i]["error"].as_str().unwrap().to_owned();
+        assert!(text(0).starts_with("line 2: not JSON"), "{}", text(0));
+        assert!(text(1).contains("\"level\" \"loud\""), "{}", text(1));
+        assert!(text(2).contains("expected a JSON object"), "{}", text(2));
+        assert!(
+            text(3).contains("\"timestamp\" \"yesterday\""),
+            "{}",
+            text(3)
+        );
+    }
+
+    #[test]
+    fn a_json_array_of_objects() {
+        let records = parse(br#" [{"message":"a"},{"message":"b","level":"debug"}]"#).unwrap();
+        assert_eq!(records[1].level(), Level::Debug);
+        let err = parse(br#"[{"message":"a"}, 7]"#).unwrap_err();
+        assert!(err.message.contains("array elements"), "{}", err.message);
+        assert_eq!(err.details["lines"][0]["line"], 2);
+        assert!(parse(b"[{").is_err());
+    }
+}

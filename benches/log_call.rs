@@ -135,6 +135,9 @@ impl Method for Sink {
     fn open(&self) -> (Logger, Worker) {
         let config = SinkConfig {
             default_target: TARGET.to_owned(),
+            // Every call is measured queuing, never the sink handing a
+            // record back for its memory budget.
+            max_queue_bytes: 64 << 30,
             ..SinkConfig::default()
         };
         self.runtime.block_on(async {

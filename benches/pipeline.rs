@@ -15,6 +15,10 @@
 //! * `limit`: all records encoded beforehand (not timed) and written by ONE
 //!   binary `COPY` over one connection: what PostgreSQL takes from one
 //!   client here.
+//! * `limit_2`: the same records in two halves, encoded beforehand, written
+//!   by TWO binary `COPY` streams at once on two connections: what
+//!   PostgreSQL takes from two clients here (the sink keeps
+//!   `copies_in_flight` batches in flight, 2 by default).
 //! * `pglogsink`: `--producers` threads call `Logger::send` with records
 //!   built beforehand (building them is the application's work, not the
 //!   sink's); timed from the moment the producers are released until
@@ -97,8 +101,13 @@ const LIGHT_SECONDS: f64 = 5.0;
 /// CopyData message size for `limit`, as the sink uses.
 const COPY_CHUNK: usize = 256 * 1024;
 const COLUMNS: &str = r#""timestamp", level, target, message, thread_id, fields"#;
-const METHODS: [&str; 7] = [
+/// All records are handed to the sink at once, far past the default memory
+/// budget (with no spool it would hand records back): the queue may hold
+/// them all.
+const QUEUE_BYTES: usize = 64 << 30;
+const METHODS: [&str; 8] = [
     "limit",
+    "limit_2",
     "pglogsink",
     "pglogsink_old_shape",
     "seed",
@@ -118,11 +127,13 @@ struct Args {
     synchronous_commit_off: bool,
     /// Also run K sinks into one table, for each K here.
     sinks: Vec<usize>,
+    /// The sinks' `copies_in_flight`.
+    copies: usize,
 }
 
 const USAGE: &str = "usage: cargo bench --bench pipeline -- [--records N] [--json PATH] \
 [--sweep] [--batch-size N] [--producers N] [--rounds N] [--methods limit,pglogsink,...] \
-[--synchronous-commit-off] [--sinks 1,2,4]";
+[--synchronous-commit-off] [--sinks 1,2,4] [--copies N]";
 
 fn parse_args() -> Result<Args, String> {
     let mut args = Args {
@@ -135,6 +146,7 @@ fn parse_args() -> Result<Args, String> {
         methods: METHODS.iter().map(|m| m.to_string()).collect(),
         synchronous_commit_off: false,
         sinks: Vec::new(),
+        copies: pglogsink::DEFAULT_COPIES_IN_FLIGHT,
     };
     let mut it = std::env::args().skip(1);
     while let Some(arg) = it.next() {
@@ -150,6 +162,7 @@ fn parse_args() -> Result<Args, String> {
             "--sweep" => args.sweep = true,
             "--batch-size" => args.batch_size = number(value("--batch-size")?, "--batch-size")?,
             "--producers" => args.producers = number(value("--producers")?, "--producers")?,
+            "--copies" => args.copies = number(value("--copies")?, "--copies")?,
             "--rounds" => args.rounds = number(value("--rounds")?, "--rounds")?,
             "--methods" => {
                 args.methods = value("--methods")?.split(',').map(str::to_owned).collect();
@@ -477,6 +490,8 @@ struct Bench<'rt> {
     stamp: Stamp,
     tables: Vec<TableName>,
     info: Value,
+    /// The sinks' `copies_in_flight`.
+    copies: usize,
 }
 
 fn pool_for(config: &Config, sync_off: bool) -> Result<Pool, Fail> {
@@ -551,6 +566,7 @@ impl<'rt> Bench<'rt> {
             stamp,
             tables: Vec::new(),
             info,
+            copies: args.copies,
         })
     }
 
@@ -689,6 +705,42 @@ impl<'rt> Bench<'rt> {
         Ok(elapsed)
     }
 
+    /// `limit` with the rows in `streams` parts written at once, each by a
+    /// COPY on a connection of its own; timed until the last one ends.
+    fn limit_n(&mut self, rows: &[Row], name: &str, streams: usize) -> Result<Duration, Fail> {
+        let table = self.fresh_table(name)?;
+        let part = rows.len().div_ceil(streams);
+        let parts: Vec<Bytes> = rows.chunks(part).map(encode_copy).collect();
+        let sql = format!(
+            "COPY {} ({COLUMNS}) FROM STDIN (FORMAT binary)",
+            table.quoted()
+        );
+        let elapsed = self.rt.block_on(async {
+            let mut clients = Vec::new();
+            for _ in &parts {
+                let client = self.pool.get().await?;
+                let statement = client.prepare(&sql).await?;
+                clients.push((client, statement));
+            }
+            let start = Instant::now();
+            let copies = clients
+                .iter()
+                .zip(&parts)
+                .map(|((client, statement), data)| copy_in(client, statement, data));
+            let copied: u64 = futures_util::future::try_join_all(copies)
+                .await?
+                .into_iter()
+                .sum();
+            let elapsed = start.elapsed();
+            if copied != rows.len() as u64 {
+                return Err(format!("{name}: COPY reported {copied} rows").into());
+            }
+            Ok::<_, Fail>(elapsed)
+        })?;
+        self.finish_method(name, &table, rows.len())?;
+        Ok(elapsed)
+    }
+
     /// Log `rows` through a sink; `rate` paces the producers (rows/s in
     /// all). Returns the duration and the latency percentiles.
     fn pglogsink(
@@ -720,11 +772,18 @@ impl<'rt> Bench<'rt> {
         let config = SinkConfig {
             table: table.to_string(),
             batch_size,
+            copies_in_flight: self.copies,
+            max_queue_bytes: QUEUE_BYTES,
             ..SinkConfig::default()
         };
         let pool = self.pool.clone();
         let (logger, worker) = self.rt.block_on(async {
-            drop(pool.get().await?);
+            // One open connection per copy in flight, as in a running service.
+            let mut open = Vec::new();
+            for _ in 0..self.copies {
+                open.push(pool.get().await?);
+            }
+            drop(open);
             Ok::<_, Fail>(pglogsink::spawn(pool, &config, CancellationToken::new())?)
         })?;
         let refused = AtomicU64::new(0);
@@ -786,6 +845,8 @@ impl<'rt> Bench<'rt> {
         let config = SinkConfig {
             table: table.to_string(),
             batch_size,
+            copies_in_flight: self.copies,
+            max_queue_bytes: QUEUE_BYTES,
             ..SinkConfig::default()
         };
         let mut sinks = Vec::new();
@@ -1061,6 +1122,7 @@ impl<'rt> Bench<'rt> {
         let wants = |m: &str| args.methods.iter().any(|x| x == m);
         let mut results: Vec<(&str, usize, Duration)> = Vec::new();
         let mut limit_runs = Vec::new();
+        let mut limit_2_runs = Vec::new();
         let mut sink_runs = Vec::new();
         let mut old_shape_runs = Vec::new();
         let mut full_latency = None;
@@ -1069,6 +1131,10 @@ impl<'rt> Bench<'rt> {
             if wants("limit") || args.sweep {
                 eprintln!("pipeline: limit (round {})...", round + 1);
                 limit_runs.push(self.limit(&rows, "limit")?);
+            }
+            if wants("limit_2") && !args.sweep {
+                eprintln!("pipeline: limit_2 (round {})...", round + 1);
+                limit_2_runs.push(self.limit_n(&rows, "limit_2", 2)?);
             }
             if sink_wanted {
                 eprintln!("pipeline: pglogsink (round {})...", round + 1);
@@ -1092,6 +1158,9 @@ impl<'rt> Bench<'rt> {
         }
         if !limit_runs.is_empty() {
             results.push(("limit", rows.len(), median_duration(&mut limit_runs)));
+        }
+        if !limit_2_runs.is_empty() {
+            results.push(("limit_2", rows.len(), median_duration(&mut limit_2_runs)));
         }
         let mut diagnostics = serde_json::Map::new();
         if !args.sweep && wants("limit") && wants("pglogsink") {
@@ -1207,6 +1276,7 @@ impl<'rt> Bench<'rt> {
                 "rounds".to_owned(),
                 json!({
                     "limit_seconds": limit_runs.iter().map(Duration::as_secs_f64).collect::<Vec<_>>(),
+                    "limit_2_seconds": limit_2_runs.iter().map(Duration::as_secs_f64).collect::<Vec<_>>(),
                     "pglogsink_seconds": sink_runs.iter().map(Duration::as_secs_f64).collect::<Vec<_>>(),
                     "pglogsink_old_shape_seconds": old_shape_runs.iter().map(Duration::as_secs_f64).collect::<Vec<_>>(),
                 }),

@@ -25,11 +25,6 @@ impl Backoff {
         }
     }
 
-    /// Start over after a success.
-    pub(crate) fn reset(&mut self) {
-        self.attempt = 0;
-    }
-
     /// The delay before the next retry.
     pub(crate) fn next_delay(&mut self) -> Duration {
         let exp = self
@@ -71,8 +66,6 @@ mod tests {
         for _ in 0..100 {
             assert!(b.next_delay() <= Duration::from_secs(5));
         }
-        b.reset();
-        assert!(b.next_delay() <= Duration::from_millis(100));
     }
 
     #[test]

@@ -10,9 +10,9 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use futures_util::stream::{FuturesUnordered, StreamExt};
 use tokio_util::sync::CancellationToken;
 
-use crate::backoff::Backoff;
 use crate::batch::{BatchEncoder, EncodedBatch};
 use crate::config::SinkConfig;
 use crate::copy_format::CopyEncoder;
@@ -43,15 +43,32 @@ pub(crate) struct Tokens {
 }
 
 pub(crate) struct Consumer<W> {
+    intake: Intake,
+    delivery: Delivery<W>,
+    /// Most batches being written at once, each on a connection of its own.
+    copies: usize,
+    ledger_retention: Duration,
+    last_prune: Option<Instant>,
+}
+
+/// The queue's side: taking records, encoding them, keeping the budget.
+struct Intake {
     rx: flume::Receiver<Record>,
     stop: CancellationToken,
     batch_size: usize,
     encoder: BatchEncoder,
-    delivery: Delivery<W>,
     spill: Spill,
     shared: Arc<Shared>,
-    ledger_retention: Duration,
-    last_prune: Option<Instant>,
+}
+
+/// Why writing from the queue ended.
+enum Flow {
+    /// Shutdown was asked for and the queue is empty.
+    Drained,
+    /// Delivery stopped (fatal error, deadline).
+    Stopped,
+    /// The spool holds batches: replay them before new records.
+    Replay,
 }
 
 impl<W: Writer> Consumer<W> {
@@ -66,7 +83,7 @@ impl<W: Writer> Consumer<W> {
         let keys = KeySource::new(random_instance());
         let delivery = Delivery {
             writer,
-            backoff: Backoff::new(config.retry_initial, config.retry_max),
+            retry: (config.retry_initial, config.retry_max),
             shared: shared.clone(),
             table: config
                 .table_name()
@@ -76,7 +93,7 @@ impl<W: Writer> Consumer<W> {
             abort: tokens.abort,
             dead_letter: spool.as_ref().map(|s| DeadLetter::in_dir(s.dir())),
         };
-        Consumer {
+        let intake = Intake {
             rx,
             stop: tokens.stop,
             batch_size: config.batch_size,
@@ -85,51 +102,137 @@ impl<W: Writer> Consumer<W> {
                 keys,
                 shared.clone(),
             ),
-            delivery,
             spill: Spill::new(spool, config.max_queue_bytes, shared.clone()),
             shared,
+        };
+        Consumer {
+            intake,
+            delivery,
+            copies: config.copies_in_flight,
             ledger_retention: config.ledger_retention,
             last_prune: None,
         }
     }
 
     pub(crate) async fn run(mut self) -> Report {
-        let mut records = Vec::with_capacity(self.batch_size);
+        let mut records = Vec::with_capacity(self.intake.batch_size);
         loop {
-            if let Some(segment) = self.spill.next_segment() {
+            if let Some(segment) = self.intake.spill.next_segment() {
                 match self.replay(segment).await {
                     Ok(()) => continue,
                     Err(_stopped) => break,
                 }
             }
-            if !self.next_batch(&mut records).await {
-                break;
+            match self.write_from_queue(&mut records).await {
+                Flow::Replay => continue,
+                Flow::Drained | Flow::Stopped => break,
             }
-            let batch = self.take(&mut records);
-            let delivered = self.hand_on(batch, Source::Queue).await;
-            self.shared
-                .oldest_unwritten_micros
-                .store(0, Ordering::Relaxed);
-            if delivered.is_err() {
-                break;
-            }
-            // Also when the queue drains: a full sink takes records again.
-            self.spill
-                .keep_budget(&self.rx, &mut self.encoder, self.batch_size);
-            self.prune_ledger_now_and_then().await;
         }
         // Drained, or stopped (fatal error, deadline): whatever is still
         // queued goes to the spool or is counted lost, and later sends fail.
-        self.spill
-            .spill_everything(&self.rx, &mut self.encoder, self.batch_size);
-        self.shared.retrying.store(false, Ordering::Relaxed);
+        let intake = &mut self.intake;
+        intake
+            .spill
+            .spill_everything(&intake.rx, &mut intake.encoder, intake.batch_size);
+        intake.shared.retrying.store(false, Ordering::Relaxed);
         Report::from_shared(
-            &self.shared,
-            self.spill.spool_dir().map(ToOwned::to_owned),
+            &intake.shared,
+            intake.spill.spool_dir().map(ToOwned::to_owned),
             self.delivery.abort.is_cancelled(),
         )
     }
 
+    /// Take batches from the queue and write them, up to `copies` at once,
+    /// keeping the queue within its budget all the while. Ends when the
+    /// queue is drained after a shutdown request, when delivery stops, or
+    /// when the spool holds batches to replay first; in each case only once
+    /// every batch in flight has ended.
+    async fn write_from_queue(&mut self, records: &mut Vec<Record>) -> Flow {
+        let Consumer {
+            intake,
+            delivery,
+            copies,
+            ledger_retention,
+            last_prune,
+        } = self;
+        let delivery = &*delivery;
+        let mut in_flight = FuturesUnordered::new();
+        // When the first record of each batch in flight was logged.
+        let mut firsts: Vec<i64> = Vec::with_capacity(*copies);
+        let mut check = tokio::time::interval(BUDGET_CHECK);
+        check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let (mut drained, mut stopped) = (false, false);
+        loop {
+            let may_take =
+                !drained && !stopped && in_flight.len() < *copies && !intake.spill.has_spooled();
+            if !may_take && in_flight.is_empty() {
+                break;
+            }
+            tokio::select! {
+                biased;
+                Some((first, outcome)) = in_flight.next() => {
+                    if let Some(at) = firsts.iter().position(|&f| f == first) {
+                        firsts.swap_remove(at);
+                    }
+                    intake.note_oldest(&firsts);
+                    // Also as the queue drains: a full sink takes records again.
+                    intake.keep_budget();
+                    if let Err(left) = outcome {
+                        stopped = true;
+                        intake.spill.park_stopped(left, Source::Queue);
+                    } else if last_prune.map_or(true, |t| t.elapsed() >= PRUNE_EVERY) {
+                        *last_prune = Some(Instant::now());
+                        delivery.prune_ledger(*ledger_retention).await;
+                    }
+                }
+                _ = check.tick() => intake.keep_budget(),
+                more = intake.next_batch(records), if may_take => {
+                    if !more {
+                        drained = true;
+                        continue;
+                    }
+                    let (first, batch) = intake.take(records);
+                    firsts.push(first);
+                    intake.note_oldest(&firsts);
+                    in_flight.push(async move {
+                        (first, delivery.deliver(batch, Source::Queue).await)
+                    });
+                }
+            }
+        }
+        match (stopped, drained) {
+            (true, _) => Flow::Stopped,
+            (false, true) => Flow::Drained,
+            (false, false) => Flow::Replay,
+        }
+    }
+
+    /// Replay a spooled segment batch by batch, one at a time (the segment
+    /// goes once all are delivered), keeping the queue within its budget.
+    async fn replay(&mut self, mut segment: crate::spool::Segment) -> Result<(), Stop> {
+        for batch in std::mem::take(&mut segment.batches) {
+            let outcome = {
+                let delivery = self.delivery.deliver(batch, Source::Spool);
+                tokio::pin!(delivery);
+                let mut check = tokio::time::interval(BUDGET_CHECK);
+                check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                loop {
+                    tokio::select! {
+                        biased;
+                        outcome = &mut delivery => break outcome,
+                        _ = check.tick() => self.intake.keep_budget(),
+                    }
+                }
+            };
+            // A spooled batch that was not written is still on disk.
+            outcome.map_err(|left| left.why)?;
+        }
+        self.intake.spill.replayed(&segment);
+        Ok(())
+    }
+}
+
+impl Intake {
     /// Fill `records` with the next records: wait for the first, then take
     /// what is already queued. False when there is nothing more to do.
     async fn next_batch(&self, records: &mut Vec<Record>) -> bool {
@@ -150,59 +253,28 @@ impl<W: Writer> Consumer<W> {
         true
     }
 
-    /// Count the records taken, learn their size, encode them.
-    fn take(&mut self, records: &mut Vec<Record>) -> EncodedBatch {
+    /// Count the records taken, learn their size, encode them; with when
+    /// the first was logged.
+    fn take(&mut self, records: &mut Vec<Record>) -> (i64, EncodedBatch) {
         Shared::add(&self.shared.received, records.len() as u64);
-        self.shared
-            .oldest_unwritten_micros
-            .store(unix_micros(records[0].timestamp), Ordering::Relaxed);
+        let first = unix_micros(records[0].timestamp);
         self.spill.observe(records);
         let batch = self.encoder.encode(records);
         records.clear();
-        batch
+        (first, batch)
     }
 
-    /// Deliver one batch, keeping the queue within its budget meanwhile.
-    /// What a stopped delivery leaves goes to the spool.
-    async fn hand_on(&mut self, batch: EncodedBatch, source: Source) -> Result<(), Stop> {
-        let outcome = {
-            let delivery = self.delivery.deliver(batch, source);
-            tokio::pin!(delivery);
-            let mut check = tokio::time::interval(BUDGET_CHECK);
-            check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            loop {
-                tokio::select! {
-                    biased;
-                    outcome = &mut delivery => break outcome,
-                    _ = check.tick() => {
-                        self.spill.keep_budget(&self.rx, &mut self.encoder, self.batch_size);
-                    }
-                }
-            }
-        };
-        outcome.map_err(|stopped| {
-            let why = stopped.why;
-            self.spill.park_stopped(stopped, source);
-            why
-        })
+    /// The age gauge follows the oldest batch still in flight.
+    fn note_oldest(&self, firsts: &[i64]) {
+        let oldest = firsts.iter().copied().min().unwrap_or(0);
+        self.shared
+            .oldest_unwritten_micros
+            .store(oldest, Ordering::Relaxed);
     }
 
-    /// Replay a spooled segment batch by batch; it goes once all are
-    /// delivered.
-    async fn replay(&mut self, mut segment: crate::spool::Segment) -> Result<(), Stop> {
-        for batch in std::mem::take(&mut segment.batches) {
-            self.hand_on(batch, Source::Spool).await?;
-        }
-        self.spill.replayed(&segment);
-        Ok(())
-    }
-
-    async fn prune_ledger_now_and_then(&mut self) {
-        if self.last_prune.is_some_and(|t| t.elapsed() < PRUNE_EVERY) {
-            return;
-        }
-        self.last_prune = Some(Instant::now());
-        self.delivery.prune_ledger(self.ledger_retention).await;
+    fn keep_budget(&mut self) {
+        self.spill
+            .keep_budget(&self.rx, &mut self.encoder, self.batch_size);
     }
 }
 
@@ -263,7 +335,7 @@ mod tests {
     }
 
     impl Writer for Fake {
-        async fn write(&mut self, batch: &EncodedBatch) -> Result<Committed, WriteError> {
+        async fn write(&self, batch: &EncodedBatch) -> Result<Committed, WriteError> {
             let answer = self.db.lock().unwrap().answers.pop_front();
             match answer {
                 Some(Answer::Transient) => {
@@ -292,7 +364,7 @@ mod tests {
             Ok(Committed::Written)
         }
 
-        async fn store_rejected(&mut self, row: &RejectedRow) -> Result<(), WriteError> {
+        async fn store_rejected(&self, row: &RejectedRow) -> Result<(), WriteError> {
             let mut db = self.db.lock().unwrap();
             if db.rejected_table_fails {
                 return Err(WriteError::Server("42P01"));
@@ -302,7 +374,7 @@ mod tests {
             Ok(())
         }
 
-        async fn prune_ledger(&mut self, _retention: Duration) -> Result<u64, WriteError> {
+        async fn prune_ledger(&self, _retention: Duration) -> Result<u64, WriteError> {
             Ok(0)
         }
     }
@@ -434,7 +506,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn at_the_deadline_a_hung_write_is_in_doubt_or_spooled() {
         for with_spool in [false, true] {
-            let fake = Fake::answering(&[Answer::Hang]);
+            let fake = Fake::answering(&[Answer::Hang; 2]);
             let _closed = fake.gate.clone().write_owned().await;
             let dir = spool_dir(&format!("deadline-{with_spool}"));
             let config = config(with_spool.then_some(dir));
@@ -448,14 +520,57 @@ mod tests {
             if with_spool {
                 assert_eq!((report.spooled, report.in_doubt), (15, 0), "{report}");
             } else {
-                assert_eq!((report.in_doubt, report.lost.no_spool), (10, 5), "{report}");
+                // Both copies were in flight: the first batch and the second.
+                assert_eq!((report.in_doubt, report.lost.no_spool), (15, 0), "{report}");
             }
         }
     }
 
     #[tokio::test(start_paused = true)]
-    async fn the_queue_moves_to_the_spool_while_a_write_hangs() {
+    async fn a_second_copy_keeps_writing_while_the_first_hangs() {
         let fake = Fake::answering(&[Answer::Hang]);
+        let closed = fake.gate.clone().write_owned().await;
+        let (logger, worker, _) = start(&fake, &config(None));
+        log_numbered(&logger, 0..10);
+        run_for(10).await;
+        log_numbered(&logger, 10..20);
+        run_for(10).await;
+        assert_eq!(fake.rows(), numbered(10..20), "the second batch is in");
+        assert_eq!(logger.stats().written, 10);
+        drop(closed);
+        let report = worker.shutdown(Duration::from_secs(1)).await;
+        assert!(report.is_complete(), "{report}");
+        assert_eq!((report.written, report.batches), (20, 2));
+        let mut rows = fake.rows();
+        rows.sort();
+        let mut expected = numbered(0..20);
+        expected.sort();
+        assert_eq!(rows, expected);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn one_copy_in_flight_writes_batches_in_order() {
+        let fake = Fake::answering(&[Answer::Hang]);
+        let closed = fake.gate.clone().write_owned().await;
+        let config = SinkConfig {
+            copies_in_flight: 1,
+            ..config(None)
+        };
+        let (logger, worker, _) = start(&fake, &config);
+        log_numbered(&logger, 0..10);
+        run_for(10).await;
+        log_numbered(&logger, 10..20);
+        run_for(10).await;
+        assert!(fake.rows().is_empty(), "nothing overtakes the hung batch");
+        drop(closed);
+        let report = worker.shutdown(Duration::from_secs(1)).await;
+        assert_eq!(report.written, 20);
+        assert_eq!(fake.rows(), numbered(0..20));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_queue_moves_to_the_spool_while_a_write_hangs() {
+        let fake = Fake::answering(&[Answer::Hang; 2]);
         let closed = fake.gate.clone().write_owned().await;
         let dir = spool_dir("spill-while-hung");
         let (logger, worker, _) = start(&fake, &config(Some(dir)));
@@ -484,7 +599,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn without_room_send_hands_records_back_until_the_queue_drains() {
-        let fake = Fake::answering(&[Answer::Hang]);
+        let fake = Fake::answering(&[Answer::Hang; 2]);
         let closed = fake.gate.clone().write_owned().await;
         let (logger, worker, _) = start(&fake, &config(None));
         log_numbered(&logger, 0..1);
@@ -516,7 +631,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn a_full_spool_hands_records_back_and_every_record_is_accounted_for() {
-        let fake = Fake::answering(&[Answer::Hang]);
+        let fake = Fake::answering(&[Answer::Hang; 2]);
         let _closed = fake.gate.clone().write_owned().await;
         let dir = spool_dir("spool-cap");
         let config = SinkConfig {

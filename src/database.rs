@@ -11,9 +11,10 @@ use tokio_postgres::NoTls;
 use crate::tls::{self, RootCert, SslMode};
 use crate::Error;
 
-/// Connections in a pool made by [`pool`]: one for the sink's consumer, the
-/// rest for whatever else the application does with it.
-pub const DEFAULT_POOL_SIZE: usize = 4;
+/// Connections in a pool made by [`pool`]: one for each of the sink's
+/// copies in flight ([`DEFAULT_COPIES_IN_FLIGHT`](crate::DEFAULT_COPIES_IN_FLIGHT)),
+/// the rest for whatever else the application does with it.
+pub const DEFAULT_POOL_SIZE: usize = 6;
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// How to reach PostgreSQL: tokio-postgres' settings (host, port, user,

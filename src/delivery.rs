@@ -4,7 +4,7 @@
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use tokio_util::sync::CancellationToken;
 
@@ -57,7 +57,8 @@ enum Attempt {
 /// Delivers batches through a [`Writer`].
 pub(crate) struct Delivery<W> {
     pub(crate) writer: W,
-    pub(crate) backoff: Backoff,
+    /// First and longest retry delay.
+    pub(crate) retry: (Duration, Duration),
     pub(crate) shared: Arc<Shared>,
     /// The Log table, for messages.
     pub(crate) table: String,
@@ -74,11 +75,7 @@ pub(crate) struct Delivery<W> {
 impl<W: Writer> Delivery<W> {
     /// Write `batch`, splitting it around refused rows (each is set aside),
     /// until every row is written or set aside, or delivery stops.
-    pub(crate) async fn deliver(
-        &mut self,
-        batch: EncodedBatch,
-        source: Source,
-    ) -> Result<(), Stopped> {
+    pub(crate) async fn deliver(&self, batch: EncodedBatch, source: Source) -> Result<(), Stopped> {
         // Depth-first over halves, left first, so rows keep their order.
         let mut pending = vec![batch];
         while let Some(piece) = pending.pop() {
@@ -113,8 +110,8 @@ impl<W: Writer> Delivery<W> {
 
     /// Write one piece, retrying transient errors until they clear or the
     /// shutdown deadline passes.
-    async fn attempt(&mut self, piece: &EncodedBatch, source: Source) -> Attempt {
-        self.backoff.reset();
+    async fn attempt(&self, piece: &EncodedBatch, source: Source) -> Attempt {
+        let mut backoff = Backoff::new(self.retry.0, self.retry.1);
         loop {
             let started = Instant::now();
             let result = tokio::select! {
@@ -133,7 +130,7 @@ impl<W: Writer> Delivery<W> {
             };
             match classify(&error) {
                 Class::Transient(reason) => {
-                    let delay = self.backoff.next_delay();
+                    let delay = backoff.next_delay();
                     self.note_transient(reason, &error, piece.rows(), delay);
                     tokio::select! {
                         biased;
@@ -229,7 +226,7 @@ impl<W: Writer> Delivery<W> {
 
     /// Keep a refused row in the rejected table, or else the dead-letter
     /// file, or else count it lost.
-    async fn set_aside(&mut self, piece: &EncodedBatch, error: &WriteError) {
+    async fn set_aside(&self, piece: &EncodedBatch, error: &WriteError) {
         let row = RejectedRow::new(piece.row(0), error);
         tracing::warn!(
             target: "pglogsink",
@@ -267,7 +264,7 @@ impl<W: Writer> Delivery<W> {
     }
 
     /// Delete old ledger rows (called now and then by the consumer).
-    pub(crate) async fn prune_ledger(&mut self, retention: std::time::Duration) {
+    pub(crate) async fn prune_ledger(&self, retention: std::time::Duration) {
         match self.writer.prune_ledger(retention).await {
             Ok(n) if n > 0 => {
                 tracing::debug!(target: "pglogsink", rows = n, "pruned the batch ledger")

@@ -42,6 +42,11 @@ impl Spill {
         }
     }
 
+    /// True when the spool holds batches waiting for replay.
+    pub(crate) fn has_spooled(&self) -> bool {
+        self.spool.as_ref().is_some_and(|s| !s.is_empty())
+    }
+
     pub(crate) fn spool_dir(&self) -> Option<&Path> {
         self.spool.as_ref().map(Spool::dir)
     }

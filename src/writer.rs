@@ -21,19 +21,19 @@ use crate::table::TableName;
 pub(crate) trait Writer: Send + Sync {
     /// Write one batch with its ledger row, in one transaction.
     fn write(
-        &mut self,
+        &self,
         batch: &EncodedBatch,
     ) -> impl Future<Output = Result<Committed, WriteError>> + Send;
 
     /// Keep one refused row in the rejected-rows table.
     fn store_rejected(
-        &mut self,
+        &self,
         row: &RejectedRow,
     ) -> impl Future<Output = Result<(), WriteError>> + Send;
 
     /// Delete ledger rows older than `retention`; returns how many.
     fn prune_ledger(
-        &mut self,
+        &self,
         retention: Duration,
     ) -> impl Future<Output = Result<u64, WriteError>> + Send;
 }
@@ -80,7 +80,7 @@ impl PgWriter {
 }
 
 impl Writer for PgWriter {
-    async fn write(&mut self, batch: &EncodedBatch) -> Result<Committed, WriteError> {
+    async fn write(&self, batch: &EncodedBatch) -> Result<Committed, WriteError> {
         let attempt = async {
             let mut conn = self.checkout().await?;
             let result = write_batch(conn.client(), &self.statements, batch).await;
@@ -90,7 +90,7 @@ impl Writer for PgWriter {
         bounded(self.timeouts.client(), attempt).await
     }
 
-    async fn store_rejected(&mut self, row: &RejectedRow) -> Result<(), WriteError> {
+    async fn store_rejected(&self, row: &RejectedRow) -> Result<(), WriteError> {
         let attempt = async {
             let mut conn = self.checkout().await?;
             let result = self.rejected.store(conn.client(), row).await;
@@ -100,7 +100,7 @@ impl Writer for PgWriter {
         bounded(self.timeouts.client(), attempt).await
     }
 
-    async fn prune_ledger(&mut self, retention: Duration) -> Result<u64, WriteError> {
+    async fn prune_ledger(&self, retention: Duration) -> Result<u64, WriteError> {
         let attempt = async {
             let mut conn = self.checkout().await?;
             let result = self.statements.ledger.prune(conn.client(), retention).await;

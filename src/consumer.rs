@@ -157,6 +157,10 @@ impl<W: Writer> Consumer<W> {
         } = self;
         let delivery = &*delivery;
         let mut in_flight = FuturesUnordered::new();
+        // Ledger pruning runs beside the writes, never instead of polling
+        // them: behind a pooler with few server connections, a prune
+        // waiting for one held by an unpolled write would wait forever.
+        let mut upkeep = FuturesUnordered::new();
         // When the first record of each batch in flight was logged.
         let mut firsts: Vec<i64> = Vec::with_capacity(*copies);
         let mut check = tokio::time::interval(BUDGET_CHECK);
@@ -165,7 +169,7 @@ impl<W: Writer> Consumer<W> {
         loop {
             let may_take =
                 !drained && !stopped && in_flight.len() < *copies && !intake.spill.has_spooled();
-            if !may_take && in_flight.is_empty() {
+            if !may_take && in_flight.is_empty() && upkeep.is_empty() {
                 break;
             }
             tokio::select! {
@@ -182,9 +186,10 @@ impl<W: Writer> Consumer<W> {
                         intake.spill.park_stopped(left, Source::Queue);
                     } else if last_prune.map_or(true, |t| t.elapsed() >= PRUNE_EVERY) {
                         *last_prune = Some(Instant::now());
-                        delivery.prune_ledger(*ledger_retention).await;
+                        upkeep.push(delivery.prune_ledger(*ledger_retention));
                     }
                 }
+                Some(()) = upkeep.next() => {}
                 _ = check.tick() => intake.keep_budget(),
                 more = intake.next_batch(records), if may_take => {
                     if !more {

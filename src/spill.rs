@@ -13,7 +13,8 @@ use serde_json::Value;
 use crate::batch::{BatchEncoder, EncodedBatch};
 use crate::delivery::{Source, Stopped};
 use crate::record::Record;
-use crate::spool::{human_bytes, Segment, Spool};
+use crate::report::human_bytes;
+use crate::spool::{Segment, Spool};
 use crate::stats::Shared;
 
 /// Records per batch whose size feeds the running average.

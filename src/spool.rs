@@ -30,6 +30,7 @@ use bytes::Bytes;
 
 use crate::batch::EncodedBatch;
 use crate::ledger::BatchKey;
+use crate::report::human_bytes;
 use crate::Error;
 
 const SEGMENT_HEADER: &[u8] = b"PGLOGSINK SPOOL 1\n";
@@ -323,22 +324,6 @@ fn free_space(dir: &Path) -> io::Result<u64> {
     Ok(stat.f_bavail as u64 * stat.f_frsize as u64)
 }
 
-/// `1536` → `1.5 KiB`.
-pub(crate) fn human_bytes(n: u64) -> String {
-    const UNITS: [&str; 5] = ["bytes", "KiB", "MiB", "GiB", "TiB"];
-    let mut value = n as f64;
-    let mut unit = 0;
-    while value >= 1024.0 && unit + 1 < UNITS.len() {
-        value /= 1024.0;
-        unit += 1;
-    }
-    if unit == 0 {
-        format!("{n} bytes")
-    } else {
-        format!("{value:.1} {}", UNITS[unit])
-    }
-}
-
 /// A spool holds batches of one table: replaying them into another would
 /// put rows in the wrong place.
 fn bind_to_table(dir: &Path, table: &str) -> Result<(), Error> {
@@ -467,8 +452,6 @@ mod tests {
             .room()
             .unwrap_err();
         assert!(why.contains("below its reserve"), "{why}");
-        assert_eq!(human_bytes(1536), "1.5 KiB");
-        assert_eq!(human_bytes(10), "10 bytes");
     }
 
     fn oldest_len(segment: &Segment) -> u64 {

@@ -21,12 +21,10 @@ use hyper::client::conn::http1::{self, SendRequest};
 use hyper::{StatusCode, Uri};
 use hyper_util::rt::TokioIo;
 use indicatif::{ProgressBar, ProgressStyle};
-use pglogsink::tokio_postgres::types::Type;
-use pglogsink::{describe, CancellationToken, Error};
+use pglogsink::{describe, CancellationToken};
 use tokio::net::TcpStream;
 use tokio_util::task::TaskTracker;
 
-use super::db::{Database, Mode};
 use super::load_body::{LoadMode, Payload};
 use super::Failure;
 
@@ -37,7 +35,6 @@ const MAX_DURATION_SECS: f64 = 3600.0;
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 /// Pause after a failed connect, so that a dead server is not hammered.
 const RECONNECT_PAUSE: Duration = Duration::from_millis(100);
-const VERIFY_POLL: Duration = Duration::from_millis(250);
 /// Highest latency the histograms track exactly (one hour, in microseconds).
 const MAX_LATENCY_US: u64 = 3_600_000_000;
 
@@ -361,14 +358,14 @@ async fn worker(
 
 /// A progress bar on a terminal; otherwise (indicatif would draw nothing) a plain line about
 /// once per second.
-struct Progress {
-    bar: ProgressBar,
+pub(crate) struct Progress {
+    pub(crate) bar: ProgressBar,
     plain: bool,
     last_plain: Instant,
 }
 
 impl Progress {
-    fn new(len: Option<u64>, template: &str) -> Progress {
+    pub(crate) fn new(len: Option<u64>, template: &str) -> Progress {
         let plain = !std::io::stderr().is_terminal();
         let bar = match (plain, len) {
             (true, _) => ProgressBar::hidden(),
@@ -388,7 +385,12 @@ impl Progress {
         }
     }
 
-    fn update(&mut self, pos: u64, message: String, plain_line: impl FnOnce() -> String) {
+    pub(crate) fn update(
+        &mut self,
+        pos: u64,
+        message: String,
+        plain_line: impl FnOnce() -> String,
+    ) {
         self.bar.set_position(pos);
         self.bar.set_message(message);
         if self.plain && self.last_plain.elapsed() >= Duration::from_secs(1) {
@@ -449,119 +451,6 @@ fn latency_line(hist: &Histogram<u64>) -> String {
         ms(hist.value_at_quantile(0.99)),
         ms(hist.max())
     )
-}
-
-/// The `verify:` line for `expected` rows (one per 2xx response) given the last count (if any
-/// query succeeded) and the last query error; `true` when the count matches exactly.
-fn verify_line(
-    run_id: &str,
-    expected: u64,
-    found: Option<u64>,
-    last_error: Option<&str>,
-    secs: f64,
-    failed: u64,
-) -> (String, bool) {
-    let problem = match (found, last_error) {
-        (Some(found), _) if found == expected => {
-            let line =
-                format!("{found} of {expected} rows for run {run_id} arrived in {secs:.2} s: OK");
-            return (line, true);
-        }
-        (Some(found), _) if found > expected => format!(
-            "expected {expected} rows, found {found}: {} more than successful requests ({})",
-            found - expected,
-            if failed == 0 {
-                "duplicated"
-            } else {
-                "duplicated, or written by requests that failed here"
-            }
-        ),
-        (Some(found), e) => format!(
-            "expected {expected} rows, found {found} after {secs:.2} s: {} missing{}",
-            expected - found,
-            e.map(|e| format!(" (last error: {e})")).unwrap_or_default()
-        ),
-        (None, Some(e)) => {
-            format!("expected {expected} rows, could not count them in {secs:.2} s: {e}")
-        }
-        (None, None) => {
-            format!("expected {expected} rows, no answer from the database in {secs:.2} s")
-        }
-    };
-    (format!("FAILED for run {run_id}: {problem}"), false)
-}
-
-/// `serve` side of --verify: polls the row count; `Ok(true)` when it matches exactly.
-async fn verify(
-    args: &LoadArgs,
-    run_id: &str,
-    expected: u64,
-    failed: u64,
-    cancel: &CancellationToken,
-) -> Result<bool, Failure> {
-    let started = Instant::now();
-    let db = Database::open(&args.db, Mode::Existing).await?;
-    let deadline = started + args.verify_timeout;
-    let sql = format!(
-        "SELECT count(*) FROM {} WHERE fields->>'run_id' = $1",
-        args.db.table.quoted()
-    );
-    let mut progress = Progress::new(
-        Some(expected),
-        "{spinner} verify [{elapsed_precise}] {wide_bar} {pos}/{len} rows",
-    );
-    let mut found = None;
-    let mut last_error: Option<String>;
-    loop {
-        let remaining = deadline
-            .saturating_duration_since(Instant::now())
-            .max(VERIFY_POLL);
-        let query = async {
-            let client = db
-                .pool
-                .get()
-                .await
-                .map_err(|e| Error::from(e).to_string())?;
-            // The unnamed statement: nothing outlives the query, so this
-            // works through a transaction-mode pooler.
-            let row = client
-                .query_typed_one(sql.as_str(), &[(&run_id, Type::TEXT)])
-                .await
-                .map_err(|e| describe(&e).to_string())?;
-            let count: i64 = row.try_get(0).map_err(|e| describe(&e).to_string())?;
-            Ok::<u64, String>(u64::try_from(count).unwrap_or(0))
-        };
-        match tokio::time::timeout(remaining, query).await {
-            Ok(Ok(count)) => {
-                found = Some(count);
-                last_error = None;
-                progress.update(count, String::new(), || {
-                    format!("verify: {count} of {expected} rows")
-                });
-                if count >= expected {
-                    break;
-                }
-            }
-            Ok(Err(e)) => last_error = Some(e),
-            Err(_) => last_error = Some("the query timed out".to_owned()),
-        }
-        if Instant::now() >= deadline {
-            break;
-        }
-        tokio::select! {
-            _ = tokio::time::sleep(VERIFY_POLL) => {}
-            _ = cancel.cancelled() => {
-                last_error = Some("interrupted".to_owned());
-                break;
-            }
-        }
-    }
-    progress.bar.finish_and_clear();
-    db.close();
-    let secs = started.elapsed().as_secs_f64();
-    let (line, ok) = verify_line(run_id, expected, found, last_error.as_deref(), secs, failed);
-    println!("verify:      {line}");
-    Ok(ok)
 }
 
 /// Resolves the target to loopback addresses and opens the first connection, failing fast
@@ -699,7 +588,7 @@ pub(crate) async fn run(args: LoadArgs) -> Result<ExitCode, Failure> {
         }
         (true, false) => {
             let rows = ok * shared.payload.records;
-            verify(&args, &run_id, rows, failed, &cancel).await?
+            super::load_verify::verify(&args, &run_id, rows, failed, &cancel).await?
         }
     };
     signal_task.abort();
@@ -813,35 +702,6 @@ mod tests {
         h.saturating_record(12_300);
         assert_eq!(latency_line(&h), "p50 1.20 ms, p99 4.50 ms, max 12.30 ms");
         assert_eq!(ms(1_200), "1.20 ms");
-    }
-
-    #[test]
-    fn verify_line_tells_missing_from_duplicated() {
-        let line = |found, error, failed| verify_line("load-1-2", 20, found, error, 0.42, failed);
-        assert_eq!(
-            line(Some(20), None, 0),
-            (
-                "20 of 20 rows for run load-1-2 arrived in 0.42 s: OK".to_owned(),
-                true
-            )
-        );
-        let (text, ok) = line(Some(18), Some("db error"), 0);
-        assert!(!ok);
-        assert_eq!(text, "FAILED for run load-1-2: expected 20 rows, found 18 after 0.42 s: 2 missing (last error: db error)");
-        let (text, ok) = line(Some(21), None, 0);
-        assert!(
-            !ok && text.ends_with("found 21: 1 more than successful requests (duplicated)"),
-            "{text}"
-        );
-        assert!(line(Some(21), None, 3)
-            .0
-            .contains("or written by requests that failed here"));
-        let (text, ok) = line(None, Some("connection refused"), 0);
-        assert!(
-            !ok && text.ends_with("could not count them in 0.42 s: connection refused"),
-            "{text}"
-        );
-        assert!(verify_line("r", 0, Some(0), None, 0.0, 5).1);
     }
 
     #[test]

@@ -7,6 +7,7 @@ pub(crate) mod health;
 pub(crate) mod ingest;
 pub(crate) mod load;
 pub(crate) mod load_body;
+pub(crate) mod load_verify;
 pub(crate) mod logs;
 pub(crate) mod maintain;
 pub(crate) mod metrics;

@@ -15,7 +15,6 @@
 //! partition exists, or is gone) counts as done.
 
 use std::collections::BTreeMap;
-use std::fmt;
 use std::time::Duration;
 
 use deadpool_postgres::{Object, Pool};
@@ -29,6 +28,10 @@ use crate::partitions::{
 };
 use crate::table::TableName;
 use crate::Error;
+
+mod report;
+
+pub use report::{DroppedPartition, MaintenanceReport};
 
 /// Partitions made ahead of the current one by default.
 pub const DEFAULT_PREMAKE: u32 = 3;
@@ -77,117 +80,6 @@ impl Default for Maintenance {
             retention: None,
             search_index: false,
         }
-    }
-}
-
-/// What a maintenance run changed.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-#[non_exhaustive]
-pub struct MaintenanceReport {
-    /// Partitions created.
-    pub created: Vec<String>,
-    /// Rows moved from the DEFAULT partition into partitions created for them.
-    pub moved_from_default: u64,
-    /// Partitions dropped by retention.
-    pub dropped: Vec<DroppedPartition>,
-    /// Rows older than the retention deleted from the DEFAULT partition.
-    pub deleted_from_default: u64,
-    /// Partitions given a trigram index on `message`.
-    pub search_indexed: Vec<String>,
-    /// Changes that could not get their lock in time; the next run retries.
-    pub postponed: Vec<String>,
-    /// Another instance was running maintenance on this table: nothing done.
-    pub skipped: bool,
-}
-
-/// A partition dropped by retention.
-#[derive(Debug, Clone, PartialEq, Eq)]
-#[non_exhaustive]
-pub struct DroppedPartition {
-    /// Its name.
-    pub name: String,
-    /// The range it covered, as PostgreSQL wrote it.
-    pub range: String,
-    /// Rows it held (PostgreSQL's estimate when the table was analyzed, an
-    /// exact count otherwise).
-    pub rows: i64,
-    /// Bytes it took, with its indexes.
-    pub bytes: i64,
-}
-
-impl MaintenanceReport {
-    /// True when the run changed nothing (and was not skipped).
-    pub fn is_unchanged(&self) -> bool {
-        !self.skipped
-            && self.created.is_empty()
-            && self.moved_from_default == 0
-            && self.dropped.is_empty()
-            && self.deleted_from_default == 0
-            && self.search_indexed.is_empty()
-            && self.postponed.is_empty()
-    }
-}
-
-impl fmt::Display for MaintenanceReport {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        if self.skipped {
-            return f.write_str("skipped: another instance is running maintenance on this table");
-        }
-        let mut parts = Vec::new();
-        if !self.created.is_empty() {
-            parts.push(format!(
-                "created {} partition(s) ({})",
-                self.created.len(),
-                self.created.join(", ")
-            ));
-        }
-        if self.moved_from_default > 0 {
-            parts.push(format!(
-                "moved {} row(s) out of the DEFAULT partition",
-                self.moved_from_default
-            ));
-        }
-        for d in &self.dropped {
-            parts.push(format!(
-                "dropped {} ({}; {} rows, {})",
-                d.name,
-                d.range,
-                d.rows,
-                human_bytes(d.bytes)
-            ));
-        }
-        if self.deleted_from_default > 0 {
-            parts.push(format!(
-                "deleted {} row(s) past the retention from the DEFAULT partition",
-                self.deleted_from_default
-            ));
-        }
-        if !self.search_indexed.is_empty() {
-            parts.push(format!(
-                "built the search index of {}",
-                self.search_indexed.join(", ")
-            ));
-        }
-        if !self.postponed.is_empty() {
-            parts.push(format!(
-                "postponed (lock busy): {}",
-                self.postponed.join(", ")
-            ));
-        }
-        if parts.is_empty() {
-            f.write_str("nothing to do")
-        } else {
-            f.write_str(&parts.join("; "))
-        }
-    }
-}
-
-fn human_bytes(bytes: i64) -> String {
-    const MIB: f64 = 1024.0 * 1024.0;
-    if bytes as f64 >= 1024.0 * MIB {
-        format!("{:.1} GiB", bytes as f64 / (1024.0 * MIB))
-    } else {
-        format!("{:.1} MiB", bytes as f64 / MIB)
     }
 }
 

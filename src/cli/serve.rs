@@ -26,6 +26,7 @@ use super::maintain::{parse_retention, MaintenanceArgs};
 use super::request_span::{trace_request, RequestId};
 use super::signal::shutdown_signal;
 use super::sink_args::SinkArgs;
+use super::viewer::ViewerState;
 use super::{DatabaseArgs, Failure, Seconds};
 
 #[derive(Debug, clap::Args)]
@@ -73,6 +74,13 @@ pub(crate) struct ServeArgs {
           value_parser = parse_seconds, value_name = "SECS")]
     pub(crate) shutdown_timeout: Seconds,
 
+    /// Seconds a query of the web viewer (`/`, `/api/...`) may run before PostgreSQL cancels it,
+    /// so that a careless filter cannot load the database for long.
+    #[arg(long, env = "PGLOGSINK_VIEWER_STATEMENT_TIMEOUT",
+          default_value_t = Seconds(super::viewer::DEFAULT_STATEMENT_TIMEOUT),
+          value_parser = parse_statement_timeout, value_name = "SECS")]
+    pub(crate) viewer_statement_timeout: Seconds,
+
     /// Answer requests without logging them (for measuring the sink's overhead).
     #[arg(long, env = "PGLOGSINK_NO_LOG",
           value_parser = clap::builder::BoolishValueParser::new())]
@@ -85,6 +93,11 @@ fn parse_every(s: &str) -> Result<Duration, String> {
         Some(d) if d >= Duration::from_secs(1) => Ok(d),
         _ => Err("expected a period of at least 1s, such as 10m, 1h or 30s".to_owned()),
     }
+}
+
+/// The viewer's statement timeout: more than 0, at most an hour.
+fn parse_statement_timeout(s: &str) -> Result<Seconds, String> {
+    super::parse_seconds(s, false, 3_600.0).map(Seconds)
 }
 
 /// The shutdown deadline: 0 (do not wait) to one day.
@@ -101,6 +114,8 @@ pub(crate) struct AppState {
     pub(crate) pool: deadpool_postgres::Pool,
     /// The Prometheus registry, when one is installed.
     pub(crate) metrics: Option<PrometheusHandle>,
+    /// The web viewer's settings.
+    pub(crate) viewer: ViewerState,
 }
 
 /// The routes, separate from `run` so tests can call them without a socket.
@@ -110,9 +125,10 @@ pub(crate) fn app(state: AppState) -> Router {
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
+        .with_state(state.clone())
+        .merge(super::viewer::router(state.viewer))
         .layer(axum::middleware::from_fn(trace_request))
         .layer(axum::middleware::from_fn(super::metrics::track))
-        .with_state(state)
 }
 
 /// Answers a fixed body and writes exactly one log row with `Logger`, with
@@ -226,6 +242,12 @@ pub(crate) async fn run(args: ServeArgs) -> Result<ExitCode, Failure> {
         log_requests: !args.no_log,
         pool: db.pool.clone(),
         metrics: Some(metrics),
+        viewer: ViewerState {
+            pool: db.pool.clone(),
+            table: args.db.table.clone(),
+            statement_timeout: args.viewer_statement_timeout.0,
+            shutdown: token.clone(),
+        },
     };
     let server =
         axum::serve(listener, app(state)).with_graceful_shutdown(token.clone().cancelled_owned());
@@ -307,6 +329,12 @@ mod tests {
             log_requests: true,
             pool: unreachable_pool(),
             metrics: None,
+            viewer: ViewerState {
+                pool: unreachable_pool(),
+                table: pglogsink::TableName::parse("log").unwrap(),
+                statement_timeout: super::super::viewer::DEFAULT_STATEMENT_TIMEOUT,
+                shutdown: CancellationToken::new(),
+            },
         }
     }
 

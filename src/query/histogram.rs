@@ -5,7 +5,7 @@
 //! under its statement timeout; the range bounds the scan (the BRIN index on
 //! "timestamp" skips the block ranges outside it).
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use tokio_postgres::types::Type;
 use tokio_postgres::Client;
@@ -174,6 +174,7 @@ fn micros(at: SystemTime) -> i64 {
 mod tests {
     use super::*;
     use crate::table::TableName;
+    use std::time::Duration;
 
     const S: i64 = 1_000_000;
 

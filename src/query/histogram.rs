@@ -62,8 +62,9 @@ impl Histogram {
 }
 
 impl Reader {
-    /// Count the rows matching `filter` between `since` and `until`, in at
-    /// most `buckets` buckets of a round width (1 s, 5 m, 1 h...). The
+    /// Count the rows matching `filter` between `since` and `until`, in
+    /// about `buckets` buckets (a round width, 1 s, 5 m, 1 h..., and
+    /// aligned to it, so one or two more at most). The
     /// filter's own `since`/`until` narrow the range further.
     ///
     /// ```no_run
@@ -143,7 +144,9 @@ impl Reader {
 fn layout(since: i64, until: i64, buckets: u32) -> (i64, i64, usize) {
     let buckets = buckets.clamp(1, MAX_BUCKETS) as i64;
     let span = until.saturating_sub(since).max(1);
-    let wanted = (span + buckets - 1) / buckets;
+    // Rounded down: a range a hair longer than an hour (it ends "now")
+    // still takes 5-minute buckets for 12, and has one more.
+    let wanted = span / buckets;
     let width = STEPS
         .iter()
         .map(|s| (*s as i64) * 1_000_000)

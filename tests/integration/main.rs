@@ -18,6 +18,7 @@ mod pooler;
 mod service;
 mod sink;
 mod tls;
+mod viewer;
 
 fn main() {
     let args = libtest_mimic::Arguments::from_args();
@@ -33,6 +34,7 @@ fn main() {
     trials.extend(limits::trials());
     trials.extend(pooler::trials());
     trials.extend(tls::trials());
+    trials.extend(viewer::trials());
     let conclusion = libtest_mimic::run(&args, trials);
     common::shutdown();
     conclusion.exit();

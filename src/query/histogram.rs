@@ -158,7 +158,11 @@ fn layout(since: i64, until: i64, buckets: u32) -> (i64, i64, usize) {
     } else {
         (until - start + width - 1) / width
     };
-    (start, width, count.clamp(0, MAX_BUCKETS as i64 * 2) as usize)
+    (
+        start,
+        width,
+        count.clamp(0, MAX_BUCKETS as i64 * 2) as usize,
+    )
 }
 
 fn round_up(n: i64, unit: i64) -> i64 {

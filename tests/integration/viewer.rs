@@ -186,7 +186,12 @@ async fn messages(browser: &Client) -> Result<Vec<String>, Failed> {
 
 /// Wait for the page to have loaded its rows after a (re)load.
 async fn settled(browser: &Client) -> Result<(), Failed> {
-    wait_for(browser, "document.body.dataset.state === 'ready'", "its rows").await?;
+    wait_for(
+        browser,
+        "document.body.dataset.state === 'ready'",
+        "its rows",
+    )
+    .await?;
     Ok(())
 }
 
@@ -196,11 +201,41 @@ async fn rows_and_filters() -> Result<(), Failed> {
     insert(
         &table,
         &[
-            (50, "info", "shop::orders", "order placed", fields(200, "ann")),
-            (40, "warn", "shop::payments", "payment timeout after 30 s", fields(504, "bob")),
-            (30, "error", "db", "connection pool exhausted", fields(500, "ann")),
-            (20, "debug", "http", "GET /recipes/42 answered", fields(200, "cy")),
-            (10, "info", "shop::payments", "payment timeout retried", fields(200, "bob")),
+            (
+                50,
+                "info",
+                "shop::orders",
+                "order placed",
+                fields(200, "ann"),
+            ),
+            (
+                40,
+                "warn",
+                "shop::payments",
+                "payment timeout after 30 s",
+                fields(504, "bob"),
+            ),
+            (
+                30,
+                "error",
+                "db",
+                "connection pool exhausted",
+                fields(500, "ann"),
+            ),
+            (
+                20,
+                "debug",
+                "http",
+                "GET /recipes/42 answered",
+                fields(200, "cy"),
+            ),
+            (
+                10,
+                "info",
+                "shop::payments",
+                "payment timeout retried",
+                fields(200, "bob"),
+            ),
         ],
     )
     .await?;
@@ -276,9 +311,10 @@ async fn rows_and_filters() -> Result<(), Failed> {
     )
     .await?;
     let detail: Value = serde_json::from_str(detail.as_str().unwrap_or(""))?;
-    check(detail["fields"] == json!({"status": 504, "user": "bob"}), || {
-        format!("details: {detail}")
-    })?;
+    check(
+        detail["fields"] == json!({"status": 504, "user": "bob"}),
+        || format!("details: {detail}"),
+    )?;
 
     // The same URL in a new session shows the same view.
     let other = driver.session().await?;
@@ -290,7 +326,10 @@ async fn rows_and_filters() -> Result<(), Failed> {
     })?;
     let typed: String = serde_json::from_value(
         other
-            .execute("return document.querySelector('input[name=grep]').value;", vec![])
+            .execute(
+                "return document.querySelector('input[name=grep]').value;",
+                vec![],
+            )
             .await?,
     )?;
     check(typed == "TIMEOUT", || format!("the grep box: {typed:?}"))?;
@@ -327,11 +366,21 @@ async fn screenshot(browser: &Client, table: &TableName, path: &str) -> Result<(
         ));
     }
     insert(table, &rows).await?;
-    browser.goto(&format!("{}/?since=1h", base(browser).await?)).await?;
-    settled(browser).await?;
-    wait_for(browser, "document.querySelectorAll('#histogram rect').length > 10", "a histogram").await?;
     browser
-        .execute("document.querySelectorAll('#rows tbody tr.row td.msg')[2].click();", vec![])
+        .goto(&format!("{}/?since=1h", base(browser).await?))
+        .await?;
+    settled(browser).await?;
+    wait_for(
+        browser,
+        "document.querySelectorAll('#histogram rect').length > 10",
+        "a histogram",
+    )
+    .await?;
+    browser
+        .execute(
+            "document.querySelectorAll('#rows tbody tr.row td.msg')[2].click();",
+            vec![],
+        )
         .await?;
     tokio::time::sleep(Duration::from_millis(300)).await;
     std::fs::write(path, browser.screenshot().await?)?;
@@ -360,7 +409,17 @@ async fn live_tail() -> Result<(), Failed> {
     )
     .await?;
     let logged = Instant::now();
-    insert(&table, &[(0, "warn", "app", "logged after the page opened", json!({"n": 1}))]).await?;
+    insert(
+        &table,
+        &[(
+            0,
+            "warn",
+            "app",
+            "logged after the page opened",
+            json!({"n": 1}),
+        )],
+    )
+    .await?;
     wait_for(
         &browser,
         "[...document.querySelectorAll('#rows tbody td.msg')].some(td => td.textContent === 'logged after the page opened')",
@@ -368,7 +427,10 @@ async fn live_tail() -> Result<(), Failed> {
     )
     .await?;
     let took = logged.elapsed();
-    println!("viewer: live tail showed a new row {} ms after it was committed", took.as_millis());
+    println!(
+        "viewer: live tail showed a new row {} ms after it was committed",
+        took.as_millis()
+    );
     check(took <= Duration::from_secs(2), || {
         format!("the new row took {took:?} to show, more than 2 s")
     })?;
@@ -387,8 +449,20 @@ async fn markup_is_text() -> Result<(), Failed> {
     insert(
         &table,
         &[
-            (2, "error", "<b>target</b>", XSS, json!({"html": payload, "<i>k</i>": "<svg onload=window.__xss=2>"})),
-            (1, "info", "app", "<img src=x onerror=\"window.__xss=3\">", json!({})),
+            (
+                2,
+                "error",
+                "<b>target</b>",
+                XSS,
+                json!({"html": payload, "<i>k</i>": "<svg onload=window.__xss=2>"}),
+            ),
+            (
+                1,
+                "info",
+                "app",
+                "<img src=x onerror=\"window.__xss=3\">",
+                json!({}),
+            ),
         ],
     )
     .await?;
@@ -398,7 +472,10 @@ async fn markup_is_text() -> Result<(), Failed> {
     browser.goto(&serve.url()).await?;
     settled(&browser).await?;
     // Open the details too: they render the fields.
-    for td in browser.find_all(Locator::Css("#rows tbody tr.row td.msg")).await? {
+    for td in browser
+        .find_all(Locator::Css("#rows tbody tr.row td.msg"))
+        .await?
+    {
         td.click().await?;
     }
     tokio::time::sleep(Duration::from_millis(500)).await;
@@ -425,7 +502,9 @@ async fn markup_is_text() -> Result<(), Failed> {
         || format!("no markup from the data, no script ran: {found}"),
     )?;
     check(
-        found["fields"].as_str().is_some_and(|f| f.contains(payload)),
+        found["fields"]
+            .as_str()
+            .is_some_and(|f| f.contains(payload)),
         || format!("the fields as text: {found}"),
     )?;
     let (status, _) = http_get(&serve.addr, "/")?;
@@ -485,9 +564,14 @@ async fn api() -> Result<(), Failed> {
 
     // The CLI's filters, by the same names.
     let (_, page) = get_json(&serve, "/api/logs?level=error&since=12m&field=status%3D500")?;
-    check(messages_of(&page) == ["m0", "m5", "m10"], || format!("{page}"))?;
+    check(messages_of(&page) == ["m0", "m5", "m10"], || {
+        format!("{page}")
+    })?;
     let (_, page) = get_json(&serve, "/api/logs?grep=M2&target=ap")?;
-    check(messages_of(&page) == ["m2", "m20", "m21", "m22", "m23", "m24"], || format!("{page}"))?;
+    check(
+        messages_of(&page) == ["m2", "m20", "m21", "m22", "m23", "m24"],
+        || format!("{page}"),
+    )?;
 
     // The histogram counts every matching row once, by level.
     let (status, h) = get_json(&serve, "/api/histogram?since=1h&buckets=12")?;
@@ -496,7 +580,8 @@ async fn api() -> Result<(), Failed> {
     let errors: i64 = counts.iter().map(|c| c[4]).sum();
     let infos: i64 = counts.iter().map(|c| c[2]).sum();
     check(
-        (errors, infos, h["total"].as_i64(), h["bucket"].as_i64()) == (5, 20, Some(25), Some(300_000_000)),
+        (errors, infos, h["total"].as_i64(), h["bucket"].as_i64())
+            == (5, 20, Some(25), Some(300_000_000)),
         || format!("12 buckets over an hour are 5 minutes wide: {h}"),
     )?;
 
@@ -520,8 +605,12 @@ async fn api() -> Result<(), Failed> {
         }
     }
     let (status, body) = get_json(&serve, "/?level=loud")?;
-    check(status == 400 && body["parameter"] == "level", || format!("/: {status} {body}"))?;
+    check(status == 400 && body["parameter"] == "level", || {
+        format!("/: {status} {body}")
+    })?;
     let (status, body) = get_json(&serve, "/api/tail?until=1h")?;
-    check(status == 400 && body["parameter"] == "until", || format!("tail: {status} {body}"))?;
+    check(status == 400 && body["parameter"] == "until", || {
+        format!("tail: {status} {body}")
+    })?;
     Ok(())
 }

@@ -271,3 +271,91 @@ pub(crate) fn query_failed(e: tokio_postgres::Error, table: &TableName) -> Respo
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::body::Body;
+    use axum::http::Request;
+    use http_body_util::BodyExt;
+    use tower::ServiceExt;
+
+    /// A viewer whose database refuses connections.
+    fn viewer() -> Router {
+        let config = pglogsink::parse_url("postgres://nobody@127.0.0.1:1/none").unwrap();
+        router(ViewerState {
+            pool: pglogsink::pool(config, 1).unwrap(),
+            table: TableName::parse("log").unwrap(),
+            statement_timeout: DEFAULT_STATEMENT_TIMEOUT,
+            shutdown: CancellationToken::new(),
+        })
+    }
+
+    async fn get(uri: &str) -> (StatusCode, String, String) {
+        let response = viewer()
+            .oneshot(Request::get(uri).body(Body::empty()).unwrap())
+            .await
+            .unwrap();
+        let status = response.status();
+        let content_type = response
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .map(|v| v.to_str().unwrap().to_owned())
+            .unwrap_or_default();
+        let body = response.into_body().collect().await.unwrap().to_bytes();
+        (
+            status,
+            content_type,
+            String::from_utf8_lossy(&body).into_owned(),
+        )
+    }
+
+    #[tokio::test]
+    async fn the_page_and_its_assets_are_embedded() {
+        let (status, content_type, body) = get("/?level=warn&field=status%3D500").await;
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(content_type, "text/html; charset=utf-8");
+        assert!(
+            body.contains(r#"<script src="viewer.js"></script>"#),
+            "{body}"
+        );
+        let (status, content_type, body) = get("/viewer.js").await;
+        assert_eq!(
+            (status, content_type.as_str()),
+            (StatusCode::OK, "text/javascript; charset=utf-8")
+        );
+        assert!(!body.contains("innerHTML"), "data must never become markup");
+        let (status, _, _) = get("/viewer.css").await;
+        assert_eq!(status, StatusCode::OK);
+    }
+
+    #[tokio::test]
+    async fn a_bad_parameter_is_a_400_before_any_query() {
+        for uri in [
+            "/?level=loud",
+            "/api/logs?level=loud",
+            "/api/histogram?level=loud",
+            "/api/tail?level=loud",
+        ] {
+            let (status, content_type, body) = get(uri).await;
+            assert_eq!(status, StatusCode::BAD_REQUEST, "{uri}: {body}");
+            assert_eq!(content_type, "application/json");
+            let json: Value = serde_json::from_str(&body).unwrap();
+            assert_eq!(json["parameter"], "level", "{uri}: {body}");
+        }
+    }
+
+    #[tokio::test]
+    async fn an_unreachable_database_is_a_503() {
+        let (status, _, body) = get("/api/logs?level=warn").await;
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+        let json: Value = serde_json::from_str(&body).unwrap();
+        assert!(
+            json["error"]
+                .as_str()
+                .unwrap()
+                .starts_with("cannot reach the database"),
+            "{body}"
+        );
+    }
+}

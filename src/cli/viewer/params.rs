@@ -204,7 +204,9 @@ async fn resolve(
     name: &str,
     when: Option<&When>,
 ) -> Result<Result<Option<SystemTime>, BadParam>, tokio_postgres::Error> {
-    let Some(when) = when else { return Ok(Ok(None)) };
+    let Some(when) = when else {
+        return Ok(Ok(None));
+    };
     match reader.resolve(client, when).await {
         Ok(at) => Ok(Ok(Some(at))),
         // Class 22 (data exception): the text is no valid time (February 30).

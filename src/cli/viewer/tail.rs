@@ -93,10 +93,13 @@ async fn poll(state: &ViewerState, follower: &mut Follower) -> Result<Vec<LogRow
         .get()
         .await
         .map_err(|e| format!("cannot reach the database: {}", pglogsink::Error::from(e)))?;
-    follower
-        .poll(&mut client)
-        .await
-        .map_err(|e| format!("reading table {}: {}", state.table, pglogsink::Error::from(e)))
+    follower.poll(&mut client).await.map_err(|e| {
+        format!(
+            "reading table {}: {}",
+            state.table,
+            pglogsink::Error::from(e)
+        )
+    })
 }
 
 /// One `rows` event: the rows as a JSON array, oldest first.

@@ -1,6 +1,7 @@
 //! `pglogsink serve`: the demo web service. Its one handler,
 //! `GET /recipes/{id}`, answers a fixed body and logs one record through the
-//! sink, as a real service's handlers would.
+//! sink, as a real service's handlers would. It also serves the web viewer
+//! of the Log table (`/`, `/api/...`: `super::viewer`).
 //!
 //! Shutdown order: a signal (or the sink's fatal error) cancels one token;
 //! the HTTP server stops taking connections and finishes in-flight requests
@@ -191,6 +192,7 @@ pub(crate) async fn run(args: ServeArgs) -> Result<ExitCode, Failure> {
         .map_err(|e| format!("cannot listen on {}: {e}", args.listen))?;
     let metrics = super::metrics::install()?;
     let db = Database::open(&args.db, Mode::CreateIfMissing).await?;
+    let viewer_pool = db.separate_pool(super::viewer::POOL_SIZE)?;
     let maintenance = args
         .partitions
         .maintenance(args.retention, args.search_index);
@@ -243,7 +245,7 @@ pub(crate) async fn run(args: ServeArgs) -> Result<ExitCode, Failure> {
         pool: db.pool.clone(),
         metrics: Some(metrics),
         viewer: ViewerState {
-            pool: db.pool.clone(),
+            pool: viewer_pool,
             table: args.db.table.clone(),
             statement_timeout: args.viewer_statement_timeout.0,
             shutdown: token.clone(),

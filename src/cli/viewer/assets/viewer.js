@@ -215,6 +215,10 @@
     });
     source.addEventListener('failure', (event) => showError(event.data));
     source.addEventListener('open', () => showError(null));
+    // A refused tail (a bad filter) is not retried by the browser: say so.
+    source.addEventListener('error', () => {
+      if (source && source.readyState === EventSource.CLOSED) showError('the live tail stopped');
+    });
   }
 
   function stopTail() {

@@ -45,7 +45,7 @@ impl Database {
                 pool,
                 description,
                 state_dir,
-                config: config.into(),
+                config,
                 embedded: None,
             });
         }
@@ -69,7 +69,7 @@ impl Database {
             pool,
             description,
             state_dir,
-            config: server.config().into(),
+            config: server.config(),
             embedded: Some(server),
         })
     }

@@ -48,6 +48,11 @@ pub fn trials() -> Vec<Trial> {
         )
         .with_ignored_flag(missing),
         async_trial(
+            "viewer::browser_live_tail_keeps_up_with_bursts_and_caps_its_rows",
+            tail_burst,
+        )
+        .with_ignored_flag(missing),
+        async_trial(
             "viewer::browser_shows_logged_markup_as_text_and_runs_nothing",
             markup_is_text,
         )
@@ -439,6 +444,79 @@ async fn live_tail() -> Result<(), Failed> {
         all == ["logged after the page opened", "before the page"],
         || format!("newest on top, none twice: {all:?}"),
     )?;
+    browser.close().await?;
+    Ok(())
+}
+
+/// 5,000 rows a second for three seconds, while the page tails: it shows
+/// the newest, keeps at most 2,000 (draws at most 500 a frame), and stays
+/// responsive.
+async fn tail_burst() -> Result<(), Failed> {
+    let (serve, table) = serve()?;
+    let driver = Driver::start()?;
+    let browser = driver.session().await?;
+    browser.goto(&format!("{}/?live=1", serve.url())).await?;
+    settled(&browser).await?;
+    wait_for(
+        &browser,
+        "document.getElementById('status').textContent.includes('live')",
+        "the live tail started",
+    )
+    .await?;
+    let client = pool()?.get().await?;
+    let mut slowest = Duration::ZERO;
+    for second in 0..3 {
+        let started = Instant::now();
+        client
+            .batch_execute(&format!(
+                "INSERT INTO {} (\"timestamp\", level, target, message, fields) \
+                 SELECT now(), 'info', 'burst', 'burst {second} row ' || i, \
+                        jsonb_build_object('i', i, 'second', {second}) \
+                 FROM generate_series(1, 5000) i",
+                table.quoted()
+            ))
+            .await?;
+        // The page answers a script between bursts: it is not frozen.
+        while started.elapsed() < Duration::from_secs(1) {
+            let asked = Instant::now();
+            browser
+                .execute("return document.body.dataset.rows;", vec![])
+                .await?;
+            slowest = slowest.max(asked.elapsed());
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    wait_for(
+        &browser,
+        "document.querySelector('#rows tbody td.msg') && \
+         document.querySelector('#rows tbody td.msg').textContent === 'burst 2 row 5000'",
+        "the last row of the last burst on top",
+    )
+    .await?;
+    let rows: i64 = serde_json::from_value(
+        browser
+            .execute(
+                "return document.querySelectorAll('#rows tbody tr').length;",
+                vec![],
+            )
+            .await?,
+    )?;
+    let draw: f64 = serde_json::from_value(
+        browser
+            .execute("return window.__slowestDraw;", vec![])
+            .await?,
+    )?;
+    println!(
+        "viewer: 15,000 rows tailed in 3 s; {rows} kept in the page; slowest draw {draw:.0} ms \
+         (layout included), slowest script round trip {} ms",
+        slowest.as_millis()
+    );
+    check((500..=2_000).contains(&rows), || {
+        format!("{rows} rows kept, not 500 to 2000")
+    })?;
+    check(slowest < Duration::from_millis(1_000), || {
+        format!("the page took {slowest:?} to answer while tailing")
+    })?;
     browser.close().await?;
     Ok(())
 }

@@ -38,6 +38,10 @@ pub fn trials() -> Vec<Trial> {
             api,
         ),
         async_trial(
+            "viewer::a_query_past_the_statement_timeout_is_a_503",
+            statement_timeout,
+        ),
+        async_trial(
             "viewer::browser_shows_rows_and_a_typed_filter_lives_in_the_url",
             rows_and_filters,
         )
@@ -690,5 +694,34 @@ async fn api() -> Result<(), Failed> {
     check(status == 400 && body["parameter"] == "until", || {
         format!("tail: {status} {body}")
     })?;
+    Ok(())
+}
+
+async fn statement_timeout() -> Result<(), Failed> {
+    let db = url()?;
+    let table = fresh_table("viewer");
+    let serve = Serve::start(
+        &["--database-url", &db, "--table", &table.to_string()],
+        &["--viewer-statement-timeout", "0.001"],
+    )?;
+    pool()?
+        .get()
+        .await?
+        .batch_execute(&format!(
+            "INSERT INTO {} (\"timestamp\", level, target, message) \
+             SELECT now() - i * interval '1 second', 'info', 'app', 'row ' || i \
+             FROM generate_series(1, 200000) i",
+            table.quoted()
+        ))
+        .await?;
+    // Counting 200,000 rows takes more than a millisecond.
+    let (status, body) = get_json(&serve, "/api/histogram?since=7d")?;
+    check(
+        status == 503
+            && body["error"]
+                .as_str()
+                .is_some_and(|e| e.contains("--viewer-statement-timeout")),
+        || format!("{status} {body}"),
+    )?;
     Ok(())
 }

@@ -26,6 +26,8 @@ pub(crate) struct Database {
     pub(crate) description: String,
     /// Where local state (the spool) goes: the data dir.
     pub(crate) state_dir: PathBuf,
+    /// How `pool` connects, for pools of other parts (the web viewer's).
+    config: pglogsink::ConnectConfig,
     embedded: Option<EmbeddedPostgres>,
 }
 
@@ -34,7 +36,7 @@ impl Database {
         if let Some(url) = &args.database_url {
             let config = pglogsink::parse_url(url)?;
             let description = describe_config(&config);
-            let pool = pglogsink::pool(config, pglogsink::DEFAULT_POOL_SIZE)?;
+            let pool = pglogsink::pool(config.clone(), pglogsink::DEFAULT_POOL_SIZE)?;
             let state_dir = args
                 .data_dir
                 .clone()
@@ -43,6 +45,7 @@ impl Database {
                 pool,
                 description,
                 state_dir,
+                config,
                 embedded: None,
             });
         }
@@ -66,8 +69,19 @@ impl Database {
             pool,
             description,
             state_dir,
+            config: server.config(),
             embedded: Some(server),
         })
+    }
+
+    /// Another pool on the same database, of at most `size` connections
+    /// (opened when first needed), so that one part's long queries cannot
+    /// take the connections another needs.
+    pub(crate) fn separate_pool(
+        &self,
+        size: usize,
+    ) -> Result<deadpool_postgres::Pool, pglogsink::Error> {
+        pglogsink::pool(self.config.clone(), size)
     }
 
     /// Start the private PostgreSQL again whenever it dies, until `token` is

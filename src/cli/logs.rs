@@ -101,7 +101,7 @@ fn parse_field(s: &str) -> Result<FieldMatch, String> {
 }
 
 /// A W3C / OTLP trace id: 32 hex digits, not all zero; stored lowercase.
-fn parse_trace_id(s: &str) -> Result<String, String> {
+pub(crate) fn parse_trace_id(s: &str) -> Result<String, String> {
     let id = s.trim().to_ascii_lowercase();
     if id.len() == 32 && id.bytes().all(|b| b.is_ascii_hexdigit()) && id.bytes().any(|b| b != b'0')
     {

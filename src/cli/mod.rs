@@ -15,6 +15,7 @@ pub(crate) mod request_span;
 pub(crate) mod serve;
 pub(crate) mod signal;
 pub(crate) mod sink_args;
+pub(crate) mod viewer;
 
 use std::path::PathBuf;
 

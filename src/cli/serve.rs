@@ -1,7 +1,8 @@
 //! `pglogsink serve`: the demo web service. Its handler `GET /recipes/{id}`
 //! answers a fixed body and logs one record through the sink, as a real
-//! service's handlers would, and its ingest endpoints (`super::ingest`) take
-//! other services' logs into the same sink.
+//! service's handlers would; its ingest endpoints (`super::ingest`) take
+//! other services' logs into the same sink, and it serves the web viewer of
+//! the Log table (`/`, `/api/...`: `super::viewer`).
 //!
 //! Shutdown order: a signal (or the sink's fatal error) cancels one token;
 //! the HTTP server stops taking connections and finishes in-flight requests
@@ -28,6 +29,7 @@ use super::maintain::{parse_retention, MaintenanceArgs};
 use super::request_span::{trace_request, RequestId};
 use super::signal::shutdown_signal;
 use super::sink_args::SinkArgs;
+use super::viewer::ViewerState;
 use super::{DatabaseArgs, Failure, Seconds};
 
 #[derive(Debug, clap::Args)]
@@ -78,6 +80,13 @@ pub(crate) struct ServeArgs {
           value_parser = parse_seconds, value_name = "SECS")]
     pub(crate) shutdown_timeout: Seconds,
 
+    /// Seconds a query of the web viewer (`/`, `/api/...`) may run before PostgreSQL cancels it,
+    /// so that a careless filter cannot load the database for long.
+    #[arg(long, env = "PGLOGSINK_VIEWER_STATEMENT_TIMEOUT",
+          default_value_t = Seconds(super::viewer::DEFAULT_STATEMENT_TIMEOUT),
+          value_parser = parse_statement_timeout, value_name = "SECS")]
+    pub(crate) viewer_statement_timeout: Seconds,
+
     /// Answer requests without logging them (for measuring the sink's overhead).
     #[arg(long, env = "PGLOGSINK_NO_LOG",
           value_parser = clap::builder::BoolishValueParser::new())]
@@ -90,6 +99,11 @@ fn parse_every(s: &str) -> Result<Duration, String> {
         Some(d) if d >= Duration::from_secs(1) => Ok(d),
         _ => Err("expected a period of at least 1s, such as 10m, 1h or 30s".to_owned()),
     }
+}
+
+/// The viewer's statement timeout: more than 0, at most an hour.
+fn parse_statement_timeout(s: &str) -> Result<Seconds, String> {
+    super::parse_seconds(s, false, 3_600.0).map(Seconds)
 }
 
 /// The shutdown deadline: 0 (do not wait) to one day.
@@ -108,6 +122,8 @@ pub(crate) struct AppState {
     pub(crate) metrics: Option<PrometheusHandle>,
     /// The OTLP and NDJSON endpoints' settings.
     pub(crate) ingest: IngestState,
+    /// The web viewer's settings.
+    pub(crate) viewer: ViewerState,
 }
 
 impl FromRef<AppState> for IngestState {
@@ -124,9 +140,13 @@ pub(crate) fn app(state: AppState) -> Router {
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
         .merge(super::ingest::routes(&state))
+        .with_state(state.clone())
+        .merge(super::ingest::guarded_viewer(
+            super::viewer::router(state.viewer),
+            &state.ingest,
+        ))
         .layer(axum::middleware::from_fn(trace_request))
         .layer(axum::middleware::from_fn(super::metrics::track))
-        .with_state(state)
 }
 
 /// Answers a fixed body and writes exactly one log row with `Logger`, with
@@ -191,6 +211,7 @@ pub(crate) async fn run(args: ServeArgs) -> Result<ExitCode, Failure> {
         .map_err(|e| format!("cannot listen on {}: {e}", args.listen))?;
     let metrics = super::metrics::install()?;
     let db = Database::open(&args.db, Mode::CreateIfMissing).await?;
+    let viewer_pool = db.separate_pool(super::viewer::POOL_SIZE)?;
     let maintenance = args
         .partitions
         .maintenance(args.retention, args.search_index);
@@ -255,6 +276,12 @@ pub(crate) async fn run(args: ServeArgs) -> Result<ExitCode, Failure> {
         log_requests: !args.no_log,
         pool: db.pool.clone(),
         metrics: Some(metrics),
+        viewer: ViewerState {
+            pool: viewer_pool,
+            table: args.db.table.clone(),
+            statement_timeout: args.viewer_statement_timeout.0,
+            shutdown: token.clone(),
+        },
     };
     let Seconds(shutdown_timeout) = args.shutdown_timeout;
     match ingest.tls {
@@ -357,6 +384,12 @@ mod tests {
             log_requests: true,
             pool: unreachable_pool(),
             metrics: None,
+            viewer: ViewerState {
+                pool: unreachable_pool(),
+                table: pglogsink::TableName::parse("log").unwrap(),
+                statement_timeout: super::super::viewer::DEFAULT_STATEMENT_TIMEOUT,
+                shutdown: CancellationToken::new(),
+            },
         }
     }
 

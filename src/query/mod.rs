@@ -11,10 +11,12 @@
 //! widens until it holds N rows: on a table of tens of millions of rows the
 //! answer comes from the last minutes' block ranges. A lookup by request id
 //! goes straight to its index instead. [`Follower`] reads new rows as they
-//! are committed.
+//! are committed; [`Reader::histogram`] counts the matching rows per time
+//! bucket and level.
 
 mod filter;
 mod follow;
+mod histogram;
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -25,6 +27,7 @@ use crate::table::TableName;
 
 pub use filter::{parse_duration, FieldMatch, Filter, When, WHEN_FORM};
 pub use follow::Follower;
+pub use histogram::{Histogram, MAX_BUCKETS};
 
 use filter::{where_clause, Sql};
 

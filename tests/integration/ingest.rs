@@ -131,6 +131,10 @@ impl Server {
         request(self.connect()?, "GET", path, &[], b"", false)
     }
 
+    pub(crate) fn get_with(&self, path: &str, headers: &[(&str, &str)]) -> Result<Reply, Failed> {
+        request(self.connect()?, "GET", path, headers, b"", false)
+    }
+
     pub(crate) fn post(
         &self,
         path: &str,
@@ -704,6 +708,29 @@ fn api_keys() -> Result<(), Failed> {
     let reply = server.post("/v1/logs", &[OTLP_JSON], FIXTURE.as_bytes())?;
     expect_status(&reply, 401, "otlp without key")?;
     expect_status(&server.get("/healthz")?, 200, "probes need no key")?;
+    // The viewer takes the same keys; a browser is asked with Basic auth.
+    for path in ["/", "/api/logs?limit=1"] {
+        let reply = server.get(path)?;
+        expect_status(&reply, 401, "viewer without a key")?;
+        check(
+            reply
+                .header("www-authenticate")
+                .is_some_and(|c| c.starts_with("Basic")),
+            || format!("{path}: {:?}", reply.headers),
+        )?;
+    }
+    // "anyone:first-key-0123456789abcdef", as a browser sends it.
+    let basic = "Basic YW55b25lOmZpcnN0LWtleS0wMTIzNDU2Nzg5YWJjZGVm";
+    expect_status(
+        &server.get_with("/", &[("authorization", basic)])?,
+        200,
+        "viewer page with the key as a Basic password",
+    )?;
+    expect_status(
+        &server.get_with("/api/logs?limit=1", &[("x-api-key", first)])?,
+        200,
+        "viewer API with X-Api-Key",
+    )?;
     expect_status(&send(&server, bearer(first), "taken first")?, 200, "first")?;
     expect_status(
         &send(&server, x_api_key(second), "taken second")?,

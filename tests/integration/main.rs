@@ -20,6 +20,7 @@ mod pooler;
 mod service;
 mod sink;
 mod tls;
+mod viewer;
 
 fn main() {
     let args = libtest_mimic::Arguments::from_args();
@@ -37,6 +38,7 @@ fn main() {
     trials.extend(tls::trials());
     trials.extend(ingest::trials());
     trials.extend(ingest_otel::trials());
+    trials.extend(viewer::trials());
     let conclusion = libtest_mimic::run(&args, trials);
     common::shutdown();
     conclusion.exit();

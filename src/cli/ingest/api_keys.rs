@@ -8,6 +8,7 @@
 //! sha256sum`), so the file need not hold the keys themselves. Keys never
 //! reach a log line or an error message: errors name the line number.
 
+use std::borrow::Cow;
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
@@ -51,22 +52,40 @@ impl fmt::Debug for ApiKeys {
 
 /// The key a request carries: `Authorization: Bearer KEY`, else
 /// `X-Api-Key: KEY`.
-pub(crate) fn presented(headers: &HeaderMap) -> Option<&str> {
-    let bearer = headers
+pub(crate) fn presented(headers: &HeaderMap) -> Option<Cow<'_, str>> {
+    let authorization = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| {
-            let (scheme, key) = v.trim().split_once(' ')?;
-            scheme.eq_ignore_ascii_case("bearer").then(|| key.trim())
-        });
-    bearer
+        .and_then(|v| v.trim().split_once(' '));
+    let from_authorization = authorization.and_then(|(scheme, value)| {
+        if scheme.eq_ignore_ascii_case("bearer") {
+            Some(Cow::Borrowed(value.trim()))
+        } else if scheme.eq_ignore_ascii_case("basic") {
+            basic_password(value.trim()).map(Cow::Owned)
+        } else {
+            None
+        }
+    });
+    from_authorization
         .or_else(|| {
             headers
                 .get("x-api-key")
                 .and_then(|v| v.to_str().ok())
-                .map(str::trim)
+                .map(|v| Cow::Borrowed(v.trim()))
         })
         .filter(|key| !key.is_empty())
+}
+
+/// The password of HTTP Basic credentials (`base64(user:password)`): how a
+/// browser sends the key the viewer's prompt asked for.
+fn basic_password(credentials: &str) -> Option<String> {
+    use base64::Engine as _;
+    let decoded = base64::engine::general_purpose::STANDARD
+        .decode(credentials)
+        .ok()?;
+    let text = String::from_utf8(decoded).ok()?;
+    let (_user, password) = text.split_once(':')?;
+    Some(password.to_owned())
 }
 
 impl ApiKeys {
@@ -269,17 +288,25 @@ mod tests {
     }
 
     #[test]
-    fn bearer_or_x_api_key() {
+    fn bearer_basic_or_x_api_key() {
+        let presented = |h: &HeaderMap| super::presented(h).map(|k| k.into_owned());
         let mut headers = HeaderMap::new();
         assert_eq!(presented(&headers), None);
         headers.insert("x-api-key", HeaderValue::from_static(" abc "));
-        assert_eq!(presented(&headers), Some("abc"));
+        assert_eq!(presented(&headers).as_deref(), Some("abc"));
         headers.insert(
             header::AUTHORIZATION,
             HeaderValue::from_static("bearer xyz"),
         );
-        assert_eq!(presented(&headers), Some("xyz"));
+        assert_eq!(presented(&headers).as_deref(), Some("xyz"));
+        // A browser's answer to the viewer's prompt: "anyone:s3cret".
+        headers.insert(
+            header::AUTHORIZATION,
+            HeaderValue::from_static("Basic YW55b25lOnMzY3JldA=="),
+        );
+        assert_eq!(presented(&headers).as_deref(), Some("s3cret"));
+        // Not base64, or no colon: no key from it (X-Api-Key still counts).
         headers.insert(header::AUTHORIZATION, HeaderValue::from_static("Basic xyz"));
-        assert_eq!(presented(&headers), Some("abc"));
+        assert_eq!(presented(&headers).as_deref(), Some("abc"));
     }
 }

@@ -129,18 +129,43 @@ where
         .route("/v1/logs", post(otlp::export))
         .route("/ingest/ndjson", post(ndjson::ingest))
         .route_layer(axum::middleware::from_fn_with_state(
-            IngestState::from_ref(state),
+            KeyGuard {
+                keys: IngestState::from_ref(state).keys,
+                challenge: "Bearer realm=\"pglogsink ingest\"",
+            },
             authorize,
         ))
 }
 
+/// The viewer's routes behind the same API keys as ingest. A browser meets
+/// the key as a Basic-auth prompt (any user name, the key as the
+/// password); scripts send `Authorization: Bearer KEY` or `X-Api-Key`.
+pub(crate) fn guarded_viewer(viewer: Router, ingest: &IngestState) -> Router {
+    viewer.route_layer(axum::middleware::from_fn_with_state(
+        KeyGuard {
+            keys: ingest.keys.clone(),
+            challenge: "Basic realm=\"pglogsink viewer\", charset=\"UTF-8\"",
+        },
+        authorize,
+    ))
+}
+
+/// Which keys a set of routes asks for, and how a 401 asks for one.
+#[derive(Clone)]
+struct KeyGuard {
+    /// `None`: no key is asked for (only allowed on a loopback address).
+    keys: Option<ApiKeys>,
+    /// The `WWW-Authenticate` challenge of a 401.
+    challenge: &'static str,
+}
+
 /// 401 unless the request carries a valid key (when keys are configured).
-async fn authorize(State(state): State<IngestState>, request: Request, next: Next) -> Response {
-    let Some(keys) = &state.keys else {
+async fn authorize(State(guard): State<KeyGuard>, request: Request, next: Next) -> Response {
+    let Some(keys) = &guard.keys else {
         return next.run(request).await;
     };
     match api_keys::presented(request.headers()) {
-        Some(key) if keys.accepts(key) => next.run(request).await,
+        Some(key) if keys.accepts(&key) => next.run(request).await,
         presented => {
             // Never the key itself: only whether one came.
             let why = if presented.is_some() {
@@ -151,7 +176,7 @@ async fn authorize(State(state): State<IngestState>, request: Request, next: Nex
             let mut response = Rejection::new(StatusCode::UNAUTHORIZED, why).into_response();
             response.headers_mut().insert(
                 header::WWW_AUTHENTICATE,
-                HeaderValue::from_static("Bearer realm=\"pglogsink ingest\""),
+                HeaderValue::from_static(guard.challenge),
             );
             response
         }

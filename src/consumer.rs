@@ -1,5 +1,7 @@
 //! The single consumer: wait for a record, take what else is already queued
 //! (up to the batch size, no timer), encode it, and hand it to delivery,
+//! with up to `copies_in_flight` batches being written at once (each its
+//! own transaction on a connection of its own, all polled by this one task),
 //! keeping the queue within its memory budget all the while, also while a
 //! write hangs on a lock or a dead network path.
 //!

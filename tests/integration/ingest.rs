@@ -90,6 +90,10 @@ impl Server {
         let child = Command::new(BIN)
             .args(["serve", "--listen", &addr, "--database-url", &url()?])
             .args(["--table", &table.to_string()])
+            // One COPY in flight, so that rows take their ids in the order
+            // they were sent and `rows` (ORDER BY id) lists them that way;
+            // with two, batches written at once may take them in either.
+            .args(["--copies-in-flight", "1"])
             .args(extra)
             .env_remove("DATABASE_URL")
             .env("PGLOGSINK_SPOOL_DIR", &spool)

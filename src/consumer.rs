@@ -165,8 +165,7 @@ impl<W: Writer> Consumer<W> {
         let mut upkeep = FuturesUnordered::new();
         // When the first record of each batch in flight was logged.
         let mut firsts: Vec<i64> = Vec::with_capacity(*copies);
-        let mut check = tokio::time::interval(BUDGET_CHECK);
-        check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut check = budget_check();
         let (mut drained, mut stopped) = (false, false);
         loop {
             let may_take =
@@ -217,12 +216,11 @@ impl<W: Writer> Consumer<W> {
     /// Replay a spooled segment batch by batch, one at a time (the segment
     /// goes once all are delivered), keeping the queue within its budget.
     async fn replay(&mut self, mut segment: crate::spool::Segment) -> Result<(), Stop> {
+        let mut check = budget_check();
         for batch in std::mem::take(&mut segment.batches) {
             let outcome = {
                 let delivery = self.delivery.deliver(batch, Source::Spool);
                 tokio::pin!(delivery);
-                let mut check = tokio::time::interval(BUDGET_CHECK);
-                check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
                 loop {
                     tokio::select! {
                         biased;
@@ -237,6 +235,13 @@ impl<W: Writer> Consumer<W> {
         self.intake.spill.replayed(&segment);
         Ok(())
     }
+}
+
+/// The timer of the queue's budget checks (a late tick waits, never bursts).
+fn budget_check() -> tokio::time::Interval {
+    let mut check = tokio::time::interval(BUDGET_CHECK);
+    check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    check
 }
 
 impl Intake {

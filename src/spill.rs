@@ -89,7 +89,7 @@ impl Spill {
         if let Err(why) = room {
             return self.refuse_records(estimated, &why);
         }
-        let (spilled, room) = self.spill_queue(rx, encoder, batch_size);
+        let (spilled, room) = self.spill_queue(rx, encoder, batch_size, true);
         self.flush();
         tracing::warn!(
             target: "pglogsink",
@@ -126,17 +126,22 @@ impl Spill {
     /// Move queued records to the spool, batch by batch, while it has room.
     /// Returns how many were taken, and `Err` with the reason if the spool
     /// ran out of room first.
+    /// With `until_full` false it takes everything, and what finds no room
+    /// is counted lost (the sink is stopping).
     fn spill_queue(
         &mut self,
         rx: &flume::Receiver<Record>,
         encoder: &mut BatchEncoder,
         batch_size: usize,
+        until_full: bool,
     ) -> (u64, Result<(), String>) {
         let mut records = Vec::with_capacity(batch_size);
         let mut taken = 0;
         loop {
-            if let Some(Err(why)) = self.spool.as_ref().map(Spool::room) {
-                return (taken, Err(why));
+            if until_full {
+                if let Some(Err(why)) = self.spool.as_ref().map(Spool::room) {
+                    return (taken, Err(why));
+                }
             }
             records.extend(rx.try_iter().take(batch_size));
             if records.is_empty() {
@@ -215,19 +220,7 @@ impl Spill {
             Shared::add(&self.shared.lost.no_spool, lost);
             return;
         }
-        let mut records = Vec::with_capacity(batch_size);
-        let mut taken = 0;
-        loop {
-            records.extend(rx.try_iter().take(batch_size));
-            if records.is_empty() {
-                break;
-            }
-            taken += records.len() as u64;
-            Shared::add(&self.shared.received, records.len() as u64);
-            let batch = encoder.encode(&records);
-            records.clear();
-            self.park(batch, false);
-        }
+        let (taken, _) = self.spill_queue(rx, encoder, batch_size, false);
         self.flush();
         if let (Some(spool), 1..) = (&self.spool, taken) {
             tracing::warn!(target: "pglogsink", records = taken, dir = %spool.dir().display(),

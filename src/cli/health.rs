@@ -6,31 +6,10 @@ use std::time::Duration;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use pglogsink::{Error, Logger, SendError};
+use pglogsink::{Error, Logger};
 
 /// How long the readiness probe waits for `SELECT 1`.
 const PROBE_TIMEOUT: Duration = Duration::from_secs(1);
-
-/// What a client is told when the sink did not take its record: 503 with
-/// `Retry-After` (which HTTP clients and OpenTelemetry exporters honour).
-pub(crate) fn not_taken(refused: &SendError) -> Response {
-    let (retry_after, message) = match refused {
-        SendError::Full(_) => (
-            "5",
-            "the log sink is full (the database is not keeping up and the spool is at its limit); retry later\n",
-        ),
-        _ => (
-            "10",
-            "logging has stopped; the service is shutting down\n",
-        ),
-    };
-    (
-        StatusCode::SERVICE_UNAVAILABLE,
-        [(axum::http::header::RETRY_AFTER, retry_after)],
-        message,
-    )
-        .into_response()
-}
 
 /// 200 `{"ready": true}`, or 503 with the reason.
 pub(crate) async fn readyz(logger: &Logger, pool: &deadpool_postgres::Pool) -> Response {

@@ -172,7 +172,7 @@ async fn recipe(
     match state.logger.send(record) {
         Ok(()) => "recipe".into_response(),
         // Say so rather than answer a request whose log line would be lost.
-        Err(refused) => super::health::not_taken(&refused),
+        Err(refused) => super::ingest::unavailable(&refused).into_response(),
     }
 }
 

@@ -2,8 +2,6 @@
 //! `pglogsink serve`: memory while a table lock holds every COPY, and a
 //! spool at its cap while the server is down.
 
-use std::io::{Read, Write};
-use std::net::TcpStream;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -12,7 +10,7 @@ use libtest_mimic::{Failed, Trial};
 use pglogsink::embedded::EmbeddedPostgres;
 
 use crate::common::{block_on, check, fresh_table, url};
-use crate::service::{http_get, run, text, Serve};
+use crate::service::{http_get, http_get_raw, run, status_of, text, Serve};
 
 pub fn trials() -> Vec<Trial> {
     vec![
@@ -203,8 +201,9 @@ struct Tally {
 fn drive(addr: &str, worker: u32, tally: &Tally) -> Result<(), Failed> {
     let mut refused = 0;
     for i in 0..30_000 {
-        let response = get(addr, &format!("/recipes/{worker}-{i}"))?;
-        match status_of(&response) {
+        let path = format!("/recipes/{worker}-{i}");
+        let response = http_get_raw(addr, &path, &[("x-run-id", "full-spool")])?;
+        match status_of(&response).unwrap_or(0) {
             200 => tally.ok.fetch_add(1, Ordering::Relaxed),
             503 => {
                 refused += 1;
@@ -223,26 +222,6 @@ fn drive(addr: &str, worker: u32, tally: &Tally) -> Result<(), Failed> {
         }
     }
     Ok(())
-}
-
-fn get(addr: &str, path: &str) -> Result<String, Failed> {
-    let mut stream = TcpStream::connect(addr)?;
-    stream.set_read_timeout(Some(Duration::from_secs(5)))?;
-    write!(
-        stream,
-        "GET {path} HTTP/1.0\r\nHost: {addr}\r\nx-run-id: full-spool\r\n\r\n"
-    )?;
-    let mut response = String::new();
-    stream.read_to_string(&mut response)?;
-    Ok(response)
-}
-
-fn status_of(response: &str) -> u16 {
-    response
-        .split(' ')
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0)
 }
 
 fn block_on_rows(

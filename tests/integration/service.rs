@@ -155,18 +155,34 @@ impl Drop for Serve {
 
 /// A minimal HTTP/1.0 GET: status code and body.
 pub(crate) fn http_get(addr: &str, path: &str) -> Result<(u16, String), Failed> {
-    let mut stream = TcpStream::connect(addr)?;
-    stream.set_read_timeout(Some(Duration::from_secs(5)))?;
-    write!(stream, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n")?;
-    let mut response = String::new();
-    stream.read_to_string(&mut response)?;
-    let status = response
-        .split(' ')
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .ok_or("no status line")?;
+    let response = http_get_raw(addr, path, &[])?;
+    let status = status_of(&response).ok_or("no status line")?;
     let body = response.split("\r\n\r\n").nth(1).unwrap_or("").to_owned();
     Ok((status, body))
+}
+
+/// A minimal HTTP/1.0 GET with `headers`: the whole response, head and body.
+pub(crate) fn http_get_raw(
+    addr: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+) -> Result<String, Failed> {
+    let mut stream = TcpStream::connect(addr)?;
+    stream.set_read_timeout(Some(Duration::from_secs(5)))?;
+    let mut request = format!("GET {path} HTTP/1.0\r\nHost: {addr}\r\n");
+    for (name, value) in headers {
+        request.push_str(&format!("{name}: {value}\r\n"));
+    }
+    request.push_str("\r\n");
+    stream.write_all(request.as_bytes())?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response)?;
+    Ok(response)
+}
+
+/// The status code of a raw response.
+pub(crate) fn status_of(response: &str) -> Option<u16> {
+    response.split(' ').nth(1).and_then(|s| s.parse().ok())
 }
 
 pub(crate) fn run(args: &[&str]) -> Result<Output, Failed> {

@@ -256,8 +256,9 @@ pub(crate) fn hand_over(logger: &Logger, records: Vec<Record>) -> Handed {
 
 /// Every way `Logger::send` can refuse a record is a 503 with `Retry-After`:
 /// the sink stopped (shutdown, fatal error), or it has no room in memory or
-/// spool (`SendError::Full`). The one place that maps them.
-fn unavailable(refused: &pglogsink::SendError) -> Rejection {
+/// spool (`SendError::Full`). The one place that maps them, for the ingest
+/// endpoints and the demo route alike.
+pub(crate) fn unavailable(refused: &pglogsink::SendError) -> Rejection {
     Rejection::new(
         StatusCode::SERVICE_UNAVAILABLE,
         format!("{refused}: retry later"),

@@ -136,3 +136,45 @@ pub fn give_to_server_user(path: &std::path::Path) -> Result<(), Failed> {
     }
     Ok(())
 }
+
+/// Whether the trials that need an outside tool (PgBouncer, Chromium, an
+/// OpenTelemetry SDK, Citus) can run. On a contributor's machine without
+/// the tool they are ignored, and a line says why. With
+/// `PGLOGSINK_REQUIRE_TOOLS` set (`.ci/run` sets it) they fail with that
+/// reason instead: CI cannot go green by skipping them.
+pub struct ToolGate {
+    /// Why the tool cannot be used; `None` when it can.
+    missing: Option<String>,
+}
+
+impl ToolGate {
+    /// `missing`: why the tool is not there (`None`: it is). `group` names
+    /// the tests in the line printed when they are ignored.
+    pub fn new(group: &str, missing: Option<String>) -> ToolGate {
+        if let Some(why) = &missing {
+            if !tools_required() {
+                eprintln!("{group}: {why}, so these tests are ignored");
+            }
+        }
+        ToolGate { missing }
+    }
+
+    /// The trial as it runs here: unchanged when the tool is there;
+    /// otherwise ignored, or failing with the reason when tools are
+    /// required.
+    pub fn gate(&self, trial: Trial) -> Trial {
+        let Some(why) = &self.missing else {
+            return trial;
+        };
+        if !tools_required() {
+            return trial.with_ignored_flag(true);
+        }
+        let why = format!("{why} (PGLOGSINK_REQUIRE_TOOLS is set: a missing tool fails)");
+        Trial::test(trial.name().to_owned(), move || Err(why.into()))
+    }
+}
+
+/// True when tests must not be ignored for a missing tool.
+fn tools_required() -> bool {
+    std::env::var_os("PGLOGSINK_REQUIRE_TOOLS").is_some_and(|v| !v.is_empty() && v != "0")
+}

@@ -14,7 +14,7 @@ use std::process::Command;
 use libtest_mimic::{Failed, Trial};
 use serde_json::{json, Value};
 
-use crate::common::check;
+use crate::common::{check, ToolGate};
 use crate::ingest::Server;
 use crate::service::text;
 
@@ -53,15 +53,11 @@ print(json.dumps({"trace_id": format(ctx.trace_id, "032x"),
 
 pub fn trials() -> Vec<Trial> {
     let python = python();
-    let missing = python.is_err();
-    if let Err(why) = &python {
-        eprintln!("ingest_otel: {why}, so the OpenTelemetry Python SDK test is ignored");
-    }
-    vec![Trial::test(
+    let sdk = ToolGate::new("ingest_otel", python.as_ref().err().cloned());
+    vec![sdk.gate(Trial::test(
         "ingest_otel::the_opentelemetry_python_sdk_writes_exact_rows",
         move || sdk_sends_exact_rows(python?),
-    )
-    .with_ignored_flag(missing)]
+    ))]
 }
 
 /// The interpreter with the SDK, or why there is none.

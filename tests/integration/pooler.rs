@@ -23,7 +23,7 @@ use pglogsink::tokio_postgres::types::Type;
 use pglogsink::{CancellationToken, ConnectConfig, Level, Record, SinkConfig};
 
 use crate::common::{
-    async_trial, block_on, check, fresh_table, give_to_server_user, server_os_user,
+    async_trial, block_on, check, fresh_table, give_to_server_user, server_os_user, ToolGate,
 };
 use crate::service::{free_port, text, Serve, BIN};
 
@@ -33,33 +33,30 @@ const REQUESTS: u64 = 2000;
 const REQUESTS_WITH_KILL: u64 = 4000;
 
 pub fn trials() -> Vec<Trial> {
-    let missing = PgBouncer::binary().is_none();
-    if missing {
-        eprintln!(
-            "pooler: pgbouncer is not installed (Debian: apt-get install pgbouncer; .ci/run \
-             installs it), so the PgBouncer tests are ignored"
-        );
-    }
+    let pgbouncer = ToolGate::new(
+        "pooler",
+        PgBouncer::binary().is_none().then(|| {
+            "pgbouncer is not installed (Debian: apt-get install pgbouncer; .ci/run installs it)"
+                .to_owned()
+        }),
+    );
     vec![
         async_trial(
             "pooler::no_prepared_statement_outlives_a_transaction",
             nothing_left_on_the_connection,
         ),
-        Trial::test(
+        pgbouncer.gate(Trial::test(
             "pooler::three_services_write_one_table_through_pgbouncer_transaction_mode",
             || three_services(false),
-        )
-        .with_ignored_flag(missing),
-        Trial::test(
+        )),
+        pgbouncer.gate(Trial::test(
             "pooler::pgbouncer_full_is_waited_out_and_a_refused_password_stops",
             pgbouncer_errors,
-        )
-        .with_ignored_flag(missing),
-        Trial::test(
+        )),
+        pgbouncer.gate(Trial::test(
             "pooler::a_backend_killed_behind_pgbouncer_loses_and_doubles_nothing",
             || three_services(true),
-        )
-        .with_ignored_flag(missing),
+        )),
     ]
 }
 

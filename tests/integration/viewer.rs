@@ -17,7 +17,7 @@ use libtest_mimic::{Failed, Trial};
 use pglogsink::TableName;
 use serde_json::{json, Value};
 
-use crate::common::{async_trial, check, fresh_table, pool, url};
+use crate::common::{async_trial, check, fresh_table, pool, url, ToolGate};
 use crate::service::{free_port, http_get, Serve};
 
 /// How long the page may take to show what a test waits for.
@@ -25,13 +25,14 @@ const PATIENCE: Duration = Duration::from_secs(10);
 const XSS: &str = "<img src=x onerror=alert(1)>";
 
 pub fn trials() -> Vec<Trial> {
-    let missing = browser().is_none();
-    if missing {
-        eprintln!(
-            "viewer: chromium or chromedriver is not installed (Debian: apt-get install chromium \
-             chromium-driver; .ci/run installs them), so the browser tests are ignored"
-        );
-    }
+    let chromium = ToolGate::new(
+        "viewer",
+        browser().is_none().then(|| {
+            "chromium or chromedriver is not installed (Debian: apt-get install chromium \
+             chromium-driver; .ci/run installs them)"
+                .to_owned()
+        }),
+    );
     vec![
         async_trial(
             "viewer::api_filters_pages_counts_and_names_bad_parameters",
@@ -41,26 +42,22 @@ pub fn trials() -> Vec<Trial> {
             "viewer::a_query_past_the_statement_timeout_is_a_503",
             statement_timeout,
         ),
-        async_trial(
+        chromium.gate(async_trial(
             "viewer::browser_shows_rows_and_a_typed_filter_lives_in_the_url",
             rows_and_filters,
-        )
-        .with_ignored_flag(missing),
-        async_trial(
+        )),
+        chromium.gate(async_trial(
             "viewer::browser_live_tail_shows_a_new_row_within_2s",
             live_tail,
-        )
-        .with_ignored_flag(missing),
-        async_trial(
+        )),
+        chromium.gate(async_trial(
             "viewer::browser_live_tail_keeps_up_with_bursts_and_caps_its_rows",
             tail_burst,
-        )
-        .with_ignored_flag(missing),
-        async_trial(
+        )),
+        chromium.gate(async_trial(
             "viewer::browser_shows_logged_markup_as_text_and_runs_nothing",
             markup_is_text,
-        )
-        .with_ignored_flag(missing),
+        )),
     ]
 }
 

@@ -826,6 +826,11 @@ mod tests {
                 .map(|i| Record::new(Level::Info, format!("b{i}")))
                 .collect()
         };
+        // More than the whole budget: never (the queue is empty).
+        let too_large = logger.send_all(batch(10_000)).unwrap_err();
+        assert!(too_large.is_too_large(), "{too_large}");
+        assert_eq!(logger.stats().lost.too_large, 10_000);
+        assert_eq!(logger.stats().queued_bytes, 0);
         assert!(logger.send_all(batch(1000)).is_ok());
         let queued = logger.stats().queued_bytes;
         // More than the room left: refused whole, the queue unchanged.
@@ -833,13 +838,43 @@ mod tests {
         assert!(refused.is_full(), "{refused}");
         assert_eq!(refused.into_inner().len(), 4000);
         assert_eq!(logger.stats().queued_bytes, queued);
-        // More than the whole budget: never.
-        let too_large = logger.send_all(batch(10_000)).unwrap_err();
-        assert!(too_large.is_too_large(), "{too_large}");
-        assert_eq!(logger.stats().lost.too_large, 10_000);
         drop(closed);
         let report = worker.shutdown(Duration::from_secs(1)).await;
         assert_eq!((report.written, report.handed_back), (1000, 14_000));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_batch_holds_room_for_its_producer_until_sent_or_dropped() {
+        let fake = Fake::answering(&[Answer::Hang; 2]);
+        let closed = fake.gate.clone().write_owned().await;
+        let (logger, worker, _) = start(&fake, &config(None));
+        let budget = config(None).max_queue_bytes;
+        {
+            let mut batch = logger.batch();
+            batch.hold(100_000).unwrap();
+            batch.push(Record::new(Level::Info, "kept")).unwrap();
+            assert_eq!(logger.stats().queued_bytes, batch.bytes());
+            // Another producer meets the room this one holds.
+            let other = logger.send_all(vec![Record::new(Level::Info, "x"); 1]);
+            assert!(other.is_ok());
+            let mut big = logger.batch();
+            let refused = big.hold(budget - 100_000).unwrap_err();
+            assert!(refused.is_full(), "{refused}");
+            batch.send().unwrap();
+        }
+        let queued = logger.stats().queued_bytes;
+        assert!(queued > 0 && queued < 1000, "the held room is given back: {queued}");
+        {
+            let mut dropped = logger.batch();
+            dropped.hold(1000).unwrap();
+            dropped.push(Record::new(Level::Info, "never")).unwrap();
+        }
+        assert_eq!(logger.stats().queued_bytes, queued);
+        let refused = logger.batch().hold(budget + 1).unwrap_err();
+        assert!(refused.is_too_large(), "{refused}");
+        drop(closed);
+        let report = worker.shutdown(Duration::from_secs(1)).await;
+        assert_eq!(report.written, 2, "{report}");
     }
 
     #[tokio::test(start_paused = true)]
@@ -900,7 +935,7 @@ mod tests {
             assert_eq!(
                 report.written + report.not_written + report.in_doubt,
                 ok,
-                "round {round}: {report}"
+                "round {round}: {report} {after:?}"
             );
             assert_eq!(fake.rows().len() as u64, report.written);
             assert_eq!(after.lost.handed_back(), refused, "round {round}");

@@ -74,7 +74,7 @@ pub use error::{describe, Error, ErrorKind};
 pub use fields_json::SharedFields;
 #[cfg(feature = "tracing-layer")]
 pub use layer::PgLogLayer;
-pub use logger::{Logger, SendError};
+pub use logger::{Batch, Logger, SendError};
 pub use maintain::{DroppedPartition, Maintenance, MaintenanceReport, DEFAULT_PREMAKE};
 pub use partitions::PartitionInterval;
 pub use record::{Fields, Level, ParseLevelError, Record};

@@ -90,6 +90,23 @@ impl<T> SendError<T> {
         matches!(self, SendError::TooLarge(_))
     }
 
+    /// The same refusal, holding `f` of what it held.
+    pub fn map<U>(self, f: impl FnOnce(T) -> U) -> SendError<U> {
+        match self {
+            SendError::Closed(t) => SendError::Closed(f(t)),
+            SendError::Full(t) => SendError::Full(f(t)),
+            SendError::TooLarge(t) => SendError::TooLarge(f(t)),
+        }
+    }
+
+    fn refusal(&self) -> Refusal {
+        match self {
+            SendError::Closed(_) => Refusal::Closed,
+            SendError::Full(_) => Refusal::Full,
+            SendError::TooLarge(_) => Refusal::TooLarge,
+        }
+    }
+
     fn new(refusal: Refusal, refused: T) -> SendError<T> {
         match refusal {
             Refusal::Closed => SendError::Closed(refused),
@@ -151,7 +168,7 @@ impl Logger {
     pub fn send(&self, mut record: Record) -> Result<(), SendError> {
         self.stamp(&mut record);
         let queue = &self.shared.queue;
-        if let Err(refusal) = queue.admit(bytes_in(&record)) {
+        if let Err(refusal) = queue.admit(bytes_in(&record), 0) {
             queue.taken(bytes_out(&record));
             self.shared.count_refused(refusal, 1);
             return Err(SendError::new(refusal, record));
@@ -165,48 +182,46 @@ impl Logger {
         })
     }
 
+    /// Start a [`Batch`]: records queued together, all or none.
+    pub fn batch(&self) -> Batch<'_> {
+        Batch {
+            logger: self,
+            records: Vec::new(),
+            bytes: 0,
+            held: 0,
+        }
+    }
+
     /// Queue all of `records`, or none: room for every one of them is
     /// taken in the queue's memory budget before the first is queued, so
-    /// a refusal means that nothing was queued. For a batch received from
-    /// elsewhere (an HTTP request's records), so that a client retrying a
-    /// refused request duplicates nothing.
+    /// a refusal means that nothing was queued (see [`Batch`]).
     ///
     /// ```no_run
     /// # fn demo(logger: pglogsink::Logger) {
     /// use pglogsink::{Level, Record};
     ///
-    /// let batch = vec![Record::new(Level::Info, "a"), Record::new(Level::Warn, "b")];
-    /// match logger.send_all(batch) {
-    ///     Ok(()) => {}
-    ///     Err(refused) => eprintln!("{refused}: {} records to retry later", refused.into_inner().len()),
+    /// let records = vec![Record::new(Level::Info, "a"), Record::new(Level::Warn, "b")];
+    /// if let Err(refused) = logger.send_all(records) {
+    ///     eprintln!("{refused}: {} records to retry later", refused.into_inner().len());
     /// }
     /// # }
     /// ```
-    pub fn send_all(&self, mut records: Vec<Record>) -> Result<(), SendError<Vec<Record>>> {
-        for record in &mut records {
-            self.stamp(record);
-        }
-        let queue = &self.shared.queue;
-        if let Err(refusal) = queue.admit(records.iter().map(bytes_in).sum()) {
-            queue.taken(records.iter().map(bytes_out).sum());
-            self.shared.count_refused(refusal, records.len() as u64);
-            return Err(SendError::new(refusal, records));
-        }
-        #[cfg(test)]
-        tests::pause_after_admission();
+    pub fn send_all(&self, records: Vec<Record>) -> Result<(), SendError<Vec<Record>>> {
+        let mut batch = self.batch();
         let mut records = records.into_iter();
         while let Some(record) = records.next() {
-            if let Err(e) = self.tx.send(record) {
-                // The consumer task ended without draining (it panicked):
-                // hand back what was not queued.
-                let rest: Vec<Record> = std::iter::once(e.into_inner()).chain(records).collect();
-                queue.taken(rest.iter().map(bytes_out).sum());
+            if let Err(refused) = batch.push(record) {
+                // The records not offered yet are handed back too.
+                let rest: Vec<Record> = records.collect();
                 self.shared
-                    .count_refused(Refusal::Closed, rest.len() as u64);
-                return Err(SendError::Closed(rest));
+                    .count_refused(refused.refusal(), rest.len() as u64);
+                return Err(refused.map(|mut handed_back| {
+                    handed_back.extend(rest);
+                    handed_back
+                }));
             }
         }
-        Ok(())
+        batch.send()
     }
 
     /// The thread that sends it, and this logger's target unless it has one.
@@ -249,6 +264,164 @@ impl Logger {
             return Some(fatal.to_string());
         }
         self.shared.last_error.lock().ok().and_then(|e| e.clone())
+    }
+}
+
+/// Records queued together, all or none, from [`Logger::batch`]: each
+/// record pushed takes its room in the queue's memory budget at once, so a
+/// batch built from a large request counts against the budget while it is
+/// built, and [`Batch::send`] then queues every record. A refused push
+/// hands back the whole batch; a batch dropped unsent gives its room back
+/// and queues nothing. For records received from elsewhere (an HTTP
+/// request's), so that a client retrying a refused request duplicates
+/// nothing.
+///
+/// ```no_run
+/// # fn demo(logger: pglogsink::Logger, lines: Vec<String>) -> Result<(), pglogsink::SendError<Vec<pglogsink::Record>>> {
+/// use pglogsink::{Level, Record};
+///
+/// let mut batch = logger.batch();
+/// for line in lines {
+///     batch.push(Record::new(Level::Info, line))?;
+/// }
+/// batch.send()?;
+/// # Ok(()) }
+/// ```
+#[must_use = "a batch queues nothing until `send` is called"]
+pub struct Batch<'a> {
+    logger: &'a Logger,
+    records: Vec<Record>,
+    /// Bytes of the queue's budget the batch holds: its records', and
+    /// `held` besides.
+    bytes: u64,
+    /// Bytes held for memory the producer uses while it builds the batch
+    /// ([`Batch::hold`]).
+    held: u64,
+}
+
+impl Batch<'_> {
+    /// Add a record, taking its room in the queue's budget. Refused when
+    /// the sink has stopped, when the queue has no room for it, or when
+    /// the batch would need more than the whole budget: then every record
+    /// of the batch comes back (this one last) and the batch is empty.
+    pub fn push(&mut self, mut record: Record) -> Result<(), SendError<Vec<Record>>> {
+        self.logger.stamp(&mut record);
+        let shared = &self.logger.shared;
+        let cost = bytes_in(&record);
+        match shared.queue.admit(cost, self.bytes) {
+            Ok(()) => {
+                self.bytes += cost;
+                self.records.push(record);
+                Ok(())
+            }
+            Err(refusal) => {
+                shared.queue.taken(bytes_out(&record));
+                let mut records = std::mem::take(&mut self.records);
+                self.release(&records, false);
+                records.push(record);
+                shared.count_refused(refusal, records.len() as u64);
+                Err(SendError::new(refusal, records))
+            }
+        }
+    }
+
+    /// Take `bytes` of the queue's budget for memory the producer holds
+    /// while it builds the batch (a request body as read and decompressed,
+    /// its decoded form), so that this memory counts too; given back when
+    /// the batch is sent or dropped. Refused like [`Batch::push`].
+    pub fn hold(&mut self, bytes: usize) -> Result<(), SendError<Vec<Record>>> {
+        let bytes = bytes as u64;
+        let queue = &self.logger.shared.queue;
+        match queue.admit(bytes, self.bytes) {
+            Ok(()) => {
+                self.bytes += bytes;
+                self.held += bytes;
+                Ok(())
+            }
+            Err(refusal) => {
+                queue.taken(bytes);
+                let records = std::mem::take(&mut self.records);
+                self.release(&records, false);
+                self.logger
+                    .shared
+                    .count_refused(refusal, records.len() as u64);
+                Err(SendError::new(refusal, records))
+            }
+        }
+    }
+
+    /// Bytes of the queue's budget the batch holds (its records' and what
+    /// [`Batch::hold`] took).
+    pub fn bytes(&self) -> u64 {
+        self.bytes
+    }
+
+    /// Records pushed so far.
+    pub fn len(&self) -> usize {
+        self.records.len()
+    }
+
+    /// True when nothing was pushed.
+    pub fn is_empty(&self) -> bool {
+        self.records.is_empty()
+    }
+
+    /// Queue every record pushed (and give back what [`Batch::hold`]
+    /// took).
+    pub fn send(mut self) -> Result<(), SendError<Vec<Record>>> {
+        let records = std::mem::take(&mut self.records);
+        self.release(&[], true);
+        #[cfg(test)]
+        tests::pause_after_admission();
+        let queue = &self.logger.shared.queue;
+        let mut records = records.into_iter();
+        while let Some(record) = records.next() {
+            if let Err(e) = self.logger.tx.send(record) {
+                // The consumer task ended without draining (it panicked):
+                // hand back what was not queued.
+                let rest: Vec<Record> = std::iter::once(e.into_inner()).chain(records).collect();
+                queue.taken(rest.iter().map(bytes_out).sum());
+                self.logger
+                    .shared
+                    .count_refused(Refusal::Closed, rest.len() as u64);
+                return Err(SendError::Closed(rest));
+            }
+        }
+        Ok(())
+    }
+
+    /// Give back what the batch holds: the room of `records` (taken out
+    /// of it) and what [`Batch::hold`] took; with `queued`, the records
+    /// keep their room, as they are about to be queued.
+    fn release(&mut self, records: &[Record], queued: bool) {
+        let records_bytes: u64 = if queued {
+            0
+        } else {
+            records.iter().map(bytes_out).sum()
+        };
+        self.logger
+            .shared
+            .queue
+            .taken(records_bytes + self.held);
+        self.bytes = 0;
+        self.held = 0;
+    }
+}
+
+impl Drop for Batch<'_> {
+    fn drop(&mut self) {
+        let records = std::mem::take(&mut self.records);
+        self.release(&records, false);
+    }
+}
+
+impl fmt::Debug for Batch<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Batch")
+            .field("records", &self.records.len())
+            .field("bytes", &self.bytes)
+            .field("held", &self.held)
+            .finish()
     }
 }
 

@@ -94,16 +94,18 @@ impl QueueBudget {
         self.ceiling.store(bytes, Ordering::Relaxed);
     }
 
-    /// Admit records whose entry cost ([`bytes_in`]) is `bytes`, or refuse
-    /// them. A refused caller must hand their exit cost ([`bytes_out`])
-    /// to [`QueueBudget::taken`], as if they had been queued and taken.
+    /// Admit records whose entry cost ([`bytes_in`]) is `bytes`, for a
+    /// caller that already holds `held` bytes of the budget for records it
+    /// will queue with them, or refuse them. A refused caller must hand
+    /// their exit cost ([`bytes_out`]) to [`QueueBudget::taken`], as if
+    /// they had been queued and taken.
     #[inline]
-    pub(crate) fn admit(&self, bytes: u64) -> Result<(), Refusal> {
+    pub(crate) fn admit(&self, bytes: u64, held: u64) -> Result<(), Refusal> {
         let before = self.state.fetch_add(bytes, Ordering::AcqRel);
         if before & CLOSED != 0 {
             return Err(Refusal::Closed);
         }
-        if bytes > self.budget {
+        if held + bytes > self.budget {
             return Err(Refusal::TooLarge);
         }
         let after = before + bytes;
@@ -354,16 +356,18 @@ mod tests {
     #[test]
     fn admission_holds_the_ceiling_and_closing_refuses() {
         let queue = QueueBudget::new(1000);
-        assert_eq!(queue.admit(600), Ok(()));
-        assert_eq!(queue.admit(600), Err(Refusal::Full));
+        assert_eq!(queue.admit(600, 0), Ok(()));
+        assert_eq!(queue.admit(600, 0), Err(Refusal::Full));
         queue.taken(600);
         assert_eq!(queue.bytes(), 600, "a refusal is undone by its caller");
         queue.set_ceiling(1000 + queue.margin());
-        assert_eq!(queue.admit(500), Ok(()));
-        assert_eq!(queue.admit(1001), Err(Refusal::TooLarge));
+        assert_eq!(queue.admit(500, 0), Ok(()));
+        assert_eq!(queue.admit(1001, 0), Err(Refusal::TooLarge));
         queue.taken(1001);
+        assert_eq!(queue.admit(10, 995), Err(Refusal::TooLarge), "with what the caller holds");
+        queue.taken(10);
         queue.close();
-        assert_eq!(queue.admit(1), Err(Refusal::Closed));
+        assert_eq!(queue.admit(1, 0), Err(Refusal::Closed));
         queue.taken(1);
         assert!(queue.is_closed());
         assert_eq!(queue.bytes(), 1100);

@@ -120,6 +120,16 @@ impl SharedFields {
         self.0.members.is_empty()
     }
 
+    /// The fields as a JSON object.
+    ///
+    /// ```
+    /// let shared = pglogsink::SharedFields::new(vec![("service.name".into(), "shop".into())]);
+    /// assert_eq!(shared.to_json(), r#"{"service.name":"shop"}"#);
+    /// ```
+    pub fn to_json(&self) -> String {
+        format!("{{{}}}", String::from_utf8_lossy(&self.0.members))
+    }
+
     /// The fields as the members of a JSON object, without braces.
     pub(crate) fn members(&self) -> &[u8] {
         &self.0.members

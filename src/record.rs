@@ -193,6 +193,11 @@ impl Record {
         self
     }
 
+    /// The fields it shares with other records, if any.
+    pub fn shared(&self) -> Option<&SharedFields> {
+        self.shared.as_ref()
+    }
+
     /// True when the row will have fields (its own or shared ones).
     pub(crate) fn has_fields(&self) -> bool {
         !self.fields.is_empty() || self.shared.is_some()

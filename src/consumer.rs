@@ -36,9 +36,16 @@ use crate::writer::Writer;
 /// passes it.
 const BUDGET_CHECK: Duration = Duration::from_millis(50);
 /// How long a batch may be in flight with none ending before the database
-/// counts as not keeping up, and the queue may move to the spool: a write
-/// of a full batch takes tens of milliseconds here.
+/// counts as not keeping up, and the queue may move to the spool: at least
+/// this, and [`STALLED_FACTOR`] times a typical write (a write of a full
+/// batch takes tens of milliseconds here; a busy server takes longer
+/// without being stuck).
 const STALLED_AFTER: Duration = Duration::from_secs(1);
+const STALLED_FACTOR: u32 = 8;
+/// The same before any write has ended, when there is nothing typical to
+/// go by (the first writes of a process are slower: statements prepared,
+/// connections opened, a busy machine).
+const FIRST_WRITE_PATIENCE: Duration = Duration::from_secs(5);
 /// How long the last drain waits for a record whose producer was admitted
 /// just before the queue closed (it is enqueuing; this never runs out in
 /// practice).
@@ -194,11 +201,11 @@ impl<W: Writer> Consumer<W> {
             }
             tokio::select! {
                 biased;
-                Some((first, outcome)) = in_flight.next() => {
+                Some((first, started, outcome)) = in_flight.next() => {
                     if let Some(at) = firsts.iter().position(|&f| f == first) {
                         firsts.swap_remove(at);
                     }
-                    intake.progress.ended();
+                    intake.progress.ended(started);
                     intake.note_oldest(&firsts);
                     // Also as the queue drains: a full sink takes records again.
                     intake.keep_budget();
@@ -219,10 +226,10 @@ impl<W: Writer> Consumer<W> {
                         continue;
                     };
                     firsts.push(first);
-                    intake.progress.started();
+                    let started = intake.progress.started();
                     intake.note_oldest(&firsts);
                     in_flight.push(async move {
-                        (first, delivery.deliver(batch, Source::Queue).await)
+                        (first, started, delivery.deliver(batch, Source::Queue).await)
                     });
                 }
             }
@@ -240,7 +247,7 @@ impl<W: Writer> Consumer<W> {
         let queue = self.intake.shared.queue.clone();
         let mut check = budget_check();
         for batch in std::mem::take(&mut segment.batches) {
-            self.intake.progress.started();
+            let started = self.intake.progress.started();
             let outcome = {
                 let delivery = self.delivery.deliver(batch, Source::Spool);
                 tokio::pin!(delivery);
@@ -253,7 +260,7 @@ impl<W: Writer> Consumer<W> {
                     }
                 }
             };
-            self.intake.progress.ended();
+            self.intake.progress.ended(started);
             // A spooled batch that was not written is still on disk.
             outcome.map_err(|left| left.why)?;
         }
@@ -269,12 +276,15 @@ fn budget_check() -> tokio::time::Interval {
     check
 }
 
-/// Whether the database keeps up: batches in flight, and when one last
-/// started on an idle sink or ended.
+/// Whether the database keeps up: batches in flight, when one last
+/// started on an idle sink or ended, and how long a write typically takes.
 #[derive(Debug)]
 struct Progress {
     in_flight: usize,
     since: Instant,
+    /// Moving average of how long a batch took to deliver; `None` before
+    /// the first ended.
+    typical: Option<Duration>,
 }
 
 impl Default for Progress {
@@ -282,27 +292,49 @@ impl Default for Progress {
         Progress {
             in_flight: 0,
             since: Instant::now(),
+            typical: None,
         }
     }
 }
 
 impl Progress {
-    fn started(&mut self) {
+    /// A batch starts; returns when, for [`Progress::ended`].
+    fn started(&mut self) -> Instant {
+        let now = Instant::now();
         if self.in_flight == 0 {
-            self.since = Instant::now();
+            self.since = now;
         }
         self.in_flight += 1;
+        now
     }
 
-    fn ended(&mut self) {
+    /// A batch that started at `started` ended.
+    fn ended(&mut self, started: Instant) {
         self.in_flight = self.in_flight.saturating_sub(1);
         self.since = Instant::now();
+        let took = started.elapsed();
+        self.typical = Some(
+            self.typical
+                .map_or(took, |typical| (typical * 7 + took) / 8),
+        );
+    }
+
+    /// The consumer was busy for `busy` (moving the queue to the spool)
+    /// rather than waiting on the database: that time does not count
+    /// against it.
+    fn was_busy(&mut self, busy: Duration) {
+        self.since += busy;
     }
 
     /// True when an error is being retried, or batches are in flight and
-    /// none has ended for [`STALLED_AFTER`].
+    /// none has ended for [`STALLED_AFTER`] or [`STALLED_FACTOR`] typical
+    /// writes, whichever is longer ([`FIRST_WRITE_PATIENCE`] before the
+    /// first write ended).
     fn stalled(&self, retrying: bool) -> bool {
-        retrying || (self.in_flight > 0 && self.since.elapsed() >= STALLED_AFTER)
+        let patience = self.typical.map_or(FIRST_WRITE_PATIENCE, |typical| {
+            STALLED_AFTER.max(typical * STALLED_FACTOR)
+        });
+        retrying || (self.in_flight > 0 && self.since.elapsed() >= patience)
     }
 }
 
@@ -331,8 +363,13 @@ impl Intake {
         let stalled = self
             .progress
             .stalled(self.shared.retrying.load(Ordering::Relaxed));
-        self.spill
-            .keep_budget(&self.reader, &mut self.encoder, stalled);
+        let started = Instant::now();
+        if self
+            .spill
+            .keep_budget(&self.reader, &mut self.encoder, stalled)
+        {
+            self.progress.was_busy(started.elapsed());
+        }
     }
 }
 
@@ -661,7 +698,7 @@ mod tests {
     /// Let a hung first write become a stall: the database is not keeping up.
     async fn stall(logger: &Logger) {
         log_numbered(logger, 0..1);
-        run_for(STALLED_AFTER.as_millis() as u64 + 100).await;
+        run_for(FIRST_WRITE_PATIENCE.as_millis() as u64 + 100).await;
     }
 
     #[tokio::test(start_paused = true)]
@@ -725,7 +762,9 @@ mod tests {
         let config = config(Some(dir));
         let (logger, worker, _) = start(&fake, &config);
         stall(&logger).await;
-        let ceiling = (config.max_queue_bytes + config.max_queue_bytes / 8) as u64;
+        // The budget, and while the queue moves to the spool its margin (at
+        // least 4 MiB).
+        let ceiling = (config.max_queue_bytes + (4 << 20)) as u64;
         assert_eq!(log_in_chunks(&logger, 1..2001, 500).await, 2000);
         // Then records a thousand times larger: 256 KiB messages.
         let big = "x".repeat(256 * 1024);
@@ -734,14 +773,22 @@ mod tests {
             // One that does not fit under the ceiling is handed back, and
             // the queue moves to the spool to make room for the next.
             taken += u64::from(logger.log(Level::Info, big.clone()).is_ok());
-            assert!(logger.stats().queued_bytes <= ceiling, "{:?}", logger.stats());
+            assert!(
+                logger.stats().queued_bytes <= ceiling,
+                "{:?}",
+                logger.stats()
+            );
             run_for(1).await;
         }
         let stats = logger.stats();
         assert!(taken >= 35, "{taken} of 40: {stats:?}");
         // Every record taken is in one of the two hung batches (1 + 100
         // records), in the spool, or still queued.
-        assert_eq!(stats.spooled + 101 + stats.queued, 2001 + taken, "{stats:?}");
+        assert_eq!(
+            stats.spooled + 101 + stats.queued,
+            2001 + taken,
+            "{stats:?}"
+        );
         let report = worker.shutdown(Duration::from_millis(100)).await;
         assert_eq!(report.spooled + report.in_doubt, 2001 + taken, "{report}");
     }
@@ -863,7 +910,10 @@ mod tests {
             batch.send().unwrap();
         }
         let queued = logger.stats().queued_bytes;
-        assert!(queued > 0 && queued < 1000, "the held room is given back: {queued}");
+        assert!(
+            queued > 0 && queued < 1000,
+            "the held room is given back: {queued}"
+        );
         {
             let mut dropped = logger.batch();
             dropped.hold(1000).unwrap();
@@ -953,9 +1003,9 @@ mod tests {
         let producer = {
             let logger = logger.clone();
             std::thread::spawn(move || {
-                crate::logger::tests::pause_after_admission_on_this_thread(
-                    Duration::from_millis(300),
-                );
+                crate::logger::tests::pause_after_admission_on_this_thread(Duration::from_millis(
+                    300,
+                ));
                 let batch = (0..10).map(|i| Record::new(Level::Info, format!("p{i}")));
                 logger.send_all(batch.collect())
             })

@@ -179,7 +179,10 @@ mod tests {
         ]);
         assert!(shared.nul_replaced());
         let text = String::from_utf8(shared.members().to_vec()).unwrap();
-        assert_eq!(text, "\"service.name\":\"shop\",\"n\u{FFFD}\":{\"x\":[\"\u{FFFD}\"]}");
+        assert_eq!(
+            text,
+            "\"service.name\":\"shop\",\"n\u{FFFD}\":{\"x\":[\"\u{FFFD}\"]}"
+        );
         assert!(SharedFields::new(Vec::new()).is_empty());
     }
 

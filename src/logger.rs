@@ -202,7 +202,8 @@ impl Logger {
     ///
     /// let records = vec![Record::new(Level::Info, "a"), Record::new(Level::Warn, "b")];
     /// if let Err(refused) = logger.send_all(records) {
-    ///     eprintln!("{refused}: {} records to retry later", refused.into_inner().len());
+    ///     let why = refused.to_string();
+    ///     eprintln!("{why}: {} records to retry later", refused.into_inner().len());
     /// }
     /// # }
     /// ```
@@ -399,10 +400,7 @@ impl Batch<'_> {
         } else {
             records.iter().map(bytes_out).sum()
         };
-        self.logger
-            .shared
-            .queue
-            .taken(records_bytes + self.held);
+        self.logger.shared.queue.taken(records_bytes + self.held);
         self.bytes = 0;
         self.held = 0;
     }

@@ -20,6 +20,9 @@ use tokio_util::sync::CancellationToken;
 
 use crate::record::Record;
 
+/// The least margin past the budget while the queue moves to the spool.
+const MIN_MARGIN: u64 = 4 << 20;
+
 /// The bit of the counter that says the queue takes no more records.
 const CLOSED: u64 = 1 << 63;
 
@@ -70,9 +73,10 @@ impl QueueBudget {
     }
 
     /// How far past the budget the queue may go while it moves to the
-    /// spool: an eighth of the budget.
+    /// spool: an eighth of the budget, and at least 4 MiB, room for a burst
+    /// of records while the consumer writes the queue to disk.
     pub(crate) fn margin(&self) -> u64 {
-        self.budget / 8
+        (self.budget / 8).max(MIN_MARGIN)
     }
 
     /// Bytes queued now.
@@ -200,9 +204,10 @@ impl QueueReader {
 
     /// Close the queue, then hand every record still in it or on its way
     /// in (admitted before the close) to `each`, a batch at a time, until
-    /// none is left. Gives up, saying so, if a producer that was admitted
-    /// has not enqueued within `patience` (it cannot be blocked: this is
-    /// a guard, not a wait that happens).
+    /// the count is back to zero. Gives up after `patience`, saying so, if
+    /// producers still hold room (a [`Batch`](crate::Batch) being built
+    /// from a request that is slow to arrive): what they queue after the
+    /// consumer has ended is handed back to them, not lost.
     pub(crate) async fn drain_closed(&self, patience: Duration, mut each: impl FnMut(Vec<Record>)) {
         self.budget.close();
         let deadline = tokio::time::Instant::now() + patience;
@@ -218,8 +223,9 @@ impl QueueReader {
                 return;
             }
             if tokio::time::Instant::now() >= deadline {
-                tracing::error!(target: "pglogsink", bytes = left,
-                    "records admitted to the queue did not arrive before the sink ended");
+                tracing::warn!(target: "pglogsink", bytes = left,
+                    "the sink ended while producers still held room in its queue (records being \
+                     queued, or requests being read); what they queue now is handed back to them");
                 return;
             }
             tokio::task::yield_now().await;
@@ -360,11 +366,15 @@ mod tests {
         assert_eq!(queue.admit(600, 0), Err(Refusal::Full));
         queue.taken(600);
         assert_eq!(queue.bytes(), 600, "a refusal is undone by its caller");
-        queue.set_ceiling(1000 + queue.margin());
+        queue.set_ceiling(1100);
         assert_eq!(queue.admit(500, 0), Ok(()));
         assert_eq!(queue.admit(1001, 0), Err(Refusal::TooLarge));
         queue.taken(1001);
-        assert_eq!(queue.admit(10, 995), Err(Refusal::TooLarge), "with what the caller holds");
+        assert_eq!(
+            queue.admit(10, 995),
+            Err(Refusal::TooLarge),
+            "with what the caller holds"
+        );
         queue.taken(10);
         queue.close();
         assert_eq!(queue.admit(1, 0), Err(Refusal::Closed));

@@ -45,26 +45,29 @@ impl Spill {
     /// Called when the queue passes its budget and every few milliseconds,
     /// also while a write is in flight. `stalled`: the database is not
     /// keeping up (no batch has ended for a while, or an error is being
-    /// retried).
+    /// retried). True when it moved records to the spool.
     pub(crate) fn keep_budget(
         &mut self,
         reader: &QueueReader,
         encoder: &mut BatchEncoder,
         stalled: bool,
-    ) {
+    ) -> bool {
         let queue = self.shared.queue.clone();
         if !stalled {
             queue.set_ceiling(queue.budget());
             queue.take_refused();
-            return self.take_records_again();
+            self.take_records_again();
+            return false;
         }
         if let Err(why) = self.spool_room() {
             // Within a margin of the budget, with nowhere to go: full.
             queue.set_ceiling(queue.budget());
             if queue.bytes() + queue.margin() >= queue.budget() {
-                return self.refuse_records(&why);
+                self.refuse_records(&why);
+            } else {
+                self.take_records_again();
             }
-            return self.take_records_again();
+            return false;
         }
         queue.set_ceiling(queue.budget() + queue.margin());
         self.take_records_again();
@@ -72,7 +75,7 @@ impl Spill {
         // Past the budget, or refusing a record that does not fit under the
         // ceiling (larger than the margin): make room on disk.
         if queued <= queue.budget() && !queue.take_refused() {
-            return;
+            return false;
         }
         let (spilled, room) = self.spill_queue(reader, encoder, true);
         self.flush();
@@ -87,6 +90,7 @@ impl Spill {
             queue.set_ceiling(queue.budget());
             self.refuse_records(&why);
         }
+        true
     }
 
     /// Whether the spool can take more, or why not.

@@ -70,7 +70,7 @@ pub fn fresh_table(prefix: &str) -> TableName {
 }
 
 /// Run an async test body on a runtime of its own.
-pub fn block_on<F: Future<Output = Result<(), Failed>>>(f: F) -> Result<(), Failed> {
+pub fn block_on<T, F: Future<Output = Result<T, Failed>>>(f: F) -> Result<T, Failed> {
     tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()

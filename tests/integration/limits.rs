@@ -249,7 +249,7 @@ fn block_on_rows(
 }
 
 /// The value of a counter line `name value` in Prometheus text.
-fn metric(text: &str, name: &str) -> Option<u64> {
+pub(crate) fn metric(text: &str, name: &str) -> Option<u64> {
     text.lines()
         .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
         .and_then(|v| v.trim().parse::<f64>().ok())
@@ -257,7 +257,7 @@ fn metric(text: &str, name: &str) -> Option<u64> {
 }
 
 /// Peak resident set size of a process (VmHWM), in KiB.
-fn peak_rss_kib(pid: u32) -> Result<u64, Failed> {
+pub(crate) fn peak_rss_kib(pid: u32) -> Result<u64, Failed> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
     status
         .lines()

@@ -17,6 +17,7 @@ mod lifecycle;
 mod limits;
 mod logs;
 mod pooler;
+mod pressure;
 mod service;
 mod sink;
 mod tls;
@@ -34,6 +35,7 @@ fn main() {
     trials.extend(logs::trials());
     trials.extend(lifecycle::trials());
     trials.extend(limits::trials());
+    trials.extend(pressure::trials());
     trials.extend(pooler::trials());
     trials.extend(tls::trials());
     trials.extend(ingest::trials());

@@ -44,10 +44,44 @@ pub(crate) fn free_port() -> Result<u16, Failed> {
 }
 
 /// A running `pglogsink serve`, killed if the test fails before it stops it.
+/// Its stdout and stderr are read as it runs (a service that logs more
+/// than a pipe holds would otherwise block on its next line).
 pub(crate) struct Serve {
     child: Option<Child>,
+    output: Option<Captured>,
     pub(crate) addr: String,
     spool: std::path::PathBuf,
+}
+
+/// A child's stdout and stderr, each read to its end by a thread.
+struct Captured {
+    stdout: std::thread::JoinHandle<Vec<u8>>,
+    stderr: std::thread::JoinHandle<Vec<u8>>,
+}
+
+impl Captured {
+    fn of(child: &mut Child) -> Captured {
+        fn drain(mut from: impl Read + Send + 'static) -> std::thread::JoinHandle<Vec<u8>> {
+            std::thread::spawn(move || {
+                let mut all = Vec::new();
+                let _ = from.read_to_end(&mut all);
+                all
+            })
+        }
+        Captured {
+            stdout: drain(child.stdout.take().expect("piped")),
+            stderr: drain(child.stderr.take().expect("piped")),
+        }
+    }
+
+    /// The whole output, once the child has exited.
+    fn collect(self, status: std::process::ExitStatus) -> Output {
+        Output {
+            status,
+            stdout: self.stdout.join().unwrap_or_default(),
+            stderr: self.stderr.join().unwrap_or_default(),
+        }
+    }
 }
 
 impl Serve {
@@ -67,7 +101,7 @@ impl Serve {
             std::process::id(),
             addr.replace([':', '.'], "-")
         ));
-        let child = Command::new(BIN)
+        let mut child = Command::new(BIN)
             .arg("serve")
             .args(["--listen", &addr])
             .args(db_args)
@@ -78,8 +112,10 @@ impl Serve {
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()?;
+        let output = Some(Captured::of(&mut child));
         let mut serve = Serve {
             child: Some(child),
+            output,
             addr,
             spool,
         };
@@ -124,11 +160,15 @@ impl Serve {
     /// Wait (at most 30 s) for the process to exit and collect its output.
     pub(crate) fn wait(&mut self) -> Result<Output, Failed> {
         let mut child = self.child.take().ok_or("not running")?;
+        let output = self.output.take().ok_or("not running")?;
         let deadline = Instant::now() + Duration::from_secs(30);
-        while child.try_wait()?.is_none() {
+        loop {
+            if let Some(status) = child.try_wait()? {
+                return Ok(output.collect(status));
+            }
             if Instant::now() > deadline {
                 let _ = child.kill();
-                let out = child.wait_with_output()?;
+                let out = output.collect(child.wait()?);
                 return Err(format!(
                     "serve did not exit within 30 s: {}",
                     String::from_utf8_lossy(&out.stderr)
@@ -137,7 +177,6 @@ impl Serve {
             }
             std::thread::sleep(Duration::from_millis(50));
         }
-        Ok(child.wait_with_output()?)
     }
 }
 
@@ -167,16 +206,32 @@ pub(crate) fn http_get_raw(
     path: &str,
     headers: &[(&str, &str)],
 ) -> Result<String, Failed> {
+    let response = http_raw(addr, "GET", path, headers, b"")?;
+    Ok(String::from_utf8_lossy(&response).into_owned())
+}
+
+/// A minimal HTTP/1.0 request: the whole response, head and body.
+pub(crate) fn http_raw(
+    addr: &str,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> Result<Vec<u8>, Failed> {
     let mut stream = TcpStream::connect(addr)?;
-    stream.set_read_timeout(Some(Duration::from_secs(5)))?;
-    let mut request = format!("GET {path} HTTP/1.0\r\nHost: {addr}\r\n");
+    stream.set_read_timeout(Some(Duration::from_secs(30)))?;
+    let mut request = format!("{method} {path} HTTP/1.0\r\nHost: {addr}\r\n");
     for (name, value) in headers {
         request.push_str(&format!("{name}: {value}\r\n"));
     }
+    if !body.is_empty() {
+        request.push_str(&format!("Content-Length: {}\r\n", body.len()));
+    }
     request.push_str("\r\n");
     stream.write_all(request.as_bytes())?;
-    let mut response = String::new();
-    stream.read_to_string(&mut response)?;
+    stream.write_all(body)?;
+    let mut response = Vec::new();
+    stream.read_to_end(&mut response)?;
     Ok(response)
 }
 

@@ -114,12 +114,15 @@ pub(crate) async fn read(
 }
 
 /// Read frames until the end, refusing past `max` bytes.
-async fn collect(mut body: Body, max: usize, into: &mut impl Destination) -> Result<Bytes, Rejection> {
+async fn collect(
+    mut body: Body,
+    max: usize,
+    into: &mut impl Destination,
+) -> Result<Bytes, Rejection> {
     let mut buf = bytes::BytesMut::new();
     while let Some(frame) = body.frame().await {
-        let frame = frame.map_err(|e| {
-            Rejection::bad_request(format!("could not read the request body: {e}"))
-        })?;
+        let frame = frame
+            .map_err(|e| Rejection::bad_request(format!("could not read the request body: {e}")))?;
         if let Ok(data) = frame.into_data() {
             if buf.len() + data.len() > max {
                 return Err(too_large(max, "as sent"));
@@ -147,9 +150,9 @@ pub(crate) fn gunzip(
     loop {
         let start = out.len();
         out.resize(start + CHUNK, 0);
-        let n = decoder.read(&mut out[start..]).map_err(|e| {
-            Rejection::bad_request(format!("the body is not valid gzip: {e}"))
-        })?;
+        let n = decoder
+            .read(&mut out[start..])
+            .map_err(|e| Rejection::bad_request(format!("the body is not valid gzip: {e}")))?;
         out.truncate(start + n);
         if n == 0 {
             break;
@@ -199,7 +202,10 @@ mod tests {
     #[test]
     fn gzip_within_the_cap_is_decompressed() {
         let data = b"{\"message\":\"hi\"}\n".repeat(100);
-        assert_eq!(&gunzip(&gzip(&data), data.len(), &mut held()).unwrap()[..], &data[..]);
+        assert_eq!(
+            &gunzip(&gzip(&data), data.len(), &mut held()).unwrap()[..],
+            &data[..]
+        );
         let two = [gzip(b"a\n"), gzip(b"b\n")].concat();
         assert_eq!(&gunzip(&two, 100, &mut held()).unwrap()[..], b"a\nb\n");
     }
@@ -285,8 +291,9 @@ mod tests {
     async fn a_body_that_stops_coming_is_a_408() {
         // One chunk, then nothing: a client that stalled mid-body.
         use futures_util::StreamExt;
-        let stalled = futures_util::stream::iter([Ok::<_, std::io::Error>(bytes::Bytes::from("{"))])
-            .chain(futures_util::stream::pending());
+        let stalled =
+            futures_util::stream::iter([Ok::<_, std::io::Error>(bytes::Bytes::from("{"))])
+                .chain(futures_util::stream::pending());
         let err = read(
             &HeaderMap::new(),
             Body::from_stream(stalled),
@@ -297,6 +304,10 @@ mod tests {
         .await
         .unwrap_err();
         assert_eq!(err.status, StatusCode::REQUEST_TIMEOUT);
-        assert!(err.message.contains("--body-read-timeout"), "{}", err.message);
+        assert!(
+            err.message.contains("--body-read-timeout"),
+            "{}",
+            err.message
+        );
     }
 }

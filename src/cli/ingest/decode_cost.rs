@@ -235,7 +235,11 @@ mod tests {
         let empty = request(100_000, 0).encode_to_vec();
         let cost = otlp_protobuf(&empty).unwrap();
         assert_eq!(cost.records, 100_000);
-        assert!(cost.decoded_bytes > 100 * empty.len(), "{cost:?} for {} bytes", empty.len());
+        assert!(
+            cost.decoded_bytes > 100 * empty.len(),
+            "{cost:?} for {} bytes",
+            empty.len()
+        );
     }
 
     #[test]

@@ -21,9 +21,9 @@
 mod api_keys;
 mod body;
 
+mod decode_cost;
 mod ndjson;
 mod otlp;
-mod decode_cost;
 mod otlp_json;
 mod timestamp;
 
@@ -45,7 +45,6 @@ pub(crate) use body::BodyLimits;
 pub(crate) const DEFAULT_MAX_BODY: &str = "16MiB";
 /// Default `--max-records-per-request`.
 pub(crate) const DEFAULT_MAX_RECORDS: usize = 100_000;
-
 
 /// What `Retry-After` says when the sink cannot take records.
 const RETRY_AFTER_SECS: u64 = 5;
@@ -347,7 +346,11 @@ impl<'a> Handover<'a> {
                 self.held += bytes as u64;
                 Ok(())
             }
-            Err(e) if e.is_closed() => Ok(()),
+            Err(e) if e.is_closed() => {
+                // The batch gave back all it held.
+                self.held = 0;
+                Ok(())
+            }
             Err(e) => Err(self.refused(&e, before + bytes as u64)),
         }
     }
@@ -370,7 +373,7 @@ impl<'a> Handover<'a> {
             Err(e) => {
                 // What the whole request would hold, at the same cost per
                 // record as the records so far.
-                let per_record = (before - self.held) / (self.pushed as u64).max(1);
+                let per_record = before.saturating_sub(self.held) / (self.pushed as u64).max(1);
                 let left = self.expected.unwrap_or(0).saturating_sub(self.pushed) as u64;
                 Err(self.refused(&e, before + per_record * left))
             }

@@ -21,8 +21,8 @@ use pglogsink::{Level, Record};
 use serde_json::{Map, Value};
 
 use super::{
-    body, check_records, decode_cost, level_from_name, timestamp, Destination, Handover, IngestState, Rejection,
-    LEVEL_NAMES,
+    body, check_records, decode_cost, level_from_name, timestamp, Destination, Handover,
+    IngestState, Rejection, LEVEL_NAMES,
 };
 
 /// The media types taken (Fluent Bit's `json_lines` says application/json).

@@ -35,7 +35,8 @@ use prost::Message;
 use serde_json::Value;
 
 use super::{
-    body, check_records, decode_cost, level_from_name, Destination, Handover, IngestState, Rejection,
+    body, check_records, decode_cost, level_from_name, Destination, Handover, IngestState,
+    Rejection,
 };
 
 const PROTOBUF: &str = "application/x-protobuf";

@@ -95,9 +95,11 @@ impl Maintenance {
     /// (SQLSTATE 42501: run maintenance as the table's owner).
     pub async fn run(&self, pool: &Pool, table: &TableName) -> Result<MaintenanceReport, Error> {
         let context = format!("maintaining table {table}");
-        let mut client = connection(pool, &context).await?;
+        let mut client = Checkout(Some(connection(pool, &context).await?));
         let lock = lock_key(table);
-        self.run_on(&mut client, table, lock, &context).await
+        let outcome = self.run_on(client.object(), table, lock, &context).await;
+        client.give_back();
+        outcome
     }
 
     async fn run_on(
@@ -418,6 +420,37 @@ async fn build_search_indexes(
         report.search_indexed.push(partition.name.to_string());
     }
     Ok(())
+}
+
+/// A run's connection, given back to the pool only when the run ends.
+///
+/// A run dropped midway (`serve` stopping cancels its maintenance) may
+/// leave a statement running on the server: a `CREATE INDEX CONCURRENTLY`
+/// waits for every older transaction to end. Given back, that busy
+/// connection would make its next user (the sink draining its queue at
+/// shutdown) wait behind the statement; so it is taken out of the pool and
+/// closed instead.
+struct Checkout(Option<Object>);
+
+impl Checkout {
+    fn object(&mut self) -> &mut Object {
+        self.0
+            .as_mut()
+            .expect("the connection is held until the run ends")
+    }
+
+    /// The run ended: the connection is idle and goes back to the pool.
+    fn give_back(mut self) {
+        drop(self.0.take());
+    }
+}
+
+impl Drop for Checkout {
+    fn drop(&mut self) {
+        if let Some(object) = self.0.take() {
+            drop(Object::take(object));
+        }
+    }
 }
 
 /// Applies one change at a time, each a short transaction of its own.

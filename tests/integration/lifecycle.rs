@@ -32,6 +32,10 @@ pub fn trials() -> Vec<Trial> {
             search_index,
         ),
         async_trial(
+            "lifecycle::maintenance_stopped_inside_create_index_concurrently_closes_its_connection",
+            stopped_inside_create_index,
+        ),
+        async_trial(
             "lifecycle::records_from_skewed_clocks_are_stored",
             skewed_clocks,
         ),
@@ -311,6 +315,58 @@ async fn search_index() -> Result<(), Failed> {
         .await?;
     check(rows.len() == 100, || {
         format!("{} rows for day 2", rows.len())
+    })
+}
+
+/// `serve` stopping drops its maintenance run; one dropped while its
+/// `CREATE INDEX CONCURRENTLY` waits must not hand that busy connection to
+/// the next user of the pool (the sink, draining).
+async fn stopped_inside_create_index() -> Result<(), Failed> {
+    let pool = pglogsink::pool(config()?, 1)?;
+    let watcher = crate::common::pool()?;
+    let table = fresh_table("cic");
+    pglogsink::migrate(&pool, &table).await?;
+    pool.get()
+        .await?
+        .batch_execute(&noon_rows(&table, 1, 100))
+        .await?;
+    Maintenance::default().run(&pool, &table).await?;
+    // A snapshot held open: the index build waits for it to end.
+    let mut holder = watcher.get().await?;
+    let snapshot = holder
+        .build_transaction()
+        .isolation_level(tokio_postgres::IsolationLevel::RepeatableRead)
+        .start()
+        .await?;
+    snapshot.batch_execute("SELECT 1").await?;
+    let maintenance = Maintenance {
+        search_index: true,
+        ..Maintenance::default()
+    };
+    let run = maintenance.run(&pool, &table);
+    let building = async {
+        let sql = "SELECT count(*) FROM pg_stat_activity \
+                   WHERE state = 'active' AND query LIKE 'CREATE INDEX CONCURRENTLY%'";
+        while scalar(&watcher, sql).await? == 0 {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        Ok::<(), Failed>(())
+    };
+    tokio::select! {
+        outcome = run => return Err(format!("the run ended on its own: {outcome:?}").into()),
+        waited = tokio::time::timeout(Duration::from_secs(30), building) => {
+            waited.map_err(|_| "the index build never started")??;
+        }
+    }
+    // The run is dropped here, mid-statement. The pool's one connection
+    // answers at once: the busy one was not given back.
+    let answered = tokio::time::timeout(Duration::from_secs(5), async {
+        scalar(&pool, "SELECT 1::int8").await
+    })
+    .await;
+    snapshot.rollback().await?;
+    check(matches!(answered, Ok(Ok(1))), || {
+        format!("the pool's connection did not answer within 5 s: {answered:?}")
     })
 }
 

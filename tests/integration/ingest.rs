@@ -676,6 +676,15 @@ fn refused_requests_write_nothing() -> Result<(), Failed> {
     )
 }
 
+/// `google.rpc.Status`, the body of an OTLP/HTTP error.
+#[derive(Clone, PartialEq, prost::Message)]
+struct RpcStatus {
+    #[prost(int32, tag = "1")]
+    code: i32,
+    #[prost(string, tag = "2")]
+    message: String,
+}
+
 fn api_keys() -> Result<(), Failed> {
     let dir = scratch_dir("keys")?;
     let file = dir.join("keys");
@@ -713,8 +722,24 @@ fn api_keys() -> Result<(), Failed> {
         401,
         "wrong key",
     )?;
+    // OTLP's 401 comes in the request's encoding, as every OTLP answer.
     let reply = server.post("/v1/logs", &[OTLP_JSON], FIXTURE.as_bytes())?;
-    expect_status(&reply, 401, "otlp without key")?;
+    expect_status(&reply, 401, "otlp json without key")?;
+    check(
+        reply.json()["code"] == 16 && reply.header("www-authenticate").is_some(),
+        || format!("{:?} {}", reply.headers, reply.text()),
+    )?;
+    let proto = protobuf_export("refused without key", 1_764_756_900_000_000_000);
+    let reply = server.post("/v1/logs", &[OTLP_PROTOBUF], &proto)?;
+    expect_status(&reply, 401, "otlp protobuf without key")?;
+    let status = RpcStatus::decode(&reply.body[..]);
+    check(
+        reply.header("content-type") == Some("application/x-protobuf")
+            && status
+                .as_ref()
+                .is_ok_and(|s| s.code == 16 && s.message.contains("API key")),
+        || format!("{:?} {status:?}", reply.headers),
+    )?;
     expect_status(&server.get("/healthz")?, 200, "probes need no key")?;
     // The viewer takes the same keys; a browser is asked with Basic auth.
     for path in ["/", "/api/logs?limit=1"] {

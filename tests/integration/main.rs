@@ -12,6 +12,7 @@ mod embedded_supervise;
 mod faults;
 mod ingest;
 mod ingest_otel;
+mod ingest_otlp_json;
 mod layer;
 mod lifecycle;
 mod limits;
@@ -38,6 +39,7 @@ fn main() {
     trials.extend(tls::trials());
     trials.extend(ingest::trials());
     trials.extend(ingest_otel::trials());
+    trials.extend(ingest_otlp_json::trials());
     trials.extend(viewer::trials());
     let conclusion = libtest_mimic::run(&args, trials);
     common::shutdown();

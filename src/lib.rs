@@ -72,7 +72,9 @@ pub use error::{describe, Error, ErrorKind};
 #[cfg(feature = "tracing-layer")]
 pub use layer::PgLogLayer;
 pub use logger::{Logger, SendError};
-pub use maintain::{DroppedPartition, Maintenance, MaintenanceReport, DEFAULT_PREMAKE};
+pub use maintain::{
+    DroppedPartition, Maintenance, MaintenanceReport, DEFAULT_MAX_AGE, DEFAULT_PREMAKE,
+};
 pub use partitions::PartitionInterval;
 pub use record::{Fields, Level, ParseLevelError, Record};
 pub use report::{FatalError, Report};

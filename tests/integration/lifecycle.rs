@@ -51,6 +51,10 @@ pub fn trials() -> Vec<Trial> {
             "lifecycle::follow_sees_rows_committed_out_of_id_order",
             follow_out_of_order,
         ),
+        async_trial(
+            "lifecycle::follow_shows_a_long_writers_rows_once_it_commits_and_others_meanwhile",
+            follow_long_writer,
+        ),
         Trial::test(
             "lifecycle::serve_as_an_insert_only_role_and_maintain_as_the_owner",
             least_privilege,
@@ -741,4 +745,78 @@ fn least_privilege() -> Result<(), Failed> {
         .await?;
         check(rows == 5, || format!("{rows} request rows"))
     })
+}
+
+/// A writer holding rows (one in a subtransaction) uncommitted across many
+/// polls while other transactions commit 30,000 rows: those are shown as
+/// they commit, the writer's once it commits, none twice; and what the
+/// follower tracks stays one entry for it.
+async fn follow_long_writer() -> Result<(), Failed> {
+    let pool = pool()?;
+    let table = fresh_table("folw");
+    pglogsink::migrate(&pool, &table).await?;
+    let insert = |message: &str| {
+        format!(
+            "INSERT INTO {} (\"timestamp\", level, target, message) VALUES (now(), 'info', 't', '{message}')",
+            table.quoted()
+        )
+    };
+    let mut reader_client = pool.get().await?;
+    let reader = Reader::new(table.clone());
+    let (_, mut follower) = reader
+        .follow(&mut reader_client, &Filter::default(), 10)
+        .await?;
+    let mut long = pool.get().await?;
+    let long_tx = long.transaction().await?;
+    long_tx
+        .batch_execute(&format!(
+            "{}; SAVEPOINT s; {}; RELEASE s",
+            insert("long first"),
+            insert("long in a savepoint")
+        ))
+        .await?;
+    let mut shown = Vec::new();
+    for batch in 0..30 {
+        pool.get()
+            .await?
+            .batch_execute(&format!(
+                "INSERT INTO {} (\"timestamp\", level, target, message) \
+                 SELECT now(), 'info', 't', 'other ' || {batch} || '.' || i FROM generate_series(1, 1000) i",
+                table.quoted()
+            ))
+            .await?;
+        shown.extend(follower.poll(&mut reader_client).await?);
+    }
+    for _ in 0..5 {
+        shown.extend(follower.poll(&mut reader_client).await?);
+    }
+    let others = shown
+        .iter()
+        .filter(|r| r.message.starts_with("other"))
+        .count();
+    check(others == 30_000 && shown.len() == 30_000, || {
+        format!("{others} other rows of 30000 shown, {} in all", shown.len())
+    })?;
+    long_tx.commit().await?;
+    for _ in 0..3 {
+        shown.extend(follower.poll(&mut reader_client).await?);
+    }
+    let long_rows: Vec<&str> = shown
+        .iter()
+        .filter(|r| r.message.starts_with("long"))
+        .map(|r| r.message.as_str())
+        .collect();
+    let mut ids: Vec<i64> = shown.iter().map(|r| r.id).collect();
+    ids.sort_unstable();
+    ids.dedup();
+    check(
+        long_rows == ["long first", "long in a savepoint"] && ids.len() == shown.len(),
+        || {
+            format!(
+                "the long writer's rows: {long_rows:?}; {} shown, {} distinct",
+                shown.len(),
+                ids.len()
+            )
+        },
+    )
 }

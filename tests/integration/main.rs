@@ -10,6 +10,7 @@ mod common;
 mod embedded;
 mod embedded_supervise;
 mod faults;
+mod follow;
 mod ingest;
 mod ingest_otel;
 mod ingest_otlp_json;
@@ -33,6 +34,7 @@ fn main() {
     trials.extend(embedded_supervise::trials());
     trials.extend(layer::trials());
     trials.extend(logs::trials());
+    trials.extend(follow::trials());
     trials.extend(lifecycle::trials());
     trials.extend(limits::trials());
     trials.extend(pooler::trials());

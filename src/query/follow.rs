@@ -143,29 +143,32 @@ impl Reader {
         filter: &Filter,
         limit: i64,
     ) -> Result<(Vec<LogRow>, Follower), tokio_postgres::Error> {
+        // Every id up to `start` was taken by one of `writing` or by a
+        // transaction that had ended.
+        let start = last_id(client, self).await?;
+        let writing = writers(client, self).await?;
         let deadline = std::time::Instant::now() + START_WAIT;
-        loop {
-            let last_id = last_id(client, self).await?;
-            let writing = writers(client, self).await?;
-            if writing.is_empty() || std::time::Instant::now() >= deadline {
-                let tx = self.begin(client).await?;
-                let mut newest = self.newest_in(&tx, filter, limit, None).await?;
-                tx.commit().await?;
-                // Committed since the sequence was read: the first poll
-                // returns them.
-                newest.retain(|row| row.id <= last_id);
-                let follower = Follower {
-                    reader: self.clone(),
-                    filter: filter.clone(),
-                    cursor: last_id,
-                    waiting: Vec::new(),
-                    shown: Vec::new(),
-                    behind: false,
-                };
-                return Ok((newest, follower));
+        while std::time::Instant::now() < deadline {
+            let now = writers(client, self).await?;
+            if !writing.iter().any(|w| now.iter().any(|n| n.vxid == w.vxid)) {
+                break;
             }
             tokio::time::sleep(std::time::Duration::from_millis(10)).await;
         }
+        let tx = self.begin(client).await?;
+        let mut newest = self.newest_in(&tx, filter, limit, None).await?;
+        tx.commit().await?;
+        // Above `start`: the first poll returns them.
+        newest.retain(|row| row.id <= start);
+        let follower = Follower {
+            reader: self.clone(),
+            filter: filter.clone(),
+            cursor: start,
+            waiting: Vec::new(),
+            shown: Vec::new(),
+            behind: false,
+        };
+        Ok((newest, follower))
     }
 }
 

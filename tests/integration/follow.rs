@@ -12,11 +12,10 @@ use std::process::{Child, Command, Stdio};
 use std::sync::mpsc::{self, Receiver};
 use std::time::{Duration, Instant};
 
-use futures_util::SinkExt;
 use libtest_mimic::{Failed, Trial};
 use pglogsink::TableName;
 
-use crate::common::{async_trial, check, fresh_table, pool, url};
+use crate::common::{async_trial, check, copy_lines, fresh_table, pool, url};
 use crate::service::{Serve, BIN};
 
 /// Rows written behind the open transaction.
@@ -196,18 +195,8 @@ async fn copy_rows(
 ) -> Result<(), Failed> {
     let mut client = pool.get().await?;
     let tx = client.transaction().await?;
-    let sink = tx
-        .copy_in::<_, bytes::Bytes>(&format!(
-            "COPY {} (\"timestamp\", level, target, message) FROM STDIN",
-            table.quoted()
-        ))
-        .await?;
-    futures_util::pin_mut!(sink);
-    sink.send(bytes::Bytes::from(
-        "now\tinfo\tbehind\tbehind an open transaction\n".repeat(rows),
-    ))
-    .await?;
-    sink.as_mut().finish().await?;
+    let line = "now\tinfo\tbehind\tbehind an open transaction";
+    copy_lines(&tx, table, line, rows).await?;
     tx.commit().await?;
     Ok(())
 }

@@ -5,14 +5,13 @@
 
 use std::time::{Duration, Instant};
 
-use futures_util::SinkExt;
 use libtest_mimic::{Failed, Trial};
 use pglogsink::deadpool_postgres::Pool;
 use pglogsink::query::{Filter, Reader};
 use pglogsink::tokio_postgres;
 use pglogsink::{CancellationToken, Level, Maintenance, Record, SinkConfig, TableName};
 
-use crate::common::{async_trial, check, config, fresh_table, pool};
+use crate::common::{async_trial, check, config, copy_lines, fresh_table, insert_one, pool};
 use crate::service::{http_get, Serve, BIN};
 
 const DAY: Duration = Duration::from_secs(86_400);
@@ -114,16 +113,7 @@ async fn copy_now(
 ) -> Result<(), tokio_postgres::Error> {
     let tx = client.transaction().await?;
     tx.batch_execute("SET LOCAL lock_timeout = '100ms'").await?;
-    let sink = tx
-        .copy_in::<_, bytes::Bytes>(&format!(
-            "COPY {} (\"timestamp\", level, target, message) FROM STDIN",
-            table.quoted()
-        ))
-        .await?;
-    futures_util::pin_mut!(sink);
-    let data = "now\tinfo\twriter\tcopy stream\n".repeat(rows);
-    sink.send(bytes::Bytes::from(data)).await?;
-    sink.as_mut().finish().await?;
+    copy_lines(&tx, table, "now\tinfo\twriter\tcopy stream", rows).await?;
     tx.commit().await
 }
 
@@ -616,12 +606,7 @@ async fn follow_out_of_order() -> Result<(), Failed> {
     let pool = pool()?;
     let table = fresh_table("fol");
     pglogsink::migrate(&pool, &table).await?;
-    let insert = |message: &str| {
-        format!(
-            "INSERT INTO {} (\"timestamp\", level, target, message) VALUES (now(), 'info', 't', '{message}')",
-            table.quoted()
-        )
-    };
+    let insert = |message: &str| insert_one(&table, message);
     let mut reader_client = pool.get().await?;
     let reader = Reader::new(table.clone());
     pool.get().await?.batch_execute(&insert("before")).await?;
@@ -755,12 +740,7 @@ async fn follow_long_writer() -> Result<(), Failed> {
     let pool = pool()?;
     let table = fresh_table("folw");
     pglogsink::migrate(&pool, &table).await?;
-    let insert = |message: &str| {
-        format!(
-            "INSERT INTO {} (\"timestamp\", level, target, message) VALUES (now(), 'info', 't', '{message}')",
-            table.quoted()
-        )
-    };
+    let insert = |message: &str| insert_one(&table, message);
     let mut reader_client = pool.get().await?;
     let reader = Reader::new(table.clone());
     let (_, mut follower) = reader

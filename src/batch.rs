@@ -17,11 +17,11 @@ use crate::stats::Shared;
 pub(crate) struct EncodedBatch {
     pub(crate) key: BatchKey,
     pub(crate) data: Bytes,
-    pub(crate) offsets: Vec<u32>,
+    pub(crate) offsets: Vec<usize>,
 }
 
 impl EncodedBatch {
-    pub(crate) fn new(key: BatchKey, data: Bytes, offsets: Vec<u32>) -> EncodedBatch {
+    pub(crate) fn new(key: BatchKey, data: Bytes, offsets: Vec<usize>) -> EncodedBatch {
         EncodedBatch { key, data, offsets }
     }
 
@@ -40,11 +40,11 @@ impl EncodedBatch {
 
     /// Bytes of rows `range`.
     pub(crate) fn byte_range(&self, range: Range<usize>) -> Range<usize> {
-        let start = self.offsets[range.start] as usize;
+        let start = self.offsets[range.start];
         let end = self
             .offsets
             .get(range.end)
-            .map_or(self.data.len() - 2, |&o| o as usize);
+            .map_or(self.data.len() - 2, |&o| o);
         start..end
     }
 
@@ -61,7 +61,7 @@ impl EncodedBatch {
         let data = copy_stream_of(&self.data, bytes);
         let offsets = self.offsets[range.clone()]
             .iter()
-            .map(|&o| o - shift as u32)
+            .map(|&o| o - shift)
             .collect();
         EncodedBatch {
             key: BatchKey {
@@ -105,7 +105,7 @@ mod tests {
         let records: Vec<Record> = (0..5)
             .map(|i| Record::new(Level::Info, format!("m{i}")))
             .collect();
-        let shared = Arc::new(Shared::default());
+        let shared = Arc::new(Shared::new(crate::DEFAULT_MAX_QUEUE_BYTES));
         let mut encoder = BatchEncoder::new(CopyEncoder::new(1 << 20), KeySource::new(1), shared);
         let batch = encoder.encode(&records);
         let right = batch.sub_batch(2..5);

@@ -6,13 +6,15 @@
 //! write hangs on a lock or a dead network path.
 //!
 //! Delivery (retry, bisection, fatal stops) is in [`crate::delivery`]; the
-//! budget, the spool and replay are in [`crate::spill`].
+//! budget's decisions, the spool and replay are in [`crate::spill`]; the
+//! queue's byte count in [`crate::queue_budget`].
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use futures_util::stream::{FuturesUnordered, StreamExt};
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::batch::{BatchEncoder, EncodedBatch};
@@ -20,6 +22,7 @@ use crate::config::SinkConfig;
 use crate::copy_format::CopyEncoder;
 use crate::delivery::{Delivery, Source, Stop};
 use crate::ledger::{random_instance, KeySource};
+use crate::queue_budget::QueueReader;
 use crate::record::{unix_micros, Record};
 use crate::rejected::DeadLetter;
 use crate::report::Report;
@@ -28,9 +31,18 @@ use crate::spool::Spool;
 use crate::stats::Shared;
 use crate::writer::Writer;
 
-/// How often the queue's size is looked at while a batch is being
-/// delivered (written, retried, or waiting to be).
+/// How often the queue's budget is looked at while a batch is being
+/// delivered (written, retried, or waiting to be), besides when the queue
+/// passes it.
 const BUDGET_CHECK: Duration = Duration::from_millis(50);
+/// How long a batch may be in flight with none ending before the database
+/// counts as not keeping up, and the queue may move to the spool: a write
+/// of a full batch takes tens of milliseconds here.
+const STALLED_AFTER: Duration = Duration::from_secs(1);
+/// How long the last drain waits for a record whose producer was admitted
+/// just before the queue closed (it is enqueuing; this never runs out in
+/// practice).
+const LAST_DRAIN_PATIENCE: Duration = Duration::from_secs(5);
 /// How often old ledger rows are deleted.
 const PRUNE_EVERY: Duration = Duration::from_secs(600);
 
@@ -55,11 +67,11 @@ pub(crate) struct Consumer<W> {
 
 /// The queue's side: taking records, encoding them, keeping the budget.
 struct Intake {
-    rx: flume::Receiver<Record>,
+    reader: QueueReader,
     stop: CancellationToken,
-    batch_size: usize,
     encoder: BatchEncoder,
     spill: Spill,
+    progress: Progress,
     shared: Arc<Shared>,
 }
 
@@ -96,15 +108,15 @@ impl<W: Writer> Consumer<W> {
             dead_letter: spool.as_ref().map(|s| DeadLetter::in_dir(s.dir())),
         };
         let intake = Intake {
-            rx,
+            reader: QueueReader::new(rx, shared.queue.clone(), config.batch_size),
             stop: tokens.stop,
-            batch_size: config.batch_size,
             encoder: BatchEncoder::new(
                 CopyEncoder::new(config.max_record_bytes),
                 keys,
                 shared.clone(),
             ),
-            spill: Spill::new(spool, config.max_queue_bytes, shared.clone()),
+            spill: Spill::new(spool, shared.clone()),
+            progress: Progress::default(),
             shared,
         };
         Consumer {
@@ -117,7 +129,6 @@ impl<W: Writer> Consumer<W> {
     }
 
     pub(crate) async fn run(mut self) -> Report {
-        let mut records = Vec::with_capacity(self.intake.batch_size);
         loop {
             if let Some(segment) = self.intake.spill.next_segment() {
                 match self.replay(segment).await {
@@ -125,17 +136,24 @@ impl<W: Writer> Consumer<W> {
                     Err(_stopped) => break,
                 }
             }
-            match self.write_from_queue(&mut records).await {
+            match self.write_from_queue().await {
                 Flow::Replay => continue,
                 Flow::Drained | Flow::Stopped => break,
             }
         }
-        // Drained, or stopped (fatal error, deadline): whatever is still
-        // queued goes to the spool or is counted lost, and later sends fail.
+        // Drained, or stopped (fatal error, deadline): the queue closes, and
+        // whatever is still in it, or on its way in, goes to the spool or
+        // is counted lost.
         let intake = &mut self.intake;
+        let mut spilled = 0;
         intake
-            .spill
-            .spill_everything(&intake.rx, &mut intake.encoder, intake.batch_size);
+            .reader
+            .drain_closed(LAST_DRAIN_PATIENCE, |records| {
+                spilled += records.len() as u64;
+                intake.spill.spill_batch(&records, &mut intake.encoder);
+            })
+            .await;
+        intake.spill.spilled_at_the_end(spilled);
         intake.shared.retrying.store(false, Ordering::Relaxed);
         Report::from_shared(
             &intake.shared,
@@ -149,7 +167,7 @@ impl<W: Writer> Consumer<W> {
     /// queue is drained after a shutdown request, when delivery stops, or
     /// when the spool holds batches to replay first; in each case only once
     /// every batch in flight has ended.
-    async fn write_from_queue(&mut self, records: &mut Vec<Record>) -> Flow {
+    async fn write_from_queue(&mut self) -> Flow {
         let Consumer {
             intake,
             delivery,
@@ -158,6 +176,7 @@ impl<W: Writer> Consumer<W> {
             last_prune,
         } = self;
         let delivery = &*delivery;
+        let queue = intake.shared.queue.clone();
         let mut in_flight = FuturesUnordered::new();
         // Ledger pruning runs beside the writes, never instead of polling
         // them: behind a pooler with few server connections, a prune
@@ -179,6 +198,7 @@ impl<W: Writer> Consumer<W> {
                     if let Some(at) = firsts.iter().position(|&f| f == first) {
                         firsts.swap_remove(at);
                     }
+                    intake.progress.ended();
                     intake.note_oldest(&firsts);
                     // Also as the queue drains: a full sink takes records again.
                     intake.keep_budget();
@@ -191,14 +211,15 @@ impl<W: Writer> Consumer<W> {
                     }
                 }
                 Some(()) = upkeep.next() => {}
+                () = queue.passed_budget() => intake.keep_budget(),
                 _ = check.tick() => intake.keep_budget(),
-                more = intake.next_batch(records), if may_take => {
-                    if !more {
+                batch = intake.next_batch(), if may_take => {
+                    let Some((first, batch)) = batch else {
                         drained = true;
                         continue;
-                    }
-                    let (first, batch) = intake.take(records);
+                    };
                     firsts.push(first);
+                    intake.progress.started();
                     intake.note_oldest(&firsts);
                     in_flight.push(async move {
                         (first, delivery.deliver(batch, Source::Queue).await)
@@ -216,8 +237,10 @@ impl<W: Writer> Consumer<W> {
     /// Replay a spooled segment batch by batch, one at a time (the segment
     /// goes once all are delivered), keeping the queue within its budget.
     async fn replay(&mut self, mut segment: crate::spool::Segment) -> Result<(), Stop> {
+        let queue = self.intake.shared.queue.clone();
         let mut check = budget_check();
         for batch in std::mem::take(&mut segment.batches) {
+            self.intake.progress.started();
             let outcome = {
                 let delivery = self.delivery.deliver(batch, Source::Spool);
                 tokio::pin!(delivery);
@@ -225,10 +248,12 @@ impl<W: Writer> Consumer<W> {
                     tokio::select! {
                         biased;
                         outcome = &mut delivery => break outcome,
+                        () = queue.passed_budget() => self.intake.keep_budget(),
                         _ = check.tick() => self.intake.keep_budget(),
                     }
                 }
             };
+            self.intake.progress.ended();
             // A spooled batch that was not written is still on disk.
             outcome.map_err(|left| left.why)?;
         }
@@ -244,36 +269,54 @@ fn budget_check() -> tokio::time::Interval {
     check
 }
 
-impl Intake {
-    /// Fill `records` with the next records: wait for the first, then take
-    /// what is already queued. False when there is nothing more to do.
-    async fn next_batch(&self, records: &mut Vec<Record>) -> bool {
-        let first = if self.stop.is_cancelled() {
-            self.rx.try_recv().ok()
-        } else {
-            tokio::select! {
-                biased;
-                received = self.rx.recv_async() => received.ok(),
-                _ = self.stop.cancelled() => self.rx.try_recv().ok(),
-            }
-        };
-        let Some(first) = first else {
-            return false;
-        };
-        records.push(first);
-        records.extend(self.rx.try_iter().take(self.batch_size - 1));
-        true
+/// Whether the database keeps up: batches in flight, and when one last
+/// started on an idle sink or ended.
+#[derive(Debug)]
+struct Progress {
+    in_flight: usize,
+    since: Instant,
+}
+
+impl Default for Progress {
+    fn default() -> Progress {
+        Progress {
+            in_flight: 0,
+            since: Instant::now(),
+        }
+    }
+}
+
+impl Progress {
+    fn started(&mut self) {
+        if self.in_flight == 0 {
+            self.since = Instant::now();
+        }
+        self.in_flight += 1;
     }
 
-    /// Count the records taken, learn their size, encode them; with when
-    /// the first was logged.
-    fn take(&mut self, records: &mut Vec<Record>) -> (i64, EncodedBatch) {
+    fn ended(&mut self) {
+        self.in_flight = self.in_flight.saturating_sub(1);
+        self.since = Instant::now();
+    }
+
+    /// True when an error is being retried, or batches are in flight and
+    /// none has ended for [`STALLED_AFTER`].
+    fn stalled(&self, retrying: bool) -> bool {
+        retrying || (self.in_flight > 0 && self.since.elapsed() >= STALLED_AFTER)
+    }
+}
+
+impl Intake {
+    /// The next batch: wait for a record, then take what is already queued;
+    /// counted, encoded, with when its first record was logged. `None`
+    /// when there is nothing more to do.
+    async fn next_batch(&mut self) -> Option<(i64, EncodedBatch)> {
+        let first = self.reader.first(&self.stop).await?;
+        let mut records = vec![first];
+        self.reader.take_batch(&mut records);
         Shared::add(&self.shared.received, records.len() as u64);
         let first = unix_micros(records[0].timestamp);
-        self.spill.observe(records);
-        let batch = self.encoder.encode(records);
-        records.clear();
-        (first, batch)
+        Some((first, self.encoder.encode(&records)))
     }
 
     /// The age gauge follows the oldest batch still in flight.
@@ -285,8 +328,11 @@ impl Intake {
     }
 
     fn keep_budget(&mut self) {
+        let stalled = self
+            .progress
+            .stalled(self.shared.retrying.load(Ordering::Relaxed));
         self.spill
-            .keep_budget(&self.rx, &mut self.encoder, self.batch_size);
+            .keep_budget(&self.reader, &mut self.encoder, stalled);
     }
 }
 
@@ -320,6 +366,11 @@ mod tests {
     #[derive(Default)]
     struct Db {
         answers: VecDeque<Answer>,
+        /// How long each write takes (a slow but healthy database).
+        write_time: Option<Duration>,
+        /// Storing a refused row, and pruning the ledger, never end.
+        rejected_hangs: bool,
+        prune_hangs: bool,
         /// Messages whose rows the fake refuses (SQLSTATE 22P02).
         poison: HashSet<String>,
         rejected_table_fails: bool,
@@ -348,7 +399,13 @@ mod tests {
 
     impl Writer for Fake {
         async fn write(&self, batch: &EncodedBatch) -> Result<Committed, WriteError> {
-            let answer = self.db.lock().unwrap().answers.pop_front();
+            let (answer, write_time) = {
+                let mut db = self.db.lock().unwrap();
+                (db.answers.pop_front(), db.write_time)
+            };
+            if let Some(time) = write_time {
+                tokio::time::sleep(time).await;
+            }
             match answer {
                 Some(Answer::Transient) => {
                     return Err(WriteError::TimedOut(Duration::from_secs(1)))
@@ -377,6 +434,9 @@ mod tests {
         }
 
         async fn store_rejected(&self, row: &RejectedRow) -> Result<(), WriteError> {
+            if self.db.lock().unwrap().rejected_hangs {
+                std::future::pending::<()>().await;
+            }
             let mut db = self.db.lock().unwrap();
             if db.rejected_table_fails {
                 return Err(WriteError::Server("42P01"));
@@ -387,6 +447,9 @@ mod tests {
         }
 
         async fn prune_ledger(&self, _retention: Duration) -> Result<u64, WriteError> {
+            if self.db.lock().unwrap().prune_hangs {
+                std::future::pending::<()>().await;
+            }
             Ok(0)
         }
     }
@@ -580,16 +643,36 @@ mod tests {
         assert_eq!(fake.rows(), numbered(0..20));
     }
 
+    /// Log `m{from}`..`m{to}` in chunks of `chunk`, letting the consumer
+    /// run a millisecond between chunks (as it would beside real producer
+    /// threads); how many were taken.
+    async fn log_in_chunks(logger: &Logger, range: std::ops::Range<u32>, chunk: u32) -> u64 {
+        let mut taken = 0;
+        let mut at = range.start;
+        while at < range.end {
+            let end = (at + chunk).min(range.end);
+            taken += log_numbered(logger, at..end);
+            run_for(1).await;
+            at = end;
+        }
+        taken
+    }
+
+    /// Let a hung first write become a stall: the database is not keeping up.
+    async fn stall(logger: &Logger) {
+        log_numbered(logger, 0..1);
+        run_for(STALLED_AFTER.as_millis() as u64 + 100).await;
+    }
+
     #[tokio::test(start_paused = true)]
     async fn the_queue_moves_to_the_spool_while_a_write_hangs() {
         let fake = Fake::answering(&[Answer::Hang; 2]);
         let closed = fake.gate.clone().write_owned().await;
         let dir = spool_dir("spill-while-hung");
         let (logger, worker, _) = start(&fake, &config(Some(dir)));
-        log_numbered(&logger, 0..1);
-        run_for(10).await;
-        // The first batch hangs; 50,000 records are several budgets' worth.
-        assert_eq!(log_numbered(&logger, 1..50_001), 50_000);
+        stall(&logger).await;
+        // 50,000 records are several budgets' worth.
+        assert_eq!(log_in_chunks(&logger, 1..50_001, 250).await, 50_000);
         run_for(200).await;
         let stats = logger.stats();
         assert!(stats.spooled >= 40_000, "{stats:?}");
@@ -610,23 +693,89 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
+    async fn a_database_slower_than_the_producers_gets_backpressure_not_the_spool() {
+        let fake = Fake::default();
+        fake.db.lock().unwrap().write_time = Some(Duration::from_millis(20));
+        let dir = spool_dir("backpressure");
+        let (logger, worker, _) = start(&fake, &config(Some(dir)));
+        let budget = config(None).max_queue_bytes as u64;
+        let mut taken = 0;
+        for round in 0..50 {
+            let range = round * 2000..(round + 1) * 2000;
+            taken += log_numbered(&logger, range);
+            let stats = logger.stats();
+            assert!(stats.queued_bytes <= budget, "{stats:?}");
+            run_for(5).await;
+        }
+        let stats = logger.stats();
+        assert!(taken < 100_000, "some records were handed back: {stats:?}");
+        assert_eq!(stats.lost.sink_full, 100_000 - taken);
+        assert_eq!(stats.spooled, 0, "the spool is not the way out: {stats:?}");
+        assert!(!stats.full, "backpressure is not a full sink: {stats:?}");
+        let report = worker.shutdown(Duration::from_secs(60)).await;
+        assert!(report.is_complete(), "{report}");
+        assert_eq!((report.written, report.spooled), (taken, 0));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_budget_counts_what_records_hold_when_their_sizes_change() {
+        let fake = Fake::answering(&[Answer::Hang; 2]);
+        let _closed = fake.gate.clone().write_owned().await;
+        let dir = spool_dir("sizes-change");
+        let config = config(Some(dir));
+        let (logger, worker, _) = start(&fake, &config);
+        stall(&logger).await;
+        let ceiling = (config.max_queue_bytes + config.max_queue_bytes / 8) as u64;
+        assert_eq!(log_in_chunks(&logger, 1..2001, 500).await, 2000);
+        // Then records a thousand times larger: 256 KiB messages.
+        let big = "x".repeat(256 * 1024);
+        let mut taken = 0;
+        for _ in 0..40 {
+            // One that does not fit under the ceiling is handed back, and
+            // the queue moves to the spool to make room for the next.
+            taken += u64::from(logger.log(Level::Info, big.clone()).is_ok());
+            assert!(
+                logger.stats().queued_bytes <= ceiling,
+                "{:?}",
+                logger.stats()
+            );
+            run_for(1).await;
+        }
+        let stats = logger.stats();
+        assert!(taken >= 35, "{taken} of 40: {stats:?}");
+        // Every record taken is in one of the two hung batches (1 + 100
+        // records), in the spool, or still queued.
+        assert_eq!(
+            stats.spooled + 101 + stats.queued,
+            2001 + taken,
+            "{stats:?}"
+        );
+        let report = worker.shutdown(Duration::from_millis(100)).await;
+        assert_eq!(report.spooled + report.in_doubt, 2001 + taken, "{report}");
+    }
+
+    #[tokio::test(start_paused = true)]
     async fn without_room_send_hands_records_back_until_the_queue_drains() {
         let fake = Fake::answering(&[Answer::Hang; 2]);
         let closed = fake.gate.clone().write_owned().await;
         let (logger, worker, _) = start(&fake, &config(None));
-        log_numbered(&logger, 0..1);
-        run_for(10).await;
-        assert_eq!(log_numbered(&logger, 1..50_001), 50_000);
+        stall(&logger).await;
+        let taken = log_numbered(&logger, 1..50_001);
+        assert!((1000..50_000).contains(&taken), "{taken}");
         run_for(100).await;
         assert!(logger.stats().full);
         let reason = logger.full_reason().unwrap();
         assert!(reason.contains("no spool"), "{reason}");
-        assert_eq!(log_numbered(&logger, 50_001..50_011), 0);
+        // The room the second batch made is taken again, then no more.
+        let later = log_numbered(&logger, 50_001..52_001);
+        assert!(later < 2000, "{later}");
         let refused = logger.log(Level::Info, "refused");
         assert!(matches!(refused, Err(SendError::Full(r)) if r.message() == "refused"));
-        assert_eq!(logger.stats().lost.sink_full, 11);
+        let stats = logger.stats();
+        assert_eq!(stats.lost.sink_full, 50_000 - taken + 2001 - later);
         drop(closed);
-        while logger.stats().written < 50_001 {
+        let taken = taken + later;
+        while logger.stats().written < taken + 1 {
             run_for(10).await;
         }
         assert!(!logger.stats().full);
@@ -635,7 +784,7 @@ mod tests {
         let report = worker.shutdown(Duration::from_secs(1)).await;
         assert_eq!(
             (report.written, report.handed_back),
-            (50_002, 11),
+            (taken + 2, 52_001 - taken),
             "{report}"
         );
         assert_eq!(report.not_written, 0);
@@ -651,14 +800,13 @@ mod tests {
             ..config(Some(dir))
         };
         let (logger, worker, _) = start(&fake, &config);
-        let mut offered = 0;
-        let mut taken = log_numbered(&logger, 0..1);
-        offered += 1;
-        run_for(10).await;
+        stall(&logger).await;
+        let mut offered = 1;
+        let mut taken = 1;
         for round in 0..10 {
             let range = 1 + round * 20_000..1 + (round + 1) * 20_000;
             offered += range.len() as u64;
-            taken += log_numbered(&logger, range);
+            taken += log_in_chunks(&logger, range, 250).await;
             run_for(100).await;
         }
         let stats = logger.stats();
@@ -674,5 +822,189 @@ mod tests {
             offered,
             "{report}"
         );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn send_all_takes_every_record_or_none() {
+        let fake = Fake::answering(&[Answer::Hang; 2]);
+        let closed = fake.gate.clone().write_owned().await;
+        let (logger, worker, _) = start(&fake, &config(None));
+        let batch = |n: u32| -> Vec<Record> {
+            (0..n)
+                .map(|i| Record::new(Level::Info, format!("b{i}")))
+                .collect()
+        };
+        // More than the whole budget: never (the queue is empty).
+        let too_large = logger.send_all(batch(10_000)).unwrap_err();
+        assert!(too_large.is_too_large(), "{too_large}");
+        assert_eq!(logger.stats().lost.too_large, 10_000);
+        assert_eq!(logger.stats().queued_bytes, 0);
+        assert!(logger.send_all(batch(1000)).is_ok());
+        let queued = logger.stats().queued_bytes;
+        // More than the room left: refused whole, the queue unchanged.
+        let refused = logger.send_all(batch(4000)).unwrap_err();
+        assert!(refused.is_full(), "{refused}");
+        assert_eq!(refused.into_inner().len(), 4000);
+        assert_eq!(logger.stats().queued_bytes, queued);
+        drop(closed);
+        let report = worker.shutdown(Duration::from_secs(1)).await;
+        assert_eq!((report.written, report.handed_back), (1000, 14_000));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_batch_holds_room_for_its_producer_until_sent_or_dropped() {
+        let fake = Fake::answering(&[Answer::Hang; 2]);
+        let closed = fake.gate.clone().write_owned().await;
+        let (logger, worker, _) = start(&fake, &config(None));
+        let budget = config(None).max_queue_bytes;
+        {
+            let mut batch = logger.batch();
+            batch.hold(100_000).unwrap();
+            batch.push(Record::new(Level::Info, "kept")).unwrap();
+            assert_eq!(logger.stats().queued_bytes, batch.bytes());
+            // Another producer meets the room this one holds.
+            let other = logger.send_all(vec![Record::new(Level::Info, "x"); 1]);
+            assert!(other.is_ok());
+            let mut big = logger.batch();
+            let refused = big.hold(budget - 100_000).unwrap_err();
+            assert!(refused.is_full(), "{refused}");
+            batch.send().unwrap();
+        }
+        let queued = logger.stats().queued_bytes;
+        assert!(
+            queued > 0 && queued < 1000,
+            "the held room is given back: {queued}"
+        );
+        {
+            let mut dropped = logger.batch();
+            dropped.hold(1000).unwrap();
+            dropped.push(Record::new(Level::Info, "never")).unwrap();
+        }
+        assert_eq!(logger.stats().queued_bytes, queued);
+        let refused = logger.batch().hold(budget + 1).unwrap_err();
+        assert!(refused.is_too_large(), "{refused}");
+        drop(closed);
+        let report = worker.shutdown(Duration::from_secs(1)).await;
+        assert_eq!(report.written, 2, "{report}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_deadline_holds_while_the_rejected_table_and_the_ledger_hang() {
+        let fake = Fake::default();
+        {
+            let mut db = fake.db.lock().unwrap();
+            db.poison = ["m1".to_owned()].into();
+            db.rejected_hangs = true;
+            db.prune_hangs = true;
+        }
+        let _closed = fake.gate.clone().write_owned().await;
+        let dir = spool_dir("deadline-set-aside");
+        let (logger, worker, _) = start(&fake, &config(Some(dir.clone())));
+        log_numbered(&logger, 0..3);
+        run_for(100).await;
+        let started = tokio::time::Instant::now();
+        let report = worker.shutdown(Duration::from_secs(2)).await;
+        let took = started.elapsed();
+        assert!(took <= Duration::from_millis(2100), "{took:?}");
+        assert!(report.timed_out, "{report}");
+        // m0 is written; m1 is refused and goes to the dead-letter file when
+        // the deadline cuts off storing it; m2, after it, is spooled.
+        assert_eq!(
+            (report.written, report.dead_lettered, report.left_in_spool()),
+            (1, 1, 1),
+            "{report}"
+        );
+        let file = std::fs::read_to_string(dir.join("dead-letter.ndjson")).unwrap();
+        assert!(file.contains(r#""message":"m1""#), "{file}");
+    }
+
+    /// Many threads send while the sink stops: every record whose `send`
+    /// (or `send_all`) returned `Ok` is in the report (written, or counted
+    /// not written), and every refused one is counted as handed back.
+    /// `send_all` of 100 records widens the window between a producer's
+    /// admission and its last record reaching the queue.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn every_record_taken_while_the_sink_stops_is_accounted_for() {
+        for round in 0..20 {
+            let fake = Fake::default();
+            let (logger, worker, _) = start(&fake, &config(None));
+            let threads: Vec<_> = (0..8)
+                .map(|t| {
+                    let logger = logger.clone();
+                    std::thread::spawn(move || send_until_closed(&logger, t))
+                })
+                .collect();
+            tokio::time::sleep(Duration::from_millis(5 + round)).await;
+            let report = worker.shutdown(Duration::from_secs(5)).await;
+            let (mut ok, mut refused) = (0, 0);
+            for thread in threads {
+                let (o, r) = thread.join().unwrap();
+                ok += o;
+                refused += r;
+            }
+            let after = logger.stats();
+            assert_eq!(
+                report.written + report.not_written + report.in_doubt,
+                ok,
+                "round {round}: {report} {after:?}"
+            );
+            assert_eq!(fake.rows().len() as u64, report.written);
+            assert_eq!(after.lost.handed_back(), refused, "round {round}");
+            assert_eq!(after.queued_bytes, 0, "round {round}");
+        }
+    }
+
+    /// A producer admitted just before the stop, and preempted before its
+    /// records reached the queue: the last drain waits for them, so that
+    /// what `send_all` took is accounted for.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_last_drain_waits_for_a_producer_admitted_before_the_stop() {
+        let fake = Fake::default();
+        let (logger, worker, _) = start(&fake, &config(None));
+        let producer = {
+            let logger = logger.clone();
+            std::thread::spawn(move || {
+                crate::logger::tests::pause_after_admission_on_this_thread(Duration::from_millis(
+                    300,
+                ));
+                let batch = (0..10).map(|i| Record::new(Level::Info, format!("p{i}")));
+                logger.send_all(batch.collect())
+            })
+        };
+        while logger.stats().queued_bytes == 0 {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        let report = worker.shutdown(Duration::from_secs(5)).await;
+        assert!(producer.join().unwrap().is_ok());
+        // No spool: counted as not written, but counted.
+        assert_eq!(report.written + report.not_written, 10, "{report}");
+        assert_eq!(logger.stats().queued_bytes, 0);
+    }
+
+    /// Send records one by one and 100 at a time, alternately, until the
+    /// sink says it has stopped; how many were taken and refused.
+    fn send_until_closed(logger: &Logger, thread: u32) -> (u64, u64) {
+        let (mut ok, mut refused) = (0u64, 0u64);
+        for i in 0.. {
+            let (n, sent) = if i % 2 == 0 {
+                let sent = logger.log(Level::Info, format!("t{thread}-{i}"));
+                (1, sent.map_err(|e| e.is_closed()))
+            } else {
+                let batch = (0..100)
+                    .map(|j| Record::new(Level::Info, format!("t{thread}-{i}-{j}")))
+                    .collect();
+                (100, logger.send_all(batch).map_err(|e| e.is_closed()))
+            };
+            match sent {
+                Ok(()) => ok += n,
+                Err(closed) => {
+                    refused += n;
+                    if closed {
+                        return (ok, refused);
+                    }
+                }
+            }
+        }
+        unreachable!()
     }
 }

@@ -17,6 +17,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use bytes::{BufMut, Bytes, BytesMut};
 use serde_json::Value;
 
+use crate::fields_json::{write_json, write_members, REPLACEMENT};
 use crate::record::Record;
 
 /// The columns written, in COPY order.
@@ -27,7 +28,6 @@ const SIGNATURE: &[u8] = b"PGCOPY\n\xff\r\n\0";
 /// Signature, flags, header extension length.
 pub(crate) const HEADER_LEN: usize = 19;
 const TRAILER: [u8; 2] = [0xff, 0xff];
-const REPLACEMENT: &str = "\u{FFFD}";
 /// Microseconds from the Unix epoch to PostgreSQL's epoch (2000-01-01 UTC).
 const PG_EPOCH_OFFSET_MICROS: i64 = 946_684_800_000_000;
 const JSONB_VERSION: u8 = 1;
@@ -60,13 +60,13 @@ impl CopyEncoder {
 
     /// Encode `records` as one complete COPY stream (header, rows, trailer),
     /// with the offset of each row.
-    pub(crate) fn encode(&mut self, records: &[Record]) -> (Bytes, Vec<u32>, EncodeStats) {
+    pub(crate) fn encode(&mut self, records: &[Record]) -> (Bytes, Vec<usize>, EncodeStats) {
         let mut stats = EncodeStats::default();
         let mut offsets = Vec::with_capacity(records.len());
         self.buf.clear();
         put_header(&mut self.buf);
         for record in records {
-            offsets.push(self.buf.len() as u32);
+            offsets.push(self.buf.len());
             let (replaced, truncated) = self.put_record(record);
             stats.nul_replaced += u64::from(replaced);
             stats.truncated += u64::from(truncated);
@@ -80,54 +80,36 @@ impl CopyEncoder {
 
     /// Returns (NULs replaced, truncated).
     fn put_record(&mut self, record: &Record) -> (bool, bool) {
-        let buf = &mut self.buf;
-        let target = record.target.as_deref().unwrap_or("");
-        let has_fields = !record.fields.is_empty();
-        let mut replaced = false;
-        if has_fields {
-            replaced = fields_json(&mut self.scratch, &record.fields);
-        }
+        let has_fields = record.has_fields();
+        let (mut replaced, skipped) = if has_fields {
+            fields_json(&mut self.scratch, record, self.max_record_bytes)
+        } else {
+            (false, 0)
+        };
         // `scratch` is reused between records: without fields of this
         // record's own, it still holds the previous record's, so its length
         // counts only when there are fields.
-        let fields_len = if has_fields { self.scratch.len() } else { 0 };
-        let size = target.len() + record.message.len() + fields_len;
-        let mut truncated = false;
-        let mut message: &str = &record.message;
-        let cut_message;
-        if size > self.max_record_bytes {
-            truncated = true;
-            let mut kept_fields = fields_len;
-            if has_fields && target.len() + fields_len > self.max_record_bytes / 2 {
-                // The fields alone are too big: keep a note of them instead.
-                self.scratch.clear();
-                self.scratch.push(JSONB_VERSION);
-                write_json(
-                    &mut self.scratch,
-                    &serde_json::json!({ "pglogsink_truncated_fields_bytes": fields_len }),
-                );
-                kept_fields = self.scratch.len();
-            }
-            let room = self
-                .max_record_bytes
-                .saturating_sub(target.len().min(self.max_record_bytes / 4) + kept_fields)
-                .max(64);
-            if message.len() > room {
-                let original = message.len();
-                let mut end = room.saturating_sub(48).min(message.len());
-                while !message.is_char_boundary(end) {
-                    end -= 1;
-                }
-                cut_message = format!("{}…[truncated {} bytes]", &message[..end], original - end);
-                message = &cut_message;
-            }
-        }
+        let fields_len = if has_fields {
+            self.scratch.len() + skipped
+        } else {
+            0
+        };
+        let target = record.target.as_deref().unwrap_or("");
+        let message: &str = &record.message;
+        let size = target.len() + message.len() + fields_len;
+        let truncated = size > self.max_record_bytes;
+        let (target, message) = if truncated {
+            self.cut_to_fit(target, message, fields_len, has_fields)
+        } else {
+            (Cow::Borrowed(target), Cow::Borrowed(message))
+        };
+        let buf = &mut self.buf;
         buf.put_i16(COLUMN_COUNT);
         buf.put_i32(8);
         buf.put_i64(pg_timestamp(record.timestamp));
         put_text(buf, record.level.as_str());
-        replaced |= put_text(buf, target);
-        replaced |= put_text(buf, message);
+        replaced |= put_text(buf, &target);
+        replaced |= put_text(buf, &message);
         buf.put_i32(8);
         buf.put_i64(record.thread_id);
         if has_fields {
@@ -138,6 +120,50 @@ impl CopyEncoder {
         }
         (replaced, truncated)
     }
+
+    /// A record over the limit, made to fit: the target cut to a quarter
+    /// of it, the fields (in `scratch`) replaced by a note of their size
+    /// when with the target they take more than half, and the message cut
+    /// to the room left. Each cut says how many bytes it dropped.
+    fn cut_to_fit<'a>(
+        &mut self,
+        target: &'a str,
+        message: &'a str,
+        fields_len: usize,
+        has_fields: bool,
+    ) -> (Cow<'a, str>, Cow<'a, str>) {
+        let max = self.max_record_bytes;
+        let target = cut(target, max / 4);
+        let mut kept_fields = fields_len;
+        if has_fields && target.len() + fields_len > max / 2 {
+            self.scratch.clear();
+            self.scratch.push(JSONB_VERSION);
+            write_json(
+                &mut self.scratch,
+                &serde_json::json!({ "pglogsink_truncated_fields_bytes": fields_len }),
+            );
+            kept_fields = self.scratch.len();
+        }
+        let room = max.saturating_sub(target.len() + kept_fields).max(64);
+        (target, cut(message, room))
+    }
+}
+
+/// `text` as is if it fits in `room` bytes, else its start (on a character
+/// boundary) and a marker saying how much was cut, within `room`.
+fn cut(text: &str, room: usize) -> Cow<'_, str> {
+    if text.len() <= room {
+        return Cow::Borrowed(text);
+    }
+    let mut end = room.saturating_sub(48).min(text.len());
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    Cow::Owned(format!(
+        "{}…[truncated {} bytes]",
+        &text[..end],
+        text.len() - end
+    ))
 }
 
 fn put_header(buf: &mut BytesMut) {
@@ -191,59 +217,27 @@ fn put_text(buf: &mut BytesMut, s: &str) -> bool {
     true
 }
 
-/// The jsonb value of the fields (version byte and JSON object) into
-/// `scratch`; returns true if NULs had to be replaced.
-fn fields_json(scratch: &mut Vec<u8>, fields: &[(Cow<'static, str>, Value)]) -> bool {
+/// The jsonb value of a record's fields (version byte and JSON object:
+/// the shared fields, then its own) into `scratch`. Returns whether NULs
+/// were replaced and the bytes of shared fields too large to be copied at
+/// all (they will be replaced by a note of their size).
+fn fields_json(scratch: &mut Vec<u8>, record: &Record, max: usize) -> (bool, usize) {
     scratch.clear();
     scratch.push(JSONB_VERSION);
-    let has_nul = fields
-        .iter()
-        .any(|(k, v)| k.contains('\0') || value_has_nul(v));
     scratch.push(b'{');
-    for (i, (key, value)) in fields.iter().enumerate() {
-        if i > 0 {
-            scratch.push(b',');
-        }
-        if has_nul {
-            write_json(scratch, &Value::String(key.replace('\0', REPLACEMENT)));
-            scratch.push(b':');
-            write_json(scratch, &without_nul(value));
+    let (mut replaced, mut skipped) = (false, 0);
+    if let Some(shared) = &record.shared {
+        if shared.members().len() > max {
+            skipped = shared.members().len();
         } else {
-            write_json(scratch, &**key);
-            scratch.push(b':');
-            write_json(scratch, value);
+            scratch.extend_from_slice(shared.members());
+            replaced = shared.nul_replaced();
         }
     }
+    let comma = scratch.len() > 2;
+    replaced |= write_members(scratch, &record.fields, comma);
     scratch.push(b'}');
-    has_nul
-}
-
-fn write_json<T: serde::Serialize + ?Sized>(out: &mut Vec<u8>, value: &T) {
-    // Writing a string, number or Value into a Vec cannot fail: map keys in a
-    // Value are always strings and non-finite floats are stored as null.
-    let _ = serde_json::to_writer(&mut *out, value);
-}
-
-fn value_has_nul(v: &Value) -> bool {
-    match v {
-        Value::String(s) => s.contains('\0'),
-        Value::Array(a) => a.iter().any(value_has_nul),
-        Value::Object(o) => o.iter().any(|(k, v)| k.contains('\0') || value_has_nul(v)),
-        Value::Null | Value::Bool(_) | Value::Number(_) => false,
-    }
-}
-
-fn without_nul(v: &Value) -> Value {
-    match v {
-        Value::String(s) => Value::String(s.replace('\0', REPLACEMENT)),
-        Value::Array(a) => Value::Array(a.iter().map(without_nul).collect()),
-        Value::Object(o) => Value::Object(
-            o.iter()
-                .map(|(k, v)| (k.replace('\0', REPLACEMENT), without_nul(v)))
-                .collect(),
-        ),
-        other => other.clone(),
-    }
+    (replaced, skipped)
 }
 
 fn field_len(len: usize) -> i32 {
@@ -257,7 +251,7 @@ fn field_len(len: usize) -> i32 {
 pub(crate) struct MalformedCopy(pub(crate) &'static str);
 
 /// Offsets of the rows of a complete COPY stream, checking its structure.
-pub(crate) fn row_offsets(data: &[u8]) -> Result<Vec<u32>, MalformedCopy> {
+pub(crate) fn row_offsets(data: &[u8]) -> Result<Vec<usize>, MalformedCopy> {
     if data.len() < HEADER_LEN + 2 || &data[..SIGNATURE.len()] != SIGNATURE {
         return Err(MalformedCopy("no COPY header"));
     }
@@ -274,7 +268,7 @@ pub(crate) fn row_offsets(data: &[u8]) -> Result<Vec<u32>, MalformedCopy> {
         if count != COLUMN_COUNT {
             return Err(MalformedCopy("wrong column count"));
         }
-        offsets.push(at as u32);
+        offsets.push(at);
         at += 2;
         for _ in 0..COLUMN_COUNT {
             let len = read_i32(data, at).ok_or(MalformedCopy("truncated field"))?;
@@ -347,7 +341,7 @@ mod tests {
     /// What `encode` returned, with the accessors the tests need.
     struct Encoded {
         data: Bytes,
-        offsets: Vec<u32>,
+        offsets: Vec<usize>,
     }
 
     impl Encoded {
@@ -359,8 +353,8 @@ mod tests {
             let end = self
                 .offsets
                 .get(rows.end)
-                .map_or(self.data.len() - TRAILER.len(), |&o| o as usize);
-            self.offsets[rows.start] as usize..end
+                .map_or(self.data.len() - TRAILER.len(), |&o| o);
+            self.offsets[rows.start]..end
         }
 
         fn row(&self, i: usize) -> &[u8] {
@@ -550,8 +544,8 @@ mod tests {
         let sub = copy_stream_of(&batch.data, batch.byte_range(1..3));
         let offsets = row_offsets(&sub).unwrap();
         assert_eq!(offsets.len(), 2);
-        assert_eq!(row_to_json(&sub[offsets[0] as usize..])["message"], "b");
-        assert_eq!(row_to_json(&sub[offsets[1] as usize..])["message"], "c");
+        assert_eq!(row_to_json(&sub[offsets[0]..])["message"], "b");
+        assert_eq!(row_to_json(&sub[offsets[1]..])["message"], "c");
     }
 
     #[test]

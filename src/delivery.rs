@@ -220,7 +220,7 @@ impl<W: Writer> Delivery<W> {
         if let Ok(mut slot) = self.shared.fatal.lock() {
             *slot = Some(fatal);
         }
-        self.shared.closed.store(true, Ordering::Release);
+        self.shared.queue.close();
         self.app_token.cancel();
     }
 
@@ -234,7 +234,14 @@ impl<W: Writer> Delivery<W> {
             error = %row.error,
             "PostgreSQL refused a row; storing it in the rejected table"
         );
-        let store_error = match self.writer.store_rejected(&row).await {
+        // Past the shutdown deadline the row goes to the dead-letter file at
+        // once (if the cut-off insert had committed, it is in both).
+        let stored = tokio::select! {
+            biased;
+            _ = self.abort.cancelled() => Err(WriteError::TimedOut(Duration::ZERO)),
+            stored = self.writer.store_rejected(&row) => stored,
+        };
+        let store_error = match stored {
             Ok(()) => {
                 Shared::add(&self.shared.rejected, 1);
                 return;
@@ -263,9 +270,15 @@ impl<W: Writer> Delivery<W> {
         }
     }
 
-    /// Delete old ledger rows (called now and then by the consumer).
+    /// Delete old ledger rows (called now and then by the consumer); given
+    /// up when the shutdown deadline passes.
     pub(crate) async fn prune_ledger(&self, retention: std::time::Duration) {
-        match self.writer.prune_ledger(retention).await {
+        let pruned = tokio::select! {
+            biased;
+            _ = self.abort.cancelled() => return,
+            pruned = self.writer.prune_ledger(retention) => pruned,
+        };
+        match pruned {
             Ok(n) if n > 0 => {
                 tracing::debug!(target: "pglogsink", rows = n, "pruned the batch ledger")
             }

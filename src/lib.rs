@@ -41,6 +41,7 @@ mod delivery;
 #[cfg(feature = "embedded")]
 pub mod embedded;
 mod error;
+mod fields_json;
 #[cfg(feature = "tracing-layer")]
 mod layer;
 mod ledger;
@@ -48,6 +49,7 @@ mod logger;
 mod maintain;
 mod partitions;
 pub mod query;
+mod queue_budget;
 mod record;
 mod rejected;
 mod report;
@@ -69,9 +71,10 @@ pub use config::{
 };
 pub use database::{parse_url, pool, ConnectConfig, DEFAULT_POOL_SIZE};
 pub use error::{describe, Error, ErrorKind};
+pub use fields_json::SharedFields;
 #[cfg(feature = "tracing-layer")]
 pub use layer::PgLogLayer;
-pub use logger::{Logger, SendError};
+pub use logger::{Batch, Logger, SendError};
 pub use maintain::{
     DroppedPartition, Maintenance, MaintenanceReport, DEFAULT_MAX_AGE, DEFAULT_PREMAKE,
 };

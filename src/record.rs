@@ -9,6 +9,8 @@ use std::fmt;
 use std::str::FromStr;
 use std::time::SystemTime;
 
+use crate::fields_json::SharedFields;
+
 /// Severity of a record, stored in the `level` column as its lowercase name.
 ///
 /// Ordered from least to most severe, so `level >= Level::Warn` means
@@ -126,6 +128,8 @@ pub struct Record {
     pub(crate) target: Option<Cow<'static, str>>,
     pub(crate) message: Cow<'static, str>,
     pub(crate) fields: Fields,
+    /// Fields shared with other records, written before its own.
+    pub(crate) shared: Option<SharedFields>,
 }
 
 impl Record {
@@ -139,6 +143,7 @@ impl Record {
             target: None,
             message: message.into(),
             fields: Vec::new(),
+            shared: None,
         }
     }
 
@@ -181,6 +186,23 @@ impl Record {
         self
     }
 
+    /// Carry fields shared with other records (see [`SharedFields`]); its
+    /// own fields come after them in the row, so a key of its own wins.
+    pub fn shared_fields(mut self, shared: SharedFields) -> Record {
+        self.shared = (!shared.is_empty()).then_some(shared);
+        self
+    }
+
+    /// The fields it shares with other records, if any.
+    pub fn shared(&self) -> Option<&SharedFields> {
+        self.shared.as_ref()
+    }
+
+    /// True when the row will have fields (its own or shared ones).
+    pub(crate) fn has_fields(&self) -> bool {
+        !self.fields.is_empty() || self.shared.is_some()
+    }
+
     /// The level.
     pub fn level(&self) -> Level {
         self.level
@@ -191,7 +213,7 @@ impl Record {
         &self.message
     }
 
-    /// The fields, in the order they were added.
+    /// Its own fields, in the order they were added (not the shared ones).
     pub fn field_list(&self) -> &[(Cow<'static, str>, serde_json::Value)] {
         &self.fields
     }

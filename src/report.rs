@@ -126,7 +126,7 @@ impl Report {
             spool_corrupt_bytes: stats.spool_corrupt_bytes,
             not_written: stats.lost.dropped(),
             in_doubt: stats.in_doubt,
-            handed_back: stats.lost.total() - stats.lost.dropped(),
+            handed_back: stats.lost.handed_back(),
             lost: stats.lost,
             spool_dir,
             batches: stats.batches,
@@ -141,8 +141,9 @@ impl Report {
     /// Take the handed-back counts from `lost`, a later snapshot.
     pub(crate) fn add_handed_back(&mut self, lost: Lost) {
         self.lost.sink_full = lost.sink_full;
+        self.lost.too_large = lost.too_large;
         self.lost.stopped = lost.stopped;
-        self.handed_back = lost.sink_full + lost.stopped;
+        self.handed_back = lost.handed_back();
     }
 
     /// True when nothing was lost and the sink did not stop on a fatal error
@@ -199,9 +200,13 @@ impl fmt::Display for Report {
         if self.handed_back > 0 {
             write!(
                 f,
-                "; {} records handed back to callers ({} while full, {} after the stop)",
-                self.handed_back, self.lost.sink_full, self.lost.stopped
+                "; {} records handed back to callers ({} while full, ",
+                self.handed_back, self.lost.sink_full
             )?;
+            if self.lost.too_large > 0 {
+                write!(f, "{} too large for the budget, ", self.lost.too_large)?;
+            }
+            write!(f, "{} after the stop)", self.lost.stopped)?;
         }
         if self.timed_out {
             f.write_str("; the shutdown deadline passed")?;

@@ -2,7 +2,6 @@
 //! worker handle that shuts it down.
 
 use std::collections::BTreeSet;
-use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -84,7 +83,7 @@ pub(crate) fn spawn_with<W: Writer + 'static>(
         .map(|dir| Spool::open(dir, &table.to_string(), limits))
         .transpose()?;
     let (tx, rx) = flume::unbounded();
-    let shared = Arc::new(Shared::default());
+    let shared = Arc::new(Shared::new(config.max_queue_bytes));
     let tokens = Tokens {
         app: app_token,
         stop: CancellationToken::new(),
@@ -183,7 +182,7 @@ impl Worker {
     /// A future dropped before it was first polled has done nothing: the
     /// worker is dropped as if `shutdown` had not been called.
     pub async fn shutdown(mut self, timeout: Duration) -> Report {
-        self.shared.closed.store(true, Ordering::Release);
+        self.shared.queue.close();
         self.stop.cancel();
         // Armed until the consumer has ended: if this future is dropped
         // while waiting, the guard gives up as the deadline would, so that

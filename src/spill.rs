@@ -1,46 +1,36 @@
-//! Keeping the queue within its memory budget: past the budget the queue
-//! moves to the on-disk spool; when the spool can take no more either, the
-//! sink is marked full and `send()` hands records back until it clears.
-//! Also where batches that could not be written go when delivery stops, and
-//! where spooled batches come back from for replay.
+//! Keeping the queue within its memory budget. While the database keeps
+//! up, the budget is the queue's ceiling: past it `send()` hands records
+//! back (backpressure), and the spool stays out of the way. While it does
+//! not (a write stalled on a lock or a dead network path, an error being
+//! retried), the queue moves to the on-disk spool as soon as it passes the
+//! budget, with the budget and a margin as its ceiling for the time that
+//! takes; when the spool can take no more, the sink is full. Also where
+//! batches that could not be written go when delivery stops, and where
+//! spooled batches come back from for replay.
 
-use std::borrow::Cow;
 use std::path::Path;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
-
-use serde_json::Value;
 
 use crate::batch::{BatchEncoder, EncodedBatch};
 use crate::delivery::{Source, Stopped};
+use crate::queue_budget::QueueReader;
 use crate::record::Record;
 use crate::report::human_bytes;
 use crate::spool::{Segment, Spool};
 use crate::stats::Shared;
 
-/// Records per batch whose size feeds the running average.
-const SAMPLE: usize = 64;
-
 pub(crate) struct Spill {
     spool: Option<Spool>,
-    /// The memory budget of the queue, in estimated bytes.
-    budget: usize,
-    /// Running average of a queued record's size in memory.
-    avg_record_bytes: f64,
     shared: Arc<Shared>,
 }
 
 impl Spill {
-    pub(crate) fn new(spool: Option<Spool>, budget: usize, shared: Arc<Shared>) -> Spill {
+    pub(crate) fn new(spool: Option<Spool>, shared: Arc<Shared>) -> Spill {
         if let Some(spool) = &spool {
             Shared::add(&shared.spool_bytes, spool.bytes());
         }
-        Spill {
-            spool,
-            budget,
-            // A first guess, replaced by measurement as batches go by.
-            avg_record_bytes: 512.0,
-            shared,
-        }
+        Spill { spool, shared }
     }
 
     /// True when the spool holds batches waiting for replay.
@@ -52,72 +42,76 @@ impl Spill {
         self.spool.as_ref().map(Spool::dir)
     }
 
-    /// Learn the size of queued records from a batch just taken.
-    pub(crate) fn observe(&mut self, records: &[Record]) {
-        let sample = &records[..records.len().min(SAMPLE)];
-        if sample.is_empty() {
-            return;
-        }
-        let bytes: usize = sample.iter().map(queued_bytes).sum();
-        let avg = bytes as f64 / sample.len() as f64;
-        self.avg_record_bytes = 0.9 * self.avg_record_bytes + 0.1 * avg;
-    }
-
-    /// Estimated bytes of `queued` records.
-    fn estimate(&self, queued: usize) -> u64 {
-        (queued as f64 * self.avg_record_bytes) as u64
-    }
-
-    /// Called every few milliseconds, also while a write is in flight: past
-    /// the budget, move the queue to the spool; when the spool cannot take
-    /// it, refuse new records until the queue is back under budget.
+    /// Called when the queue passes its budget and every few milliseconds,
+    /// also while a write is in flight. `stalled`: the database is not
+    /// keeping up (no batch has ended for a while, or an error is being
+    /// retried).
     pub(crate) fn keep_budget(
         &mut self,
-        rx: &flume::Receiver<Record>,
+        reader: &QueueReader,
         encoder: &mut BatchEncoder,
-        batch_size: usize,
+        stalled: bool,
     ) {
-        let estimated = self.estimate(rx.len());
-        if estimated <= self.budget as u64 {
-            self.take_records_again();
+        let queue = self.shared.queue.clone();
+        if !stalled {
+            queue.set_ceiling(queue.budget());
+            queue.take_refused();
+            return self.take_records_again();
+        }
+        if let Err(why) = self.spool_room() {
+            // Within a margin of the budget, with nowhere to go: full.
+            queue.set_ceiling(queue.budget());
+            if queue.bytes() + queue.margin() >= queue.budget() {
+                return self.refuse_records(&why);
+            }
+            return self.take_records_again();
+        }
+        queue.set_ceiling(queue.budget() + queue.margin());
+        self.take_records_again();
+        let queued = queue.bytes();
+        // Past the budget, or refusing a record that does not fit under the
+        // ceiling (larger than the margin): make room on disk.
+        if queued <= queue.budget() && !queue.take_refused() {
             return;
         }
-        let room = match &self.spool {
-            None => Err("there is no spool to move it to".to_owned()),
-            Some(spool) => spool.room(),
-        };
-        if let Err(why) = room {
-            return self.refuse_records(estimated, &why);
-        }
-        let (spilled, room) = self.spill_queue(rx, encoder, batch_size, true);
+        let (spilled, room) = self.spill_queue(reader, encoder, true);
         self.flush();
         tracing::warn!(
             target: "pglogsink",
             records = spilled,
-            estimated_bytes = estimated,
-            budget = self.budget,
-            "the queue passed its memory budget; moved it to the spool"
+            queued_bytes = queued,
+            budget = queue.budget(),
+            "the database is not keeping up and the queue passed its memory budget; moved it to the spool"
         );
-        match room {
-            Ok(()) => self.take_records_again(),
-            Err(why) => self.refuse_records(self.estimate(rx.len()), &why),
+        if let Err(why) = room {
+            queue.set_ceiling(queue.budget());
+            self.refuse_records(&why);
         }
     }
 
-    fn refuse_records(&self, estimated: u64, why: &str) {
+    /// Whether the spool can take more, or why not.
+    fn spool_room(&self) -> Result<(), String> {
+        match &self.spool {
+            None => Err("there is no spool to move it to".to_owned()),
+            Some(spool) => spool.room(),
+        }
+    }
+
+    fn refuse_records(&self, why: &str) {
+        let queue = &self.shared.queue;
         let reason = format!(
-            "the queue holds about {} (budget {}) and {why}; records are handed back until the database catches up",
-            human_bytes(estimated),
-            human_bytes(self.budget as u64)
+            "the queue holds {} (budget {}) and {why}; records are handed back until the database catches up",
+            human_bytes(queue.bytes()),
+            human_bytes(queue.budget())
         );
-        if !self.shared.full.load(std::sync::atomic::Ordering::Relaxed) {
+        if !self.shared.full.load(Ordering::Relaxed) {
             tracing::error!(target: "pglogsink", reason = %reason, "the sink is full: log() and send() now hand records back");
         }
         self.shared.set_full(Some(reason));
     }
 
     fn take_records_again(&self) {
-        if self.shared.full.load(std::sync::atomic::Ordering::Relaxed) {
+        if self.shared.full.load(Ordering::Relaxed) {
             tracing::warn!(target: "pglogsink", "the sink takes records again");
             self.shared.set_full(None);
         }
@@ -126,16 +120,12 @@ impl Spill {
     /// Move queued records to the spool, batch by batch, while it has room.
     /// Returns how many were taken, and `Err` with the reason if the spool
     /// ran out of room first.
-    /// With `until_full` false it takes everything, and what finds no room
-    /// is counted lost (the sink is stopping).
     fn spill_queue(
         &mut self,
-        rx: &flume::Receiver<Record>,
+        reader: &QueueReader,
         encoder: &mut BatchEncoder,
-        batch_size: usize,
         until_full: bool,
     ) -> (u64, Result<(), String>) {
-        let mut records = Vec::with_capacity(batch_size);
         let mut taken = 0;
         loop {
             if until_full {
@@ -143,17 +133,26 @@ impl Spill {
                     return (taken, Err(why));
                 }
             }
-            records.extend(rx.try_iter().take(batch_size));
+            let mut records = Vec::new();
+            reader.take_batch(&mut records);
             if records.is_empty() {
                 return (taken, Ok(()));
             }
             taken += records.len() as u64;
-            Shared::add(&self.shared.received, records.len() as u64);
-            self.observe(&records);
-            let batch = encoder.encode(&records);
-            records.clear();
-            self.park(batch, false);
+            self.spill_batch(&records, encoder);
         }
+    }
+
+    /// Records taken off the queue that go to the spool (or, without one,
+    /// are counted lost) rather than to the database.
+    pub(crate) fn spill_batch(&mut self, records: &[Record], encoder: &mut BatchEncoder) {
+        Shared::add(&self.shared.received, records.len() as u64);
+        if self.spool.is_none() {
+            // Nowhere to keep them: count, without encoding.
+            return Shared::add(&self.shared.lost.no_spool, records.len() as u64);
+        }
+        let batch = encoder.encode(records);
+        self.park(batch, false);
     }
 
     /// A batch that will not be written now: to the spool, or counted lost
@@ -202,28 +201,12 @@ impl Spill {
         self.flush();
     }
 
-    /// At the end: whatever is still queued goes to the spool or is counted
-    /// lost, and later sends fail.
-    pub(crate) fn spill_everything(
-        &mut self,
-        rx: &flume::Receiver<Record>,
-        encoder: &mut BatchEncoder,
-        batch_size: usize,
-    ) {
-        self.shared
-            .closed
-            .store(true, std::sync::atomic::Ordering::Release);
-        if self.spool.is_none() {
-            // Nowhere to keep them: count, without encoding.
-            let lost = rx.drain().count() as u64;
-            Shared::add(&self.shared.received, lost);
-            Shared::add(&self.shared.lost.no_spool, lost);
-            return;
-        }
-        let (taken, _) = self.spill_queue(rx, encoder, batch_size, false);
+    /// At the end, after the last batch went to the spool: flush it, and
+    /// say how much is there for the next start.
+    pub(crate) fn spilled_at_the_end(&mut self, records: u64) {
         self.flush();
-        if let (Some(spool), 1..) = (&self.spool, taken) {
-            tracing::warn!(target: "pglogsink", records = taken, dir = %spool.dir().display(),
+        if let (Some(spool), 1..) = (&self.spool, records) {
+            tracing::warn!(target: "pglogsink", records, dir = %spool.dir().display(),
                 "spooled the records that could not be written; they will be written at the next start");
         }
     }
@@ -239,7 +222,7 @@ impl Spill {
         if let Some(spool) = &self.spool {
             self.shared
                 .spool_bytes
-                .store(spool.bytes(), std::sync::atomic::Ordering::Relaxed);
+                .store(spool.bytes(), Ordering::Relaxed);
         }
     }
 
@@ -284,87 +267,5 @@ impl Spill {
             self.spool = None;
         }
         self.note_size();
-    }
-}
-
-/// What a record costs in memory while it waits in the queue: its slot in
-/// the channel's ring buffer (which grows by doubling and does not shrink,
-/// so counted twice) and each heap block it owns, as the allocator hands
-/// them out (the size plus 8 bytes of header, rounded up to 16, at least
-/// 32). Measured against RSS for the records `serve` queues (1,000,000 in
-/// `flume`'s queue): 488 bytes each; this says 560. The budget errs on the
-/// safe side.
-pub(crate) fn queued_bytes(record: &Record) -> usize {
-    let owned = |s: &Cow<'static, str>| match s {
-        Cow::Owned(s) => heap_block(s.capacity()),
-        Cow::Borrowed(_) => 0,
-    };
-    let slots = if record.fields.is_empty() {
-        0
-    } else {
-        record.fields.capacity().max(4)
-    };
-    2 * std::mem::size_of::<Record>()
-        + owned(&record.message)
-        + record.target.as_ref().map_or(0, owned)
-        + heap_block(slots * std::mem::size_of::<(Cow<'static, str>, Value)>())
-        + record
-            .fields
-            .iter()
-            .map(|(k, v)| owned(k) + value_bytes(v))
-            .sum::<usize>()
-}
-
-/// Heap bytes a JSON value owns beyond its own slot.
-fn value_bytes(v: &Value) -> usize {
-    match v {
-        Value::Null | Value::Bool(_) | Value::Number(_) => 0,
-        Value::String(s) => heap_block(s.capacity()),
-        Value::Array(a) => {
-            heap_block(a.capacity() * std::mem::size_of::<Value>())
-                + a.iter().map(value_bytes).sum::<usize>()
-        }
-        // A B-tree map: about a key, a value and a few words of node per
-        // entry.
-        Value::Object(o) => o
-            .iter()
-            .map(|(k, v)| 80 + heap_block(k.capacity()) + value_bytes(v))
-            .sum::<usize>(),
-    }
-}
-
-/// The size of the allocator's block for `len` bytes (glibc malloc: 8
-/// bytes of header, 16-byte alignment, 32 bytes at least).
-fn heap_block(len: usize) -> usize {
-    if len == 0 {
-        0
-    } else {
-        ((len + 8 + 15) & !15).max(32)
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::record::Level;
-
-    #[test]
-    fn a_queued_record_is_estimated_at_what_it_costs() {
-        assert_eq!(
-            (heap_block(0), heap_block(1), heap_block(24), heap_block(25)),
-            (0, 32, 32, 48)
-        );
-        let static_only = Record::new(Level::Info, "started").target("app");
-        assert_eq!(
-            queued_bytes(&static_only),
-            2 * std::mem::size_of::<Record>()
-        );
-        // What `serve` queues per request; 488 bytes each by RSS.
-        let request = Record::new(Level::Debug, format!("GET /recipes/{}", 123_456))
-            .target("recipes")
-            .field("request_id", format!("0193a1b2-7c3d-7e4f-8a5b-{:012}", 7))
-            .field("run_id", "load-1796293535995-25020");
-        let estimate = queued_bytes(&request);
-        assert!((488..=600).contains(&estimate), "{estimate}");
     }
 }

@@ -1,17 +1,18 @@
 //! Counters shared by the producer handles, the consumer and the host.
 
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
+use crate::queue_budget::{QueueBudget, Refusal};
 use crate::record::unix_micros;
 use crate::report::FatalError;
 
 /// State shared between the loggers, the consumer and the worker handle.
-#[derive(Default)]
 pub(crate) struct Shared {
-    /// Set when intake stops (shutdown or fatal error); `log()` checks it.
-    pub(crate) closed: AtomicBool,
+    /// The queue's bytes and budget; closed when intake stops (shutdown or
+    /// fatal error).
+    pub(crate) queue: Arc<QueueBudget>,
     pub(crate) received: AtomicU64,
     pub(crate) written: AtomicU64,
     pub(crate) batches: AtomicU64,
@@ -24,8 +25,6 @@ pub(crate) struct Shared {
     pub(crate) dead_lettered: AtomicU64,
     pub(crate) already_written: AtomicU64,
     pub(crate) spool_corrupt_bytes: AtomicU64,
-    /// Unix micros of the oldest record taken off the queue and not yet
-    /// written (the first of the batch in flight); 0 when none.
     /// Records lost or handed back, by reason.
     pub(crate) lost: LostCounters,
     /// Records in a COPY that was cut off at the deadline with no spool.
@@ -39,6 +38,8 @@ pub(crate) struct Shared {
     pub(crate) full_reason: Mutex<Option<String>>,
     /// Bytes of the spool's segments on disk.
     pub(crate) spool_bytes: AtomicU64,
+    /// Unix micros of the oldest record taken off the queue and not yet
+    /// written (the first of the batch in flight); 0 when none.
     pub(crate) oldest_unwritten_micros: AtomicI64,
     /// Set while the consumer is retrying a transient error.
     pub(crate) retrying: AtomicBool,
@@ -47,8 +48,47 @@ pub(crate) struct Shared {
 }
 
 impl Shared {
+    /// The state of a sink whose queue may hold `max_queue_bytes`.
+    pub(crate) fn new(max_queue_bytes: usize) -> Shared {
+        Shared {
+            queue: Arc::new(QueueBudget::new(max_queue_bytes)),
+            received: AtomicU64::new(0),
+            written: AtomicU64::new(0),
+            batches: AtomicU64::new(0),
+            retries: AtomicU64::new(0),
+            nul_replaced: AtomicU64::new(0),
+            truncated: AtomicU64::new(0),
+            spooled: AtomicU64::new(0),
+            replayed: AtomicU64::new(0),
+            rejected: AtomicU64::new(0),
+            dead_lettered: AtomicU64::new(0),
+            already_written: AtomicU64::new(0),
+            spool_corrupt_bytes: AtomicU64::new(0),
+            lost: LostCounters::default(),
+            in_doubt: AtomicU64::new(0),
+            spooled_replayed: AtomicU64::new(0),
+            full: AtomicBool::new(false),
+            full_reason: Mutex::new(None),
+            spool_bytes: AtomicU64::new(0),
+            oldest_unwritten_micros: AtomicI64::new(0),
+            retrying: AtomicBool::new(false),
+            last_error: Mutex::new(None),
+            fatal: Mutex::new(None),
+        }
+    }
+
     pub(crate) fn add(counter: &AtomicU64, n: u64) {
         counter.fetch_add(n, Ordering::Relaxed);
+    }
+
+    /// Count `n` records handed back to their producer.
+    pub(crate) fn count_refused(&self, refusal: Refusal, n: u64) {
+        let counter = match refusal {
+            Refusal::Closed => &self.lost.stopped,
+            Refusal::Full => &self.lost.sink_full,
+            Refusal::TooLarge => &self.lost.too_large,
+        };
+        Shared::add(counter, n);
     }
 
     pub(crate) fn snapshot(&self, queued: usize) -> Stats {
@@ -73,7 +113,8 @@ impl Shared {
             already_written: self.already_written.load(Ordering::Relaxed),
             spool_corrupt_bytes: self.spool_corrupt_bytes.load(Ordering::Relaxed),
             queued: queued as u64,
-            closed: self.closed.load(Ordering::Acquire),
+            queued_bytes: self.queue.bytes(),
+            closed: self.queue.is_closed(),
             full: self.full.load(Ordering::Relaxed),
             lost: self.lost.snapshot(),
             in_doubt: self.in_doubt.load(Ordering::Relaxed),
@@ -105,6 +146,7 @@ impl Shared {
 #[derive(Default)]
 pub(crate) struct LostCounters {
     pub(crate) sink_full: AtomicU64,
+    pub(crate) too_large: AtomicU64,
     pub(crate) stopped: AtomicU64,
     pub(crate) spool_full: AtomicU64,
     pub(crate) spool_error: AtomicU64,
@@ -117,6 +159,7 @@ impl LostCounters {
         let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
         Lost {
             sink_full: get(&self.sink_full),
+            too_large: get(&self.too_large),
             stopped: get(&self.stopped),
             spool_full: get(&self.spool_full),
             spool_error: get(&self.spool_error),
@@ -128,15 +171,19 @@ impl LostCounters {
 
 /// Records that did not reach the table and will not, by reason.
 ///
-/// The first two were handed back to the caller of `send()`/`log()` (which
-/// can still keep them, or answer its own client 503); the others were
-/// taken and then dropped by the sink.
+/// The first three were handed back to the caller of `send()`/`log()`
+/// (which can still keep them, or answer its own client 503 or 413); the
+/// others were taken and then dropped by the sink.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 #[non_exhaustive]
 pub struct Lost {
     /// Handed back with [`SendError::Full`](crate::SendError::Full): the
-    /// queue was past its memory budget and the spool could take no more.
+    /// queue was at its memory budget (the database slower than the
+    /// records coming in, or away with the spool full).
     pub sink_full: u64,
+    /// Handed back with [`SendError::TooLarge`](crate::SendError::TooLarge):
+    /// they needed more than the queue's whole budget at once.
+    pub too_large: u64,
     /// Handed back with [`SendError::Closed`](crate::SendError::Closed):
     /// the sink had stopped.
     pub stopped: u64,
@@ -158,6 +205,11 @@ impl Lost {
         self.by_reason().iter().map(|(_, n)| n).sum()
     }
 
+    /// Records handed back to their producer rather than taken.
+    pub fn handed_back(&self) -> u64 {
+        self.sink_full + self.too_large + self.stopped
+    }
+
     /// Records the sink took and then dropped (the total less what it
     /// handed back).
     pub fn dropped(&self) -> u64 {
@@ -172,9 +224,10 @@ impl Lost {
     /// assert!(lost.by_reason().iter().all(|(_, n)| *n == 0));
     /// assert_eq!(lost.by_reason()[0].0, "sink_full");
     /// ```
-    pub fn by_reason(&self) -> [(&'static str, u64); 6] {
+    pub fn by_reason(&self) -> [(&'static str, u64); 7] {
         [
             ("sink_full", self.sink_full),
+            ("too_large", self.too_large),
             ("stopped", self.stopped),
             ("spool_full", self.spool_full),
             ("spool_error", self.spool_error),
@@ -214,6 +267,9 @@ pub struct Stats {
     pub spool_corrupt_bytes: u64,
     /// Records waiting in the queue.
     pub queued: u64,
+    /// Bytes of memory the queued records hold, as counted against the
+    /// queue's budget.
+    pub queued_bytes: u64,
     /// Age of the oldest record taken by `log()` and not yet written (the
     /// first of the batch in flight), if any.
     pub oldest_unwritten: Option<Duration>,

@@ -107,7 +107,7 @@ fn describe() {
     describe_counter!(
         "pglogsink_records_lost_total",
         "Records that will not reach the table, by reason: handed back to the caller (sink_full, \
-         stopped) or taken and dropped (spool_full, spool_error, no_spool, refused_row)."
+         too_large, stopped) or taken and dropped (spool_full, spool_error, no_spool, refused_row)."
     );
     describe_counter!(
         "pglogsink_records_in_doubt_total",
@@ -129,6 +129,12 @@ fn describe() {
     describe_gauge!(
         "pglogsink_queue_depth",
         "Records waiting in the in-memory queue."
+    );
+    describe_gauge!(
+        "pglogsink_queue_bytes",
+        Unit::Bytes,
+        "Memory the queue holds, as counted against --max-queue-bytes (records queued, and \
+         ingest requests being read and decoded)."
     );
     describe_gauge!(
         "pglogsink_oldest_unwritten_seconds",
@@ -175,6 +181,7 @@ pub(crate) fn render(handle: &PrometheusHandle, logger: &Logger) -> Response {
     metrics::gauge!("pglogsink_spool_bytes").set(stats.spool_bytes as f64);
     metrics::gauge!("pglogsink_full").set(if stats.full { 1.0 } else { 0.0 });
     metrics::gauge!("pglogsink_queue_depth").set(stats.queued as f64);
+    metrics::gauge!("pglogsink_queue_bytes").set(stats.queued_bytes as f64);
     metrics::gauge!("pglogsink_oldest_unwritten_seconds")
         .set(stats.oldest_unwritten.map_or(0.0, |d| d.as_secs_f64()));
     metrics::gauge!("pglogsink_up").set(if stats.closed { 0.0 } else { 1.0 });

@@ -4,10 +4,11 @@
 //! other services' logs into the same sink, and it serves the web viewer of
 //! the Log table (`/`, `/api/...`: `super::viewer`).
 //!
-//! Shutdown order: a signal (or the sink's fatal error) cancels one token;
-//! the HTTP server stops taking connections and finishes in-flight requests
-//! (they may still log); then the sink drains its queue within
-//! `--shutdown-timeout`; then the private PostgreSQL, if we started it, stops.
+//! Shutdown order, all within one `--shutdown-timeout` from the signal: a
+//! signal (or the sink's fatal error) cancels one token; the HTTP server
+//! stops taking connections and finishes in-flight requests (they may still
+//! log); then the sink drains its queue with the time that is left, and
+//! spools the rest; then the private PostgreSQL, if we started it, stops.
 
 use std::net::SocketAddr;
 use std::process::ExitCode;
@@ -24,7 +25,8 @@ use tokio::net::TcpListener;
 use tokio_util::task::TaskTracker;
 
 use super::db::{Database, Mode};
-use super::ingest::{IngestArgs, IngestState};
+use super::http::HttpArgs;
+use super::ingest::{BodyLimits, IngestArgs, IngestState};
 use super::maintain::{parse_retention, MaintenanceArgs};
 use super::request_span::{trace_request, RequestId};
 use super::signal::shutdown_signal;
@@ -55,6 +57,9 @@ pub(crate) struct ServeArgs {
     #[command(flatten)]
     pub(crate) ingest: IngestArgs,
 
+    #[command(flatten)]
+    pub(crate) http: HttpArgs,
+
     /// Drop partitions of the Log table whose whole time range is older than this (30d, 12h,
     /// 2d12h), on the maintenance timer. Without it nothing is dropped.
     #[arg(long, env = "PGLOGSINK_RETENTION", value_parser = parse_retention, value_name = "AGE")]
@@ -73,8 +78,8 @@ pub(crate) struct ServeArgs {
           value_parser = clap::builder::BoolishValueParser::new())]
     pub(crate) search_index: bool,
 
-    /// Seconds to wait at shutdown for in-flight requests to finish and, separately, for the
-    /// queue to be written; what is not written by then is reported.
+    /// Seconds from a shutdown signal to exit: in-flight requests finish, then the queue is
+    /// written with the time left; what is not written by then is spooled (and reported).
     #[arg(long, env = "PGLOGSINK_SHUTDOWN_TIMEOUT",
           default_value_t = Seconds(pglogsink::DEFAULT_SHUTDOWN_TIMEOUT),
           value_parser = parse_seconds, value_name = "SECS")]
@@ -172,7 +177,7 @@ async fn recipe(
     match state.logger.send(record) {
         Ok(()) => "recipe".into_response(),
         // Say so rather than answer a request whose log line would be lost.
-        Err(refused) => super::ingest::unavailable(&refused).into_response(),
+        Err(refused) => super::ingest::refused(&refused).into_response(),
     }
 }
 
@@ -269,7 +274,12 @@ pub(crate) async fn run(args: ServeArgs) -> Result<ExitCode, Failure> {
     let state = AppState {
         ingest: IngestState {
             logger: logger.clone(),
-            max_body_bytes: args.ingest.max_body_bytes,
+            body: BodyLimits {
+                max_bytes: args.ingest.max_body_bytes,
+                read_timeout: args.http.body_read_timeout.0,
+            },
+            max_records: args.ingest.max_records_per_request,
+            queue_budget: config.max_queue_bytes as u64,
             keys: ingest.keys,
         },
         logger,
@@ -284,18 +294,18 @@ pub(crate) async fn run(args: ServeArgs) -> Result<ExitCode, Failure> {
         },
     };
     let Seconds(shutdown_timeout) = args.shutdown_timeout;
-    match ingest.tls {
-        Some(acceptor) => {
-            let listener = super::ingest::https::TlsListener::new(listener, acceptor)?;
-            serve_http(listener, app(state), &token, shutdown_timeout).await;
-        }
-        None => serve_http(listener, app(state), &token, shutdown_timeout).await,
-    }
-
-    // Also when the HTTP server failed on its own: everything below waits
-    // for the token.
-    token.cancel();
-    let report = worker.shutdown(shutdown_timeout).await;
+    let stopping = super::http::serve(
+        listener,
+        ingest.tls,
+        app(state),
+        args.http.limits(),
+        &token,
+        shutdown_timeout,
+    )
+    .await;
+    // The sink has what is left of the deadline.
+    let left = (stopping + shutdown_timeout).saturating_duration_since(tokio::time::Instant::now());
+    let report = worker.shutdown(left).await;
     // The token is cancelled: the maintenance timer returns at once (a run
     // in progress is abandoned; each of its changes is a transaction of its
     // own), and so do the metrics upkeep and the signal listener.
@@ -305,29 +315,6 @@ pub(crate) async fn run(args: ServeArgs) -> Result<ExitCode, Failure> {
     db.close();
     let code = print_report(&report);
     Ok(if cluster_ok { code } else { ExitCode::FAILURE })
-}
-
-/// Serve until the token is cancelled, then give open connections `grace`
-/// to finish.
-async fn serve_http<L>(listener: L, router: Router, token: &CancellationToken, grace: Duration)
-where
-    L: axum::serve::Listener,
-    L::Addr: std::fmt::Debug,
-{
-    let server =
-        axum::serve(listener, router).with_graceful_shutdown(token.clone().cancelled_owned());
-    let http_grace = async {
-        token.cancelled().await;
-        tokio::time::sleep(grace).await;
-    };
-    tokio::select! {
-        served = server => if let Err(e) = served {
-            tracing::error!("the HTTP server failed: {e}");
-        },
-        () = http_grace => tracing::warn!(
-            "HTTP connections still open after {grace:?}; closing them"
-        ),
-    }
 }
 
 /// One line for the operator. Exit 0 only when every record is in the
@@ -377,7 +364,12 @@ mod tests {
         AppState {
             ingest: IngestState {
                 logger: logger.clone(),
-                max_body_bytes: 1 << 20,
+                body: BodyLimits {
+                    max_bytes: 1 << 20,
+                    read_timeout: Duration::from_secs(5),
+                },
+                max_records: 1000,
+                queue_budget: pglogsink::DEFAULT_MAX_QUEUE_BYTES as u64,
                 keys: None,
             },
             logger,

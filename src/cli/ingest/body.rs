@@ -3,7 +3,11 @@
 //!
 //! The cap (`--max-body-bytes`) holds for the body as sent and again for it
 //! decompressed, and decompression stops one byte past the cap: a gzip bomb
-//! costs at most the cap in memory, never its expanded size.
+//! costs at most the cap in memory, never its expanded size. Every byte
+//! read or decompressed is also held in the sink's queue budget (the
+//! request's [`Handover`](super::Handover)) until the request ends, so that bodies in flight
+//! count with the records queued: past the budget, a request is answered
+//! 503 at its next chunk instead of being read on.
 
 use std::io::Read;
 
@@ -12,7 +16,7 @@ use axum::http::{header, HeaderMap, StatusCode};
 use bytes::Bytes;
 use http_body_util::BodyExt;
 
-use super::Rejection;
+use super::{Destination, Rejection};
 
 /// How the body is compressed (`Content-Encoding`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -65,13 +69,26 @@ pub(crate) fn encoding(headers: &HeaderMap) -> Result<Encoding, Rejection> {
     }
 }
 
-/// The whole body, decompressed, at most `max` bytes either way.
+/// How an ingest body is read: its size cap, and how long it may take.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct BodyLimits {
+    /// Largest body, as sent and decompressed.
+    pub(crate) max_bytes: usize,
+    /// Longest time from the request's head to the end of its body.
+    pub(crate) read_timeout: std::time::Duration,
+}
+
+/// The whole body, decompressed, at most `max_bytes` either way, each byte
+/// held in `into` as it is read; 408 when it does not arrive within the
+/// read timeout.
 pub(crate) async fn read(
     headers: &HeaderMap,
     body: Body,
     encoding: Encoding,
-    max: usize,
+    limits: BodyLimits,
+    into: &mut impl Destination,
 ) -> Result<Bytes, Rejection> {
+    let max = limits.max_bytes;
     let declared = headers
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
@@ -79,51 +96,71 @@ pub(crate) async fn read(
     if declared.is_some_and(|n| n > max as u64) {
         return Err(too_large(max, "as sent"));
     }
-    let raw = collect(body, max).await?;
+    let raw = tokio::time::timeout(limits.read_timeout, collect(body, max, into))
+        .await
+        .map_err(|_| {
+            Rejection::new(
+                StatusCode::REQUEST_TIMEOUT,
+                format!(
+                    "the request body did not arrive within {} s (--body-read-timeout)",
+                    limits.read_timeout.as_secs_f64()
+                ),
+            )
+        })??;
     match encoding {
         Encoding::Identity => Ok(raw),
-        Encoding::Gzip => gunzip(&raw, max),
+        Encoding::Gzip => gunzip(&raw, max, into),
     }
 }
 
 /// Read frames until the end, refusing past `max` bytes.
-async fn collect(mut body: Body, max: usize) -> Result<Bytes, Rejection> {
+async fn collect(
+    mut body: Body,
+    max: usize,
+    into: &mut impl Destination,
+) -> Result<Bytes, Rejection> {
     let mut buf = bytes::BytesMut::new();
     while let Some(frame) = body.frame().await {
-        let frame = frame.map_err(|e| {
-            Rejection::new(
-                StatusCode::BAD_REQUEST,
-                format!("could not read the request body: {e}"),
-            )
-        })?;
+        let frame = frame
+            .map_err(|e| Rejection::bad_request(format!("could not read the request body: {e}")))?;
         if let Ok(data) = frame.into_data() {
             if buf.len() + data.len() > max {
                 return Err(too_large(max, "as sent"));
             }
+            into.hold(data.len())?;
             buf.extend_from_slice(&data);
         }
     }
     Ok(buf.freeze())
 }
 
-/// Decompress, stopping one byte past `max`. Concatenated gzip members are
-/// one body, as `gzip -c a b` makes them.
-pub(crate) fn gunzip(compressed: &[u8], max: usize) -> Result<Bytes, Rejection> {
-    let decoder = flate2::read::MultiGzDecoder::new(compressed);
+/// Decompress, stopping one byte past `max`, holding each chunk in
+/// `into`. Concatenated gzip members are one body, as `gzip -c a b` makes
+/// them.
+pub(crate) fn gunzip(
+    compressed: &[u8],
+    max: usize,
+    into: &mut impl Destination,
+) -> Result<Bytes, Rejection> {
+    const CHUNK: usize = 64 * 1024;
+    let mut decoder = flate2::read::MultiGzDecoder::new(compressed).take(max as u64 + 1);
     // Grows with what is actually decompressed, never sized by the header's
     // claim (ISIZE), which a bomb sets to whatever it likes.
-    let mut out = Vec::with_capacity(compressed.len().saturating_mul(4).min(max));
-    decoder
-        .take(max as u64 + 1)
-        .read_to_end(&mut out)
-        .map_err(|e| {
-            Rejection::new(
-                StatusCode::BAD_REQUEST,
-                format!("the body is not valid gzip: {e}"),
-            )
-        })?;
-    if out.len() > max {
-        return Err(too_large(max, "decompressed"));
+    let mut out = Vec::new();
+    loop {
+        let start = out.len();
+        out.resize(start + CHUNK, 0);
+        let n = decoder
+            .read(&mut out[start..])
+            .map_err(|e| Rejection::bad_request(format!("the body is not valid gzip: {e}")))?;
+        out.truncate(start + n);
+        if n == 0 {
+            break;
+        }
+        if out.len() > max {
+            return Err(too_large(max, "decompressed"));
+        }
+        into.hold(n)?;
     }
     Ok(Bytes::from(out))
 }
@@ -144,6 +181,18 @@ mod tests {
     use flate2::write::GzEncoder;
     use std::io::Write;
 
+    /// Where the bytes read are held: nowhere (no sink in these tests).
+    fn held() -> Vec<pglogsink::Record> {
+        Vec::new()
+    }
+
+    fn limits(max_bytes: usize) -> BodyLimits {
+        BodyLimits {
+            max_bytes,
+            read_timeout: std::time::Duration::from_secs(5),
+        }
+    }
+
     pub(crate) fn gzip(data: &[u8]) -> Vec<u8> {
         let mut encoder = GzEncoder::new(Vec::new(), flate2::Compression::default());
         encoder.write_all(data).unwrap();
@@ -153,9 +202,12 @@ mod tests {
     #[test]
     fn gzip_within_the_cap_is_decompressed() {
         let data = b"{\"message\":\"hi\"}\n".repeat(100);
-        assert_eq!(&gunzip(&gzip(&data), data.len()).unwrap()[..], &data[..]);
+        assert_eq!(
+            &gunzip(&gzip(&data), data.len(), &mut held()).unwrap()[..],
+            &data[..]
+        );
         let two = [gzip(b"a\n"), gzip(b"b\n")].concat();
-        assert_eq!(&gunzip(&two, 100).unwrap()[..], b"a\nb\n");
+        assert_eq!(&gunzip(&two, 100, &mut held()).unwrap()[..], b"a\nb\n");
     }
 
     #[test]
@@ -163,19 +215,19 @@ mod tests {
         // 64 MiB of zeros compress to about 64 KiB.
         let bomb = gzip(&vec![0u8; 64 << 20]);
         assert!(bomb.len() < 1 << 20, "{}", bomb.len());
-        let err = gunzip(&bomb, 1 << 20).unwrap_err();
+        let err = gunzip(&bomb, 1 << 20, &mut held()).unwrap_err();
         assert_eq!(err.status, StatusCode::PAYLOAD_TOO_LARGE);
         assert!(err.message.contains("decompressed"), "{}", err.message);
     }
 
     #[test]
     fn not_gzip_is_a_400() {
-        let err = gunzip(b"plain text", 100).unwrap_err();
+        let err = gunzip(b"plain text", 100, &mut held()).unwrap_err();
         assert_eq!(err.status, StatusCode::BAD_REQUEST);
         let mut truncated = gzip(b"some text that is long enough");
         truncated.truncate(truncated.len() - 6);
         assert_eq!(
-            gunzip(&truncated, 100).unwrap_err().status,
+            gunzip(&truncated, 100, &mut held()).unwrap_err().status,
             StatusCode::BAD_REQUEST
         );
     }
@@ -202,16 +254,23 @@ mod tests {
     async fn bodies_over_the_cap_are_413_before_and_after_reading() {
         let mut headers = HeaderMap::new();
         headers.insert(header::CONTENT_LENGTH, HeaderValue::from_static("11"));
-        let err = read(&headers, Body::from("x".repeat(11)), Encoding::Identity, 10)
-            .await
-            .unwrap_err();
+        let err = read(
+            &headers,
+            Body::from("x".repeat(11)),
+            Encoding::Identity,
+            limits(10),
+            &mut held(),
+        )
+        .await
+        .unwrap_err();
         assert_eq!(err.status, StatusCode::PAYLOAD_TOO_LARGE);
         // Chunked: no Content-Length, refused while reading.
         let err = read(
             &HeaderMap::new(),
             Body::from("x".repeat(11)),
             Encoding::Identity,
-            10,
+            limits(10),
+            &mut held(),
         )
         .await
         .unwrap_err();
@@ -220,10 +279,35 @@ mod tests {
             &HeaderMap::new(),
             Body::from("x".repeat(10)),
             Encoding::Identity,
-            10,
+            limits(10),
+            &mut held(),
         )
         .await
         .unwrap();
         assert_eq!(ok.len(), 10);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_body_that_stops_coming_is_a_408() {
+        // One chunk, then nothing: a client that stalled mid-body.
+        use futures_util::StreamExt;
+        let stalled =
+            futures_util::stream::iter([Ok::<_, std::io::Error>(bytes::Bytes::from("{"))])
+                .chain(futures_util::stream::pending());
+        let err = read(
+            &HeaderMap::new(),
+            Body::from_stream(stalled),
+            Encoding::Identity,
+            limits(100),
+            &mut held(),
+        )
+        .await
+        .unwrap_err();
+        assert_eq!(err.status, StatusCode::REQUEST_TIMEOUT);
+        assert!(
+            err.message.contains("--body-read-timeout"),
+            "{}",
+            err.message
+        );
     }
 }

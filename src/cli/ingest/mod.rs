@@ -5,17 +5,23 @@
 //! exactly-once ledger, poison-row isolation).
 //!
 //! The contract of every answer:
-//! - 2xx: every record the answer counts as accepted was handed to the sink
-//!   (`Logger::send` returned `Ok`), as if the caller had called `log()`.
+//! - 2xx: every record the answer counts as accepted was handed to the sink,
+//!   as if the caller had called `log()`.
 //! - 4xx: nothing was handed over. Bad input is named (line, field, limit).
-//! - 503 with `Retry-After`: the sink cannot take records now; those it took
-//!   before it refused are counted in the answer (none, unless it stopped
-//!   while the body was being handed over).
+//! - 503 with `Retry-After`: the sink cannot take the records now, and took
+//!   none of them: a request's records are queued all together or not at
+//!   all ([`Handover`]), so a client that retries the whole body duplicates
+//!   nothing.
+//!
+//! A request's memory counts in the sink's queue budget from its first
+//! byte: its body as read and decompressed, what decoding it takes, and its
+//! records, so that requests in flight and records queued together stay
+//! within the budget (`--max-queue-bytes`).
 
 mod api_keys;
 mod body;
+mod decode_cost;
 mod hex;
-pub(crate) mod https;
 mod ndjson;
 mod otlp;
 mod otlp_json;
@@ -30,12 +36,15 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use axum::Router;
-use pglogsink::{Level, Logger, Record};
+use pglogsink::{Batch, Level, Logger, Record, SendError};
 
 pub(crate) use api_keys::ApiKeys;
+pub(crate) use body::BodyLimits;
 
 /// Default `--max-body-bytes`: 16 MiB, after decompression.
 pub(crate) const DEFAULT_MAX_BODY: &str = "16MiB";
+/// Default `--max-records-per-request`.
+pub(crate) const DEFAULT_MAX_RECORDS: usize = 100_000;
 
 /// What `Retry-After` says when the sink cannot take records.
 const RETRY_AFTER_SECS: u64 = 5;
@@ -47,6 +56,12 @@ pub(crate) struct IngestArgs {
     #[arg(long, env = "PGLOGSINK_MAX_BODY_BYTES", default_value = DEFAULT_MAX_BODY,
           value_parser = super::sink_args::parse_bytes, value_name = "BYTES")]
     pub(crate) max_body_bytes: usize,
+
+    /// Most log records one ingest request may carry (NDJSON lines, OTLP log records); a request
+    /// with more is refused with 413, before it is decoded where the format allows.
+    #[arg(long, env = "PGLOGSINK_MAX_RECORDS_PER_REQUEST",
+          default_value_t = DEFAULT_MAX_RECORDS, value_parser = parse_max_records, value_name = "N")]
+    pub(crate) max_records_per_request: usize,
 
     /// File of API keys for the ingest endpoints, one per line (`sha256:<hex>` for a key stored
     /// hashed; `#` starts a comment). Requests must carry one as `Authorization: Bearer KEY` or
@@ -91,7 +106,7 @@ impl IngestArgs {
             }
         };
         let tls = match (&self.tls_cert, &self.tls_key) {
-            (Some(cert), Some(key)) => Some(https::acceptor(cert, key)?),
+            (Some(cert), Some(key)) => Some(super::http::tls::acceptor(cert, key)?),
             _ => None,
         };
         if tls.is_none() && !listen.ip().is_loopback() {
@@ -101,6 +116,13 @@ impl IngestArgs {
             );
         }
         Ok(Prepared { keys, tls })
+    }
+}
+
+fn parse_max_records(s: &str) -> Result<usize, String> {
+    match s.parse::<usize>() {
+        Ok(n) if (1..=10_000_000).contains(&n) => Ok(n),
+        _ => Err("expected a whole number from 1 to 10000000".to_owned()),
     }
 }
 
@@ -114,9 +136,28 @@ pub(crate) struct Prepared {
 #[derive(Clone, Debug)]
 pub(crate) struct IngestState {
     pub(crate) logger: Logger,
-    pub(crate) max_body_bytes: usize,
+    pub(crate) body: BodyLimits,
+    /// Most records per request.
+    pub(crate) max_records: usize,
+    /// The sink's queue budget, in bytes: a request that needs more can
+    /// never be taken (413), one that finds no room now can later (503).
+    pub(crate) queue_budget: u64,
     /// `None`: no key is asked for (only allowed on a loopback address).
     pub(crate) keys: Option<ApiKeys>,
+}
+
+/// 413 unless a request's `records` are within the per-request cap, `max`.
+pub(crate) fn check_records(records: usize, max: usize) -> Result<(), Rejection> {
+    if records <= max {
+        return Ok(());
+    }
+    Err(Rejection::new(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        format!(
+            "the request holds {records} log records, more than {max} \
+             (--max-records-per-request): send smaller batches"
+        ),
+    ))
 }
 
 /// The ingest routes, for the service's router (whose state holds an
@@ -246,42 +287,182 @@ impl IntoResponse for Rejection {
     }
 }
 
-/// What became of a body's records.
+/// One request's records on their way to the sink, all or none: the
+/// request's memory (body, decoding) and then each record take their room
+/// in the sink's queue budget as they come, and the records are queued
+/// together at the end. Dropped before that, it queues nothing and gives
+/// the room back.
+pub(crate) struct Handover<'a> {
+    batch: Batch<'a>,
+    /// Bytes held for the request's own memory.
+    held: u64,
+    /// Records pushed so far.
+    pushed: usize,
+    /// Records the request holds, once known.
+    expected: Option<usize>,
+    queue_budget: u64,
+}
+
+/// Where a request's decoded records go: its [`Handover`] to the sink (a
+/// `Vec`, in unit tests of the decoding).
+pub(crate) trait Destination {
+    /// Take a record.
+    fn push(&mut self, record: Record) -> Result<(), Rejection>;
+    /// Count `bytes` of memory the decoding holds.
+    fn hold(&mut self, bytes: usize) -> Result<(), Rejection>;
+}
+
+impl Destination for Handover<'_> {
+    fn push(&mut self, record: Record) -> Result<(), Rejection> {
+        Handover::push(self, record)
+    }
+
+    fn hold(&mut self, bytes: usize) -> Result<(), Rejection> {
+        Handover::hold(self, bytes)
+    }
+}
+
+#[cfg(test)]
+impl Destination for Vec<Record> {
+    fn push(&mut self, record: Record) -> Result<(), Rejection> {
+        Vec::push(self, record);
+        Ok(())
+    }
+
+    fn hold(&mut self, _bytes: usize) -> Result<(), Rejection> {
+        Ok(())
+    }
+}
+
+/// What became of a request's records.
 #[derive(Debug)]
 pub(crate) struct Handed {
     /// Handed to the sink.
     pub(crate) accepted: usize,
-    /// Not handed over (the sink refused the first of them), and why.
+    /// Not handed over (the sink stopped while they were being queued),
+    /// and why.
     pub(crate) refused: Option<(usize, Rejection)>,
 }
 
-/// Hand the records to the sink in order, stopping at the first it
-/// refuses: those after it are refused too, so that a retry of the rest
-/// keeps their order.
-pub(crate) fn hand_over(logger: &Logger, records: Vec<Record>) -> Handed {
-    let total = records.len();
-    for (i, record) in records.into_iter().enumerate() {
-        if let Err(refused) = logger.send(record) {
-            return Handed {
-                accepted: i,
-                refused: Some((total - i, unavailable(&refused))),
-            };
+impl<'a> Handover<'a> {
+    pub(crate) fn new(state: &'a IngestState) -> Handover<'a> {
+        Handover {
+            batch: state.logger.batch(),
+            held: 0,
+            pushed: 0,
+            expected: None,
+            queue_budget: state.queue_budget,
         }
     }
-    Handed {
-        accepted: total,
-        refused: None,
+
+    /// Hold `bytes` of the budget for the request's own memory. A stopped
+    /// sink holds nothing and refuses nothing here: the first record is
+    /// refused (a request with none is a success, as OTLP asks).
+    pub(crate) fn hold(&mut self, bytes: usize) -> Result<(), Rejection> {
+        let before = self.batch.bytes();
+        match self.batch.hold(bytes) {
+            Ok(()) => {
+                self.held += bytes as u64;
+                Ok(())
+            }
+            Err(e) if e.is_closed() => Ok(()),
+            Err(e) => Err(self.refused(&e, before + bytes as u64)),
+        }
+    }
+
+    /// How many records the request holds, once known (to tell a request
+    /// the sink can never take from one it cannot take now).
+    pub(crate) fn expect(&mut self, records: usize) {
+        self.expected = Some(records);
+    }
+
+    /// Add a record; refused (and the request with it) when the sink has
+    /// no room for it.
+    pub(crate) fn push(&mut self, record: Record) -> Result<(), Rejection> {
+        let before = self.batch.bytes();
+        match self.batch.push(record) {
+            Ok(()) => {
+                self.pushed += 1;
+                Ok(())
+            }
+            Err(e) => {
+                // What the whole request would hold, at the same cost per
+                // record as the records so far.
+                let per_record = (before - self.held) / (self.pushed as u64).max(1);
+                let left = self.expected.unwrap_or(0).saturating_sub(self.pushed) as u64;
+                Err(self.refused(&e, before + per_record * left))
+            }
+        }
+    }
+
+    /// Queue the records pushed.
+    pub(crate) fn send(self) -> Handed {
+        let total = self.pushed;
+        match self.batch.send() {
+            Ok(()) => Handed {
+                accepted: total,
+                refused: None,
+            },
+            // The sink ended while the records were being queued (it never
+            // does once they have their room, unless its task failed).
+            Err(e) => {
+                let refused = e.into_inner().len();
+                Handed {
+                    accepted: total - refused,
+                    refused: Some((refused, unavailable("the log sink has stopped"))),
+                }
+            }
+        }
+    }
+
+    /// The answer to a refusal; `need`: about what the request needs of
+    /// the budget in all.
+    fn refused(&self, error: &SendError<Vec<Record>>, need: u64) -> Rejection {
+        let mut rejection = if error.is_full() && need > self.queue_budget {
+            too_large_for_the_budget(self.queue_budget)
+        } else {
+            refused(error)
+        };
+        // Nothing was taken; how much was refused, once counted.
+        rejection.details.insert("accepted".to_owned(), 0.into());
+        if let Some(records) = self.expected {
+            rejection
+                .details
+                .insert("refused".to_owned(), records.into());
+        }
+        rejection
     }
 }
 
-/// Every way `Logger::send` can refuse a record is a 503 with `Retry-After`:
-/// the sink stopped (shutdown, fatal error), or it has no room in memory or
-/// spool (`SendError::Full`). The one place that maps them, for the ingest
-/// endpoints and the demo route alike.
-pub(crate) fn unavailable(refused: &pglogsink::SendError) -> Rejection {
+/// Every way the sink can refuse records: 503 with `Retry-After` when it
+/// has stopped or has no room now, 413 when they need more than its whole
+/// budget. The one place that maps them, for the ingest endpoints and the
+/// demo route alike.
+pub(crate) fn refused<T>(error: &SendError<T>) -> Rejection {
+    if error.is_too_large() {
+        return Rejection::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!("{error}: send smaller requests"),
+        );
+    }
+    unavailable(&format!("{error}"))
+}
+
+fn too_large_for_the_budget(budget: u64) -> Rejection {
+    Rejection::new(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        format!(
+            "the request needs more memory than the log sink's whole queue budget of {budget} \
+             bytes (--max-queue-bytes); nothing was queued: send smaller requests"
+        ),
+    )
+}
+
+/// A 503 with `Retry-After` saying why.
+fn unavailable(why: &str) -> Rejection {
     Rejection::new(
         StatusCode::SERVICE_UNAVAILABLE,
-        format!("{refused}: retry later"),
+        format!("{why}: retry later"),
     )
 }
 
@@ -323,7 +504,12 @@ mod tests {
     async fn post(logger: &Logger, uri: &str, content_type: &str, body: &[u8]) -> Response {
         let state = IngestState {
             logger: logger.clone(),
-            max_body_bytes: 1 << 20,
+            body: BodyLimits {
+                max_bytes: 1 << 20,
+                read_timeout: Duration::from_secs(5),
+            },
+            max_records: 1000,
+            queue_budget: pglogsink::DEFAULT_MAX_QUEUE_BYTES as u64,
             keys: None,
         };
         let request = axum::http::Request::post(uri)

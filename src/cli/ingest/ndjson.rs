@@ -23,7 +23,10 @@ use serde::de::{Deserialize, Deserializer, IgnoredAny, MapAccess, SeqAccess, Vis
 use serde_json::value::RawValue;
 use serde_json::{Map, Value};
 
-use super::{body, hand_over, level_from_name, timestamp, IngestState, Rejection, LEVEL_NAMES};
+use super::{
+    body, check_records, decode_cost, level_from_name, timestamp, Destination, Handover,
+    IngestState, Rejection, LEVEL_NAMES,
+};
 
 /// The media types taken (Fluent Bit's `json_lines` says application/json).
 const MEDIA_TYPES: [&str; 5] = [
@@ -61,10 +64,13 @@ async fn take(
         return Err(body::unsupported_media_type(&media_type, &MEDIA_TYPES[..1]));
     }
     let encoding = body::encoding(headers)?;
-    let bytes = body::read(headers, request, encoding, state.max_body_bytes).await?;
-    let records = parse(&bytes)?;
-    let total = records.len();
-    let handed = hand_over(&state.logger, records);
+    let mut handover = Handover::new(state);
+    let bytes = body::read(headers, request, encoding, state.body, &mut handover).await?;
+    let records = NdjsonBody::of(&bytes);
+    check_records(records.count(), state.max_records)?;
+    handover.expect(records.count());
+    records.decode(&mut handover)?;
+    let handed = handover.send();
     match handed.refused {
         None => Ok(Json(serde_json::json!({ "accepted": handed.accepted })).into_response()),
         Some((refused, mut rejection)) => {
@@ -74,37 +80,58 @@ async fn take(
             rejection
                 .details
                 .insert("refused".to_owned(), refused.into());
-            if handed.accepted > 0 {
-                rejection.message = format!(
-                    "{}; the first {} of {total} records were taken before that (a retry of \
-                     the whole body repeats them)",
-                    rejection.message, handed.accepted
-                );
-            }
             Err(rejection)
         }
     }
 }
 
-/// Every record of the body, or a 400 listing the bad lines.
-pub(crate) fn parse(bytes: &[u8]) -> Result<Vec<Record>, Rejection> {
-    let first = bytes.iter().find(|b| !b.is_ascii_whitespace());
-    let (records, bad, total) = if first == Some(&b'[') {
-        parse_array(bytes)?
-    } else {
-        parse_lines(bytes)
-    };
-    if bad.is_empty() {
-        return Ok(records);
+/// An NDJSON body: lines, or one JSON array of objects.
+pub(crate) enum NdjsonBody<'a> {
+    Lines(&'a [u8]),
+    Array(&'a [u8]),
+}
+
+impl<'a> NdjsonBody<'a> {
+    pub(crate) fn of(bytes: &'a [u8]) -> NdjsonBody<'a> {
+        match bytes.iter().find(|b| !b.is_ascii_whitespace()) {
+            Some(b'[') => NdjsonBody::Array(bytes),
+            _ => NdjsonBody::Lines(bytes),
+        }
     }
+
+    /// How many records it holds (lines that are not blank, or array
+    /// elements), counted without decoding them.
+    pub(crate) fn count(&self) -> usize {
+        match self {
+            NdjsonBody::Lines(bytes) => lines(bytes).count(),
+            NdjsonBody::Array(bytes) => decode_cost::json(bytes).records,
+        }
+    }
+
+    /// Decode every record into `handover`, or a 400 listing the bad lines
+    /// (then nothing is handed over).
+    pub(crate) fn decode(&self, into: &mut impl Destination) -> Result<(), Rejection> {
+        let (bad, total) = match self {
+            NdjsonBody::Lines(bytes) => parse_lines(bytes, into)?,
+            NdjsonBody::Array(bytes) => parse_array(bytes, into)?,
+        };
+        if bad.is_empty() {
+            return Ok(());
+        }
+        let what = match self {
+            NdjsonBody::Array(_) => "array elements are",
+            NdjsonBody::Lines(_) => "lines are",
+        };
+        Err(bad_lines(&bad, total, what))
+    }
+}
+
+/// The 400 for a body with bad lines: how many, the first few, each with
+/// its number and fault.
+fn bad_lines(bad: &[(usize, String)], total: usize, what: &str) -> Rejection {
     let mut rejection = Rejection::bad_request(format!(
-        "{} of {total} {} not valid records; nothing was taken. First: {}",
+        "{} of {total} {what} not valid records; nothing was taken. First: {}",
         bad.len(),
-        if first == Some(&b'[') {
-            "array elements are"
-        } else {
-            "lines are"
-        },
         bad[0].1
     ));
     let listed: Vec<Value> = bad
@@ -116,48 +143,57 @@ pub(crate) fn parse(bytes: &[u8]) -> Result<Vec<Record>, Rejection> {
         .details
         .insert("bad_lines".to_owned(), bad.len().into());
     rejection.details.insert("lines".to_owned(), listed.into());
-    Err(rejection)
+    rejection
 }
 
-type Parsed = (Vec<Record>, Vec<(usize, String)>, usize);
+/// Bad lines (number, fault) and the records counted.
+type Parsed = (Vec<(usize, String)>, usize);
 
-/// Lines are numbered from 1; blank lines are skipped but counted.
-fn parse_lines(bytes: &[u8]) -> Parsed {
-    let mut records = Vec::new();
+/// The lines that are not blank, numbered from 1 (blank ones count in the
+/// numbering), without a trailing `\r`.
+fn lines(bytes: &[u8]) -> impl Iterator<Item = (usize, &[u8])> {
+    bytes
+        .split(|&b| b == b'\n')
+        .enumerate()
+        .map(|(i, line)| (i + 1, line.strip_suffix(b"\r").unwrap_or(line)))
+        .filter(|(_, line)| !line.iter().all(u8::is_ascii_whitespace))
+}
+
+/// Each line decoded and taken, one at a time. After the first bad line
+/// nothing more is taken: the rest are only checked, for the 400.
+fn parse_lines(bytes: &[u8], into: &mut impl Destination) -> Result<Parsed, Rejection> {
     let mut bad = Vec::new();
     let mut total = 0;
-    for (i, line) in bytes.split(|&b| b == b'\n').enumerate() {
-        let line = line.strip_suffix(b"\r").unwrap_or(line);
-        if line.iter().all(u8::is_ascii_whitespace) {
-            continue;
-        }
+    for (n, line) in lines(bytes) {
         total += 1;
-        let n = i + 1;
         let parsed = serde_json::from_slice::<Line>(line)
             .map_err(|e| format!("line {n}: not JSON: {e}"))
             .and_then(|line| record(line).map_err(|e| format!("line {n}: {e}")));
         match parsed {
-            Ok(record) => records.push(record),
+            Ok(record) if bad.is_empty() => into.push(record)?,
+            Ok(_) => {}
             Err(e) => bad.push((n, e)),
         }
     }
-    (records, bad, total)
+    Ok((bad, total))
 }
 
-/// A JSON array of objects; its elements are numbered from 1.
-fn parse_array(bytes: &[u8]) -> Result<Parsed, Rejection> {
+/// A JSON array of objects, its decoded form held first; its elements are
+/// numbered from 1.
+fn parse_array(bytes: &[u8], into: &mut impl Destination) -> Result<Parsed, Rejection> {
+    into.hold(decode_cost::json(bytes).decoded_bytes)?;
     let lines: Vec<Line> = serde_json::from_slice(bytes)
         .map_err(|e| Rejection::bad_request(format!("the body is not a JSON array: {e}")))?;
     let total = lines.len();
-    let mut records = Vec::with_capacity(total);
     let mut bad = Vec::new();
     for (i, line) in lines.into_iter().enumerate() {
         match record(line) {
-            Ok(record) => records.push(record),
+            Ok(record) if bad.is_empty() => into.push(record)?,
+            Ok(_) => {}
             Err(e) => bad.push((i + 1, format!("element {}: {e}", i + 1))),
         }
     }
-    Ok((records, bad, total))
+    Ok((bad, total))
 }
 
 /// One line or array element as read: an object's members, with its
@@ -324,6 +360,13 @@ mod tests {
     use axum::http::StatusCode;
     use serde_json::json;
     use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+    /// Every record of the body, or the 400.
+    fn parse(bytes: &[u8]) -> Result<Vec<Record>, Rejection> {
+        let mut records = Vec::new();
+        NdjsonBody::of(bytes).decode(&mut records)?;
+        Ok(records)
+    }
 
     fn one(line: &str) -> Record {
         let mut records = parse(line.as_bytes()).unwrap();

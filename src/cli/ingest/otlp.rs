@@ -30,11 +30,14 @@ use opentelemetry_proto::tonic::collector::logs::v1::{
 };
 use opentelemetry_proto::tonic::common::v1::{any_value, AnyValue, KeyValue};
 use opentelemetry_proto::tonic::logs::v1::LogRecord;
-use pglogsink::{Fields, Level, Record};
+use pglogsink::{Fields, Level, Record, SharedFields};
 use prost::Message;
 use serde_json::Value;
 
-use super::{body, hand_over, level_from_name, IngestState, Rejection};
+use super::{
+    body, check_records, decode_cost, level_from_name, Destination, Handover, IngestState,
+    Rejection,
+};
 
 const PROTOBUF: &str = "application/x-protobuf";
 const JSON: &str = "application/json";
@@ -97,16 +100,20 @@ async fn take(
     encoding: Encoding,
 ) -> Result<Response, Rejection> {
     let compression = body::encoding(headers)?;
-    let bytes = body::read(headers, request, compression, state.max_body_bytes).await?;
-    let export = decode(&bytes, encoding)?;
-    let records = records(export);
-    let handed = hand_over(&state.logger, records);
+    let mut handover = Handover::new(state);
+    let bytes = body::read(headers, request, compression, state.body, &mut handover).await?;
+    let export = decode(&bytes, encoding, state.max_records, &mut handover)?;
+    drop(bytes);
+    handover.expect(record_count(&export));
+    map_records(export, &mut handover)?;
+    let handed = handover.send();
     let partial = match handed.refused {
         None => None,
         // Nothing taken: the client should retry it all, later.
         Some((_, rejection)) if handed.accepted == 0 => return Err(rejection),
-        // Some taken: say which part was not, so that only that is lost
-        // rather than the rest duplicated (OTLP clients do not retry a 200).
+        // Some taken (the sink stopped while they were being queued): say
+        // which part was not, so that only that is lost rather than the
+        // rest duplicated (OTLP clients do not retry a 200).
         Some((refused, rejection)) => Some(ExportLogsPartialSuccess {
             rejected_log_records: i64::try_from(refused).unwrap_or(i64::MAX),
             error_message: rejection.message,
@@ -115,19 +122,48 @@ async fn take(
     Ok(success(partial, encoding))
 }
 
-fn decode(bytes: &[u8], encoding: Encoding) -> Result<ExportLogsServiceRequest, Rejection> {
-    match encoding {
-        Encoding::Protobuf => ExportLogsServiceRequest::decode(bytes).map_err(|e| {
-            Rejection::bad_request(format!(
-                "the body is not an OTLP ExportLogsServiceRequest in protobuf: {e}"
-            ))
-        }),
-        Encoding::Json => super::otlp_json::decode(bytes).map_err(|e| {
-            Rejection::bad_request(format!(
-                "the body is not an OTLP ExportLogsServiceRequest in JSON: {e}"
-            ))
-        }),
-    }
+/// The request, its decoded form's memory held first: refused with 413
+/// when it has more records than the cap (for protobuf, before decoding).
+fn decode(
+    bytes: &[u8],
+    encoding: Encoding,
+    max_records: usize,
+    into: &mut impl Destination,
+) -> Result<ExportLogsServiceRequest, Rejection> {
+    let not_otlp = |e: &dyn std::fmt::Display| {
+        let form = match encoding {
+            Encoding::Protobuf => "protobuf",
+            Encoding::Json => "JSON",
+        };
+        Rejection::bad_request(format!(
+            "the body is not an OTLP ExportLogsServiceRequest in {form}: {e}"
+        ))
+    };
+    let export = match encoding {
+        Encoding::Protobuf => {
+            let cost = decode_cost::otlp_protobuf(bytes).map_err(|e| not_otlp(&e))?;
+            check_records(cost.records, max_records)?;
+            into.hold(cost.decoded_bytes)?;
+            ExportLogsServiceRequest::decode(bytes).map_err(|e| not_otlp(&e))?
+        }
+        Encoding::Json => {
+            // Twice: a body the crate does not take as is is read again
+            // through a `Value` (see `otlp_json`).
+            into.hold(2 * decode_cost::json(bytes).decoded_bytes)?;
+            super::otlp_json::decode(bytes).map_err(|e| not_otlp(&e))?
+        }
+    };
+    check_records(record_count(&export), max_records)?;
+    Ok(export)
+}
+
+fn record_count(export: &ExportLogsServiceRequest) -> usize {
+    export
+        .resource_logs
+        .iter()
+        .flat_map(|r| &r.scope_logs)
+        .map(|s| s.log_records.len())
+        .sum()
 }
 
 /// 200 with an `ExportLogsServiceResponse` in the request's encoding.
@@ -188,9 +224,12 @@ fn status_response(rejection: Rejection, encoding: Encoding) -> Response {
     response
 }
 
-/// Every log record of the request, in order.
-fn records(export: ExportLogsServiceRequest) -> Vec<Record> {
-    let mut records = Vec::new();
+/// Every log record of the request, in order, into `into`. The fields of
+/// a resource and its scope are written once and shared by its records.
+fn map_records(
+    export: ExportLogsServiceRequest,
+    into: &mut impl Destination,
+) -> Result<(), Rejection> {
     for resource_logs in export.resource_logs {
         let resource = resource_logs
             .resource
@@ -216,16 +255,17 @@ fn records(export: ExportLogsServiceRequest) -> Vec<Record> {
                     }
                 }
             }
+            let shared = SharedFields::new(shared);
             for log in scope_logs.log_records {
-                records.push(record(log, &target, &shared));
+                into.push(record(log, &target, &shared))?;
             }
         }
     }
-    records
+    Ok(())
 }
 
-fn record(log: LogRecord, target: &str, shared: &Fields) -> Record {
-    let mut fields = shared.clone();
+fn record(log: LogRecord, target: &str, shared: &SharedFields) -> Record {
+    let mut fields = Fields::new();
     let (level, unmapped_text) = level(log.severity_number, log.severity_text);
     fields.extend(attributes(log.attributes));
     if !log.event_name.is_empty() {
@@ -247,6 +287,7 @@ fn record(log: LogRecord, target: &str, shared: &Fields) -> Record {
     };
     let record = Record::new(level, message)
         .target(target.to_owned())
+        .shared_fields(shared.clone())
         .fields(fields);
     let nanos = if log.time_unix_nano != 0 {
         log.time_unix_nano

@@ -10,18 +10,36 @@ use serde_json::json;
 
 const FIXTURE: &str = include_str!("../../../tests/fixtures/otlp_logs.json");
 
-/// (level, target, message, unix nanos or 0, fields as one JSON object).
+/// The request decoded as the endpoint does (no cap on records).
+fn decode(bytes: &[u8], encoding: Encoding) -> Result<ExportLogsServiceRequest, Rejection> {
+    super::decode(bytes, encoding, usize::MAX, &mut Vec::new())
+}
+
+/// Its records, as the endpoint maps them.
+fn records(export: ExportLogsServiceRequest) -> Vec<Record> {
+    let mut records = Vec::new();
+    map_records(export, &mut records).unwrap();
+    records
+}
+
+/// (level, target, message, unix nanos or 0, fields as one JSON object:
+/// the shared ones, then the record's own).
 fn shown(record: &Record) -> (Level, String, String, u128, Value) {
     let nanos = record
         .timestamp()
         .duration_since(UNIX_EPOCH)
         .unwrap()
         .as_nanos();
-    let fields: serde_json::Map<String, Value> = record
-        .field_list()
-        .iter()
-        .map(|(k, v)| (k.to_string(), v.clone()))
-        .collect();
+    let mut fields: serde_json::Map<String, Value> = record
+        .shared()
+        .map(|s| serde_json::from_str(&s.to_json()).unwrap())
+        .unwrap_or_default();
+    fields.extend(
+        record
+            .field_list()
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.clone())),
+    );
     (
         record.level(),
         target(record),

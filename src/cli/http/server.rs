@@ -1,0 +1,254 @@
+//! `serve`'s HTTP server: connections accepted within limits and served by
+//! hyper (HTTP/1.1), and a graceful shutdown within a deadline.
+//!
+//! - At most `--max-connections` connections at once: past it, new ones
+//!   wait in the kernel's accept queue until one closes.
+//! - A request's head must arrive within `--header-read-timeout` (hyper's
+//!   own timer), which also closes a keep-alive connection left idle that
+//!   long: a client that sends half a header, or nothing, cannot hold a
+//!   connection.
+//! - With TLS, at most `--max-tls-handshakes` handshakes run at once, each
+//!   within the same timeout.
+//! - Ingest bodies must arrive within `--body-read-timeout` (read where
+//!   they are read: `super::super::ingest`).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::service::TowerToHyperService;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Semaphore;
+use tokio::time::Instant;
+use tokio_rustls::TlsAcceptor;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::cli::Seconds;
+
+/// Default `--max-connections`.
+pub(crate) const DEFAULT_MAX_CONNECTIONS: usize = 4096;
+/// Default `--max-tls-handshakes`.
+pub(crate) const DEFAULT_MAX_TLS_HANDSHAKES: usize = 256;
+/// Default `--header-read-timeout`, in seconds.
+pub(crate) const DEFAULT_HEADER_READ_TIMEOUT: u64 = 10;
+/// Default `--body-read-timeout`, in seconds.
+pub(crate) const DEFAULT_BODY_READ_TIMEOUT: u64 = 30;
+
+#[derive(Debug, Clone, clap::Args)]
+pub(crate) struct HttpArgs {
+    /// Most HTTP connections open at once; further clients wait to be accepted until one closes.
+    #[arg(long, env = "PGLOGSINK_MAX_CONNECTIONS", default_value_t = DEFAULT_MAX_CONNECTIONS,
+          value_parser = parse_connections, value_name = "N")]
+    pub(crate) max_connections: usize,
+
+    /// Seconds a request's head (request line and headers) may take to arrive; also how long a
+    /// keep-alive connection may sit idle, and a TLS handshake may take. Past it the
+    /// connection is closed.
+    #[arg(long, env = "PGLOGSINK_HEADER_READ_TIMEOUT",
+          default_value_t = Seconds(Duration::from_secs(DEFAULT_HEADER_READ_TIMEOUT)),
+          value_parser = parse_timeout, value_name = "SECS")]
+    pub(crate) header_read_timeout: Seconds,
+
+    /// Seconds an ingest request's body may take to arrive after its head; a slower one is
+    /// answered 408.
+    #[arg(long, env = "PGLOGSINK_BODY_READ_TIMEOUT",
+          default_value_t = Seconds(Duration::from_secs(DEFAULT_BODY_READ_TIMEOUT)),
+          value_parser = parse_timeout, value_name = "SECS")]
+    pub(crate) body_read_timeout: Seconds,
+
+    /// Most TLS handshakes in progress at once (with --tls-cert); further connections wait
+    /// their turn.
+    #[arg(long, env = "PGLOGSINK_MAX_TLS_HANDSHAKES", default_value_t = DEFAULT_MAX_TLS_HANDSHAKES,
+          value_parser = parse_connections, value_name = "N")]
+    pub(crate) max_tls_handshakes: usize,
+}
+
+fn parse_connections(s: &str) -> Result<usize, String> {
+    match s.parse::<usize>() {
+        Ok(n) if (1..=1_000_000).contains(&n) => Ok(n),
+        _ => Err("expected a whole number from 1 to 1000000".to_owned()),
+    }
+}
+
+fn parse_timeout(s: &str) -> Result<Seconds, String> {
+    crate::cli::parse_seconds(s, false, 3_600.0).map(Seconds)
+}
+
+/// The server's limits, from [`HttpArgs`].
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct HttpLimits {
+    pub(crate) max_connections: usize,
+    pub(crate) header_read_timeout: Duration,
+    pub(crate) max_tls_handshakes: usize,
+}
+
+impl HttpArgs {
+    pub(crate) fn limits(&self) -> HttpLimits {
+        HttpLimits {
+            max_connections: self.max_connections,
+            header_read_timeout: self.header_read_timeout.0,
+            max_tls_handshakes: self.max_tls_handshakes,
+        }
+    }
+}
+
+/// Serve `router` on `listener` (TLS with `tls`) until `shutdown` is
+/// cancelled; then stop accepting, let requests in progress finish until
+/// `grace` has passed, and close what is still open. Returns when the
+/// shutdown began.
+pub(crate) async fn serve(
+    listener: TcpListener,
+    tls: Option<TlsAcceptor>,
+    router: Router,
+    limits: HttpLimits,
+    shutdown: &CancellationToken,
+    grace: Duration,
+) -> Instant {
+    let server = Server {
+        router,
+        tls,
+        limits,
+        handshakes: Arc::new(Semaphore::new(limits.max_tls_handshakes)),
+        graceful: GracefulShutdown::new(),
+        hard_stop: CancellationToken::new(),
+        connections: TaskTracker::new(),
+    };
+    let open = Arc::new(Semaphore::new(limits.max_connections));
+    loop {
+        let accepted = tokio::select! {
+            biased;
+            () = shutdown.cancelled() => break,
+            accepted = accept(&listener, &open) => accepted,
+        };
+        if let Some((stream, permit)) = accepted {
+            server.spawn(stream, permit);
+        }
+    }
+    let began = Instant::now();
+    drop(listener);
+    server.stop(began + grace).await;
+    began
+}
+
+/// The next connection and its place among the open ones (`None` when
+/// accept failed: out of file descriptors and the like, waited out).
+async fn accept(
+    listener: &TcpListener,
+    open: &Arc<Semaphore>,
+) -> Option<(TcpStream, tokio::sync::OwnedSemaphorePermit)> {
+    let permit = open.clone().acquire_owned().await.ok()?;
+    match listener.accept().await {
+        Ok((stream, _)) => {
+            stream.set_nodelay(true).ok();
+            Some((stream, permit))
+        }
+        Err(e) => {
+            tracing::debug!("accept failed: {e}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            None
+        }
+    }
+}
+
+struct Server {
+    router: Router,
+    tls: Option<TlsAcceptor>,
+    limits: HttpLimits,
+    handshakes: Arc<Semaphore>,
+    graceful: GracefulShutdown,
+    /// Cancelled when the grace period is over: close every connection.
+    hard_stop: CancellationToken,
+    connections: TaskTracker,
+}
+
+impl Server {
+    /// Serve one connection in a task of its own, holding `permit` until it
+    /// closes.
+    fn spawn(&self, stream: TcpStream, permit: tokio::sync::OwnedSemaphorePermit) {
+        let tls = self.tls.clone();
+        let handshakes = self.handshakes.clone();
+        let timeout = self.limits.header_read_timeout;
+        let router = self.router.clone();
+        let watcher = self.graceful.watcher();
+        let hard_stop = self.hard_stop.clone();
+        self.connections.spawn(async move {
+            let _permit = permit;
+            let served = async {
+                match tls {
+                    None => serve_connection(stream, router, timeout, watcher).await,
+                    Some(acceptor) => {
+                        let Some(stream) = handshake(stream, &acceptor, &handshakes, timeout).await
+                        else {
+                            return;
+                        };
+                        serve_connection(stream, router, timeout, watcher).await;
+                    }
+                }
+            };
+            tokio::select! {
+                () = served => {}
+                () = hard_stop.cancelled() => {}
+            }
+        });
+    }
+
+    /// Ask every connection to finish its request in progress and close;
+    /// close those still open at `deadline`.
+    async fn stop(self, deadline: Instant) {
+        self.connections.close();
+        if tokio::time::timeout_at(deadline, self.graceful.shutdown())
+            .await
+            .is_err()
+        {
+            tracing::warn!("HTTP connections still open at the shutdown deadline; closing them");
+        }
+        self.hard_stop.cancel();
+        self.connections.wait().await;
+    }
+}
+
+/// The TLS handshake, one of at most `--max-tls-handshakes` at once, within
+/// `timeout`; `None` when it failed (the client's side reports it).
+async fn handshake(
+    stream: TcpStream,
+    acceptor: &TlsAcceptor,
+    handshakes: &Semaphore,
+    timeout: Duration,
+) -> Option<tokio_rustls::server::TlsStream<TcpStream>> {
+    let _turn = handshakes.acquire().await.ok()?;
+    match tokio::time::timeout(timeout, acceptor.accept(stream)).await {
+        Ok(Ok(tls)) => Some(tls),
+        Ok(Err(e)) => {
+            tracing::debug!("TLS handshake failed: {e}");
+            None
+        }
+        Err(_) => {
+            tracing::debug!("TLS handshake timed out");
+            None
+        }
+    }
+}
+
+/// HTTP/1.1 on one connection, with hyper's header read timeout.
+async fn serve_connection<S>(
+    stream: S,
+    router: Router,
+    header_read_timeout: Duration,
+    watcher: hyper_util::server::graceful::Watcher,
+) where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let service = TowerToHyperService::new(router);
+    let mut builder = hyper::server::conn::http1::Builder::new();
+    builder
+        .timer(TokioTimer::new())
+        .header_read_timeout(header_read_timeout);
+    let connection = builder.serve_connection(TokioIo::new(stream), service);
+    if let Err(e) = watcher.watch(connection).await {
+        tracing::debug!("connection ended: {e}");
+    }
+}

@@ -20,6 +20,10 @@ use crate::service::{Serve, BIN};
 
 /// Rows written behind the open transaction.
 const ROWS: usize = 300_000;
+
+/// Held by each trial while it runs: the two do not share the cores with
+/// each other, only with the other tests.
+static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 /// Rows per writing transaction.
 const PER_COMMIT: usize = 1_000;
 
@@ -37,6 +41,7 @@ pub fn trials() -> Vec<Trial> {
 }
 
 async fn logs_follow() -> Result<(), Failed> {
+    let _turn = ONE_AT_A_TIME.lock().await;
     let table = fresh_table("behind");
     let pool = pool()?;
     pglogsink::migrate(&pool, &table).await?;
@@ -68,6 +73,7 @@ async fn logs_follow() -> Result<(), Failed> {
 }
 
 async fn api_tail() -> Result<(), Failed> {
+    let _turn = ONE_AT_A_TIME.lock().await;
     let table = fresh_table("behind");
     let db = url()?;
     let serve = Serve::start(&["--database-url", &db, "--table", &table.to_string()], &[])?;

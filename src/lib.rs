@@ -75,7 +75,9 @@ pub use fields_json::SharedFields;
 #[cfg(feature = "tracing-layer")]
 pub use layer::PgLogLayer;
 pub use logger::{Batch, Logger, SendError};
-pub use maintain::{DroppedPartition, Maintenance, MaintenanceReport, DEFAULT_PREMAKE};
+pub use maintain::{
+    DroppedPartition, Maintenance, MaintenanceReport, DEFAULT_MAX_AGE, DEFAULT_PREMAKE,
+};
 pub use partitions::PartitionInterval;
 pub use record::{Fields, Level, ParseLevelError, Record};
 pub use report::{FatalError, Report};

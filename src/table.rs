@@ -73,8 +73,14 @@ impl TableName {
 
     /// `<name><suffix>` in the same schema, the name cut to fit
     /// PostgreSQL's 63 bytes as `sql/schema.sql` does with `left(tbl, n)`.
+    /// A name read from the catalog may hold multi-byte characters: the cut
+    /// falls before the character it would split, as PostgreSQL cuts a
+    /// long identifier.
     pub(crate) fn sibling(&self, suffix: &str) -> TableName {
-        let keep = self.name.len().min(63 - suffix.len());
+        let mut keep = self.name.len().min(63_usize.saturating_sub(suffix.len()));
+        while !self.name.is_char_boundary(keep) {
+            keep -= 1;
+        }
         TableName {
             schema: self.schema.clone(),
             name: format!("{}{suffix}", &self.name[..keep]),
@@ -172,5 +178,29 @@ mod tests {
             TableName::parse("log").unwrap().ledger_table().quoted(),
             "\"log_batches\""
         );
+    }
+
+    #[test]
+    fn a_sibling_of_a_multi_byte_name_is_cut_between_characters() {
+        // Catalog names may hold any character; 'é' is two bytes, so every
+        // cut point from byte 45 to 58 is tried on one side or the other.
+        for len in 20..=32 {
+            for prefix in ["", "a"] {
+                let name = format!("{prefix}{}", "\u{e9}".repeat(len));
+                let table = TableName::from_parts(None, name.clone());
+                for suffix in ["_message_trgm", "_default", "_p20261203_14", "_batches"] {
+                    let sibling = table.sibling(suffix);
+                    assert!(sibling.name().len() <= 63, "{}", sibling.name());
+                    assert!(sibling.name().ends_with(suffix));
+                    let kept = &sibling.name()[..sibling.name().len() - suffix.len()];
+                    assert!(
+                        name.starts_with(kept),
+                        "{kept:?} is not a prefix of {name:?}"
+                    );
+                    // At most the one byte of a split character is lost.
+                    assert!(kept.len() + suffix.len() >= 62.min(name.len() + suffix.len()));
+                }
+            }
+        }
     }
 }

@@ -22,7 +22,8 @@ use tracing_subscriber::registry::LookupSpan;
 use tracing_subscriber::EnvFilter;
 
 /// stderr's filter when `RUST_LOG` is unset (or invalid): the service's own
-/// messages, but not one line per request (`RUST_LOG=info` shows those).
+/// messages and 5xx answers, but not one line per request (those are at
+/// debug: `RUST_LOG=info,http=debug` shows them).
 const DEFAULT_STDERR_FILTER: &str = "info,http=warn";
 
 static TABLE_LAYER: OnceLock<PgLogLayer> = OnceLock::new();

@@ -442,9 +442,15 @@ async fn follow(
     tokio::pin!(signal);
     let mut client = Some(client);
     loop {
+        // A burst is read page after page, without the pause.
+        let pause = if follower.caught_up() {
+            POLL_INTERVAL
+        } else {
+            Duration::ZERO
+        };
         tokio::select! {
             () = &mut signal => return Ok(()),
-            () = tokio::time::sleep(POLL_INTERVAL) => {}
+            () = tokio::time::sleep(pause) => {}
         }
         if client.is_none() {
             match connect(db).await {

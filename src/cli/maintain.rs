@@ -22,6 +22,14 @@ pub(crate) struct MaintenanceArgs {
     #[arg(long, env = "PGLOGSINK_PREMAKE", default_value_t = pglogsink::DEFAULT_PREMAKE,
           value_parser = clap::value_parser!(u32).range(0..=1000), value_name = "N")]
     pub(crate) premake: u32,
+
+    /// How far back rows get partitions of their own: rows in the DEFAULT partition older than this
+    /// stay there (still read by every query; --retention deletes them), so that a client whose
+    /// clock is years off cannot make a partition per day since 1970. With --retention, the shorter
+    /// of the two applies.
+    #[arg(long, env = "PGLOGSINK_MAX_AGE", default_value = "30d",
+          value_parser = parse_retention, value_name = "AGE")]
+    pub(crate) max_age: Duration,
 }
 
 impl MaintenanceArgs {
@@ -34,6 +42,7 @@ impl MaintenanceArgs {
             interval: self.partition_interval,
             premake: self.premake,
             retention,
+            max_age: self.max_age,
             search_index,
         }
     }
@@ -65,8 +74,8 @@ fn parse_interval(s: &str) -> Result<PartitionInterval, String> {
     s.parse().map_err(|e: pglogsink::Error| e.to_string())
 }
 
-/// A retention: at least one hour (a shorter one would drop the partition
-/// being written).
+/// A retention or `--max-age`: at least one hour (a shorter retention
+/// would drop the partition being written).
 pub(crate) fn parse_retention(s: &str) -> Result<Duration, String> {
     match pglogsink::query::parse_duration(s) {
         Some(d) if d >= Duration::from_secs(3600) => Ok(d),

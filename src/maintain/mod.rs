@@ -35,13 +35,16 @@ pub use report::{DroppedPartition, MaintenanceReport};
 
 /// Partitions made ahead of the current one by default.
 pub const DEFAULT_PREMAKE: u32 = 3;
+/// How old rows may be and still get partitions made for them, by default:
+/// 30 days (see [`Maintenance::max_age`]).
+pub const DEFAULT_MAX_AGE: Duration = Duration::from_secs(30 * 86_400);
 /// How long one DDL statement may wait for its lock before it is retried.
 const LOCK_TIMEOUT: &str = "200ms";
 /// Attempts at one change before it is left for the next run.
 const ATTEMPTS: u32 = 5;
 
 /// What a maintenance run does. `Default`: daily partitions, three made
-/// ahead, nothing dropped.
+/// ahead, partitions made for rows up to 30 days old, nothing dropped.
 ///
 /// ```no_run
 /// # async fn demo(pool: deadpool_postgres::Pool) -> Result<(), pglogsink::Error> {
@@ -65,6 +68,15 @@ pub struct Maintenance {
     /// Drop partitions whose whole range is older than this (and delete
     /// such rows from the DEFAULT partition); `None` keeps everything.
     pub retention: Option<Duration>,
+    /// The partition window's reach into the past: rows in the DEFAULT
+    /// partition older than this get no partition of their own. They stay
+    /// in DEFAULT (still read by every query; retention deletes them), so
+    /// that a client whose clock is years off, or a body of rows stamped a
+    /// day apart since 1970, cannot make thousands of partitions. With a
+    /// retention, the shorter of the two applies. The window's other end
+    /// is `premake` intervals ahead: rows beyond it wait in DEFAULT until
+    /// the window reaches them.
+    pub max_age: Duration,
     /// Give every partition whose range has ended a trigram index on
     /// `message` (`pg_trgm`, built concurrently, once), so that a
     /// `grep` over older data is an index lookup; the partition being
@@ -78,6 +90,7 @@ impl Default for Maintenance {
             interval: PartitionInterval::default(),
             premake: DEFAULT_PREMAKE,
             retention: None,
+            max_age: DEFAULT_MAX_AGE,
             search_index: false,
         }
     }
@@ -86,18 +99,21 @@ impl Default for Maintenance {
 impl Maintenance {
     /// Run maintenance once on `table`: create the partitions from the
     /// current interval to `premake` intervals ahead, move rows out of the
-    /// DEFAULT partition into partitions created for them (up to that
-    /// horizon), and, with a retention, drop the partitions and delete the
-    /// DEFAULT partition's rows it has passed. Each change is logged.
+    /// DEFAULT partition into partitions created for them (within the
+    /// partition window: from `max_age` ago to that horizon), and, with a
+    /// retention, drop the partitions and delete the DEFAULT partition's
+    /// rows it has passed. Each change is logged.
     ///
     /// Errors when the table is missing or not partitioned (run
     /// [`migrate`](crate::migrate)), or when the role may not change it
     /// (SQLSTATE 42501: run maintenance as the table's owner).
     pub async fn run(&self, pool: &Pool, table: &TableName) -> Result<MaintenanceReport, Error> {
         let context = format!("maintaining table {table}");
-        let mut client = connection(pool, &context).await?;
+        let mut client = Checkout(Some(connection(pool, &context).await?));
         let lock = lock_key(table);
-        self.run_on(&mut client, table, lock, &context).await
+        let outcome = self.run_on(client.object(), table, lock, &context).await;
+        client.give_back();
+        outcome
     }
 
     async fn run_on(
@@ -129,23 +145,26 @@ impl Maintenance {
         let existing = partitions::list(client, table).await.map_err(db)?;
         let default = existing.iter().any(|p| p.is_default);
         let now = now_micros();
-        let cutoff = self
-            .retention
-            .map(|r| now.saturating_sub(i64::try_from(r.as_micros()).unwrap_or(i64::MAX)));
+        let micros = |d: Duration| i64::try_from(d.as_micros()).unwrap_or(i64::MAX);
+        let cutoff = self.retention.map(|r| now.saturating_sub(micros(r)));
+        let window = self.window(now, micros(self.max_age), cutoff);
         let in_default = if default {
             self.default_rows_by_bin(client, table).await.map_err(db)?
         } else {
             BTreeMap::new()
         };
 
-        let mut report = MaintenanceReport::default();
+        let mut report = MaintenanceReport {
+            kept_in_default: self.kept_in_default(window, cutoff, &in_default),
+            ..MaintenanceReport::default()
+        };
         let mut changes = Changes {
             client,
             lock,
             report: &mut report,
         };
         let go_on = self
-            .apply_changes(&mut changes, table, now, cutoff, &existing, &in_default)
+            .apply_changes(&mut changes, table, window, cutoff, &existing, &in_default)
             .await
             .map_err(db)?;
         if go_on && self.search_index {
@@ -170,12 +189,12 @@ impl Maintenance {
         &self,
         changes: &mut Changes<'_>,
         table: &TableName,
-        now: i64,
+        window: Window,
         cutoff: Option<i64>,
         existing: &[Partition],
         in_default: &BTreeMap<i64, u64>,
     ) -> Result<bool, tokio_postgres::Error> {
-        for start in self.bins_to_create(now, cutoff, existing, in_default) {
+        for start in self.bins_to_create(window, existing, in_default) {
             let moving = in_default.contains_key(&start);
             if !self.create(changes, table, start, moving).await? {
                 return Ok(false);
@@ -196,31 +215,56 @@ impl Maintenance {
         Ok(true)
     }
 
+    /// The partition window at `now`: from the bin `max_age` (or the
+    /// retention, when shorter) ago to `premake` bins past the current one.
+    fn window(&self, now: i64, max_age: i64, cutoff: Option<i64>) -> Window {
+        let step = self.interval.micros();
+        let current = self.interval.floor(now);
+        let oldest = now.saturating_sub(max_age).max(cutoff.unwrap_or(i64::MIN));
+        Window {
+            from: self.interval.floor(oldest),
+            to: current + (i64::from(self.premake) + 1) * step,
+        }
+    }
+
     /// Bins that should have a partition and have none: the current one and
-    /// `premake` ahead, and those holding rows in the DEFAULT partition that
-    /// retention keeps (up to the same horizon: further ahead they wait).
+    /// `premake` ahead, and those of the window holding rows in the DEFAULT
+    /// partition.
     fn bins_to_create(
         &self,
-        now: i64,
-        cutoff: Option<i64>,
+        window: Window,
         existing: &[Partition],
         in_default: &BTreeMap<i64, u64>,
     ) -> Vec<i64> {
         let step = self.interval.micros();
-        let first = self.interval.floor(now);
-        let horizon = first + (i64::from(self.premake) + 1) * step;
-        let ahead = (0..=i64::from(self.premake)).map(|i| first + i * step);
-        let kept = |&bin: &i64| bin < horizon && cutoff.map_or(true, |c| bin + step > c);
+        let ahead = (0..=i64::from(self.premake)).map(|i| window.to - (i + 1) * step);
         let mut bins: Vec<i64> = in_default
             .keys()
             .copied()
-            .filter(kept)
+            .filter(|&bin| window.holds(bin))
             .chain(ahead)
             .collect();
         bins.sort_unstable();
         bins.dedup();
         bins.retain(|&bin| !existing.iter().any(|p| p.overlaps(bin, bin + step)));
         bins
+    }
+
+    /// Rows the DEFAULT partition keeps: outside the window, and not
+    /// deleted by retention.
+    fn kept_in_default(
+        &self,
+        window: Window,
+        cutoff: Option<i64>,
+        in_default: &BTreeMap<i64, u64>,
+    ) -> u64 {
+        let step = self.interval.micros();
+        let expired = |bin: i64| cutoff.is_some_and(|c| bin + step <= self.interval.floor(c));
+        in_default
+            .iter()
+            .filter(|(&bin, _)| !window.holds(bin) && !expired(bin))
+            .map(|(_, &rows)| rows)
+            .sum()
     }
 
     /// Rows of the DEFAULT partition, counted by the bin they belong to.
@@ -317,6 +361,19 @@ impl Maintenance {
         );
         changes.report.deleted_from_default += counts[0];
         Ok(true)
+    }
+}
+
+/// The bins that get partitions: `[from, to)`, bin starts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Window {
+    from: i64,
+    to: i64,
+}
+
+impl Window {
+    fn holds(self, bin: i64) -> bool {
+        bin >= self.from && bin < self.to
     }
 }
 
@@ -418,6 +475,37 @@ async fn build_search_indexes(
         report.search_indexed.push(partition.name.to_string());
     }
     Ok(())
+}
+
+/// A run's connection, given back to the pool only when the run ends.
+///
+/// A run dropped midway (`serve` stopping cancels its maintenance) may
+/// leave a statement running on the server: a `CREATE INDEX CONCURRENTLY`
+/// waits for every older transaction to end. Given back, that busy
+/// connection would make its next user (the sink draining its queue at
+/// shutdown) wait behind the statement; so it is taken out of the pool and
+/// closed instead.
+struct Checkout(Option<Object>);
+
+impl Checkout {
+    fn object(&mut self) -> &mut Object {
+        self.0
+            .as_mut()
+            .expect("the connection is held until the run ends")
+    }
+
+    /// The run ended: the connection is idle and goes back to the pool.
+    fn give_back(mut self) {
+        drop(self.0.take());
+    }
+}
+
+impl Drop for Checkout {
+    fn drop(&mut self) {
+        if let Some(object) = self.0.take() {
+            drop(Object::take(object));
+        }
+    }
 }
 
 /// Applies one change at a time, each a short transaction of its own.
@@ -537,34 +625,74 @@ mod tests {
         }
     }
 
+    fn window(m: &Maintenance, now: i64, cutoff: Option<i64>) -> Window {
+        let max_age = i64::try_from(m.max_age.as_micros()).unwrap();
+        m.window(now, max_age, cutoff)
+    }
+
     #[test]
     fn premade_bins_skip_existing_partitions() {
         let m = Maintenance::default();
         let today = PartitionInterval::Day.floor(1_796_307_907_000_000);
         let existing = [partition(today, today + DAY)];
-        let bins = m.bins_to_create(today + 5, None, &existing, &BTreeMap::new());
+        let bins = m.bins_to_create(window(&m, today + 5, None), &existing, &BTreeMap::new());
         assert_eq!(bins, vec![today + DAY, today + 2 * DAY, today + 3 * DAY]);
     }
 
     #[test]
-    fn default_rows_get_a_partition_unless_past_retention_or_beyond_the_horizon() {
+    fn default_rows_get_a_partition_only_inside_the_window() {
         let m = Maintenance {
             premake: 1,
             ..Maintenance::default()
         };
-        let today = PartitionInterval::Day.floor(1_796_307_907_000_000);
+        let now = 1_796_307_907_000_000;
+        let today = PartitionInterval::Day.floor(now);
         let in_default: BTreeMap<i64, u64> = [
-            (today - 40 * DAY, 1),  // past a 30-day retention: deleted, not moved
-            (today - 2 * DAY, 5),   // kept: gets its partition
-            (today + 400 * DAY, 1), // a year ahead: stays in DEFAULT
+            (today - 40 * DAY, 1),  // past max_age (30 days): stays in DEFAULT
+            (today - 31 * DAY, 7),  // ended before the instant 30 days ago: out
+            (today - 30 * DAY, 2),  // holds the instant 30 days ago: in
+            (today - 2 * DAY, 5),   // gets its partition
+            (today + DAY, 3),       // the premade one
+            (today + 2 * DAY, 4),   // past the horizon: waits in DEFAULT
+            (today + 400 * DAY, 1), // a year ahead: waits in DEFAULT
         ]
         .into_iter()
         .collect();
-        let cutoff = Some(today - 30 * DAY);
-        let bins = m.bins_to_create(today, cutoff, &[], &in_default);
+        let w = window(&m, now, None);
+        let bins = m.bins_to_create(w, &[], &in_default);
+        assert_eq!(
+            bins,
+            vec![today - 30 * DAY, today - 2 * DAY, today, today + DAY]
+        );
+        assert_eq!(m.kept_in_default(w, None, &in_default), 1 + 7 + 4 + 1);
+        // A retention shorter than max_age narrows the window, and deletes
+        // what it has passed rather than keeping it.
+        let cutoff = Some(now - 10 * DAY);
+        let w = window(&m, now, cutoff);
+        let bins = m.bins_to_create(w, &[], &in_default);
         assert_eq!(bins, vec![today - 2 * DAY, today, today + DAY]);
-        let keep_all = m.bins_to_create(today, None, &[], &in_default);
-        assert_eq!(keep_all[0], today - 40 * DAY);
+        assert_eq!(m.kept_in_default(w, cutoff, &in_default), 4 + 1);
+        // A longer max_age reaches further back.
+        let long = Maintenance {
+            max_age: Duration::from_secs(41 * 86_400),
+            ..m
+        };
+        let bins = long.bins_to_create(window(&long, now, None), &[], &in_default);
+        assert_eq!(bins[0], today - 40 * DAY);
+    }
+
+    #[test]
+    fn a_row_a_day_since_1970_makes_a_month_of_partitions() {
+        let m = Maintenance::default();
+        let now = 1_796_307_907_000_000;
+        let in_default: BTreeMap<i64, u64> = (0..now / DAY + 1).map(|d| (d * DAY, 1)).collect();
+        let w = window(&m, now, None);
+        let bins = m.bins_to_create(w, &[], &in_default);
+        assert_eq!(bins.len(), 30 + 4, "30 days back, today and 3 ahead");
+        assert_eq!(
+            m.kept_in_default(w, None, &in_default) as usize,
+            in_default.len() - 31
+        );
     }
 
     #[test]

@@ -16,6 +16,11 @@ pub struct MaintenanceReport {
     pub dropped: Vec<DroppedPartition>,
     /// Rows older than the retention deleted from the DEFAULT partition.
     pub deleted_from_default: u64,
+    /// Rows the DEFAULT partition keeps because their time is outside the
+    /// partition window (older than `max_age`, or past the premake
+    /// horizon): not a change, what is left. Retention deletes the old
+    /// ones; the window reaches the future ones in time.
+    pub kept_in_default: u64,
     /// Partitions given a trigram index on `message`.
     pub search_indexed: Vec<String>,
     /// Changes that could not get their lock in time; the next run retries.
@@ -99,9 +104,14 @@ impl fmt::Display for MaintenanceReport {
             ));
         }
         if parts.is_empty() {
-            f.write_str("nothing to do")
-        } else {
-            f.write_str(&parts.join("; "))
+            parts.push("nothing to do".to_owned());
         }
+        if self.kept_in_default > 0 {
+            parts.push(format!(
+                "{} row(s) stay in the DEFAULT partition, outside the partition window",
+                self.kept_in_default
+            ));
+        }
+        f.write_str(&parts.join("; "))
     }
 }

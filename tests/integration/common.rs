@@ -96,6 +96,36 @@ pub fn check(cond: bool, message: impl FnOnce() -> String) -> Result<(), Failed>
     }
 }
 
+/// `rows` copies of one text-format COPY line (`timestamp, level, target,
+/// message`, tab-separated) into `table`, in `tx`.
+pub async fn copy_lines(
+    tx: &pglogsink::tokio_postgres::Transaction<'_>,
+    table: &TableName,
+    line: &str,
+    rows: usize,
+) -> Result<(), pglogsink::tokio_postgres::Error> {
+    use futures_util::SinkExt;
+    let sink = tx
+        .copy_in::<_, bytes::Bytes>(&format!(
+            "COPY {} (\"timestamp\", level, target, message) FROM STDIN",
+            table.quoted()
+        ))
+        .await?;
+    futures_util::pin_mut!(sink);
+    sink.send(bytes::Bytes::from(format!("{line}\n").repeat(rows)))
+        .await?;
+    sink.as_mut().finish().await?;
+    Ok(())
+}
+
+/// An `INSERT` of one row stamped now: level info, target `t`.
+pub fn insert_one(table: &TableName, message: &str) -> String {
+    format!(
+        "INSERT INTO {} (\"timestamp\", level, target, message) VALUES (now(), 'info', 't', '{message}')",
+        table.quoted()
+    )
+}
+
 /// Rows in a table.
 pub async fn count(
     pool: &pglogsink::deadpool_postgres::Pool,

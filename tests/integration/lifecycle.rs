@@ -5,14 +5,13 @@
 
 use std::time::{Duration, Instant};
 
-use futures_util::SinkExt;
 use libtest_mimic::{Failed, Trial};
 use pglogsink::deadpool_postgres::Pool;
 use pglogsink::query::{Filter, Reader};
 use pglogsink::tokio_postgres;
 use pglogsink::{CancellationToken, Level, Maintenance, Record, SinkConfig, TableName};
 
-use crate::common::{async_trial, check, config, fresh_table, pool};
+use crate::common::{async_trial, check, config, copy_lines, fresh_table, insert_one, pool};
 use crate::service::{http_get, Serve, BIN};
 
 const DAY: Duration = Duration::from_secs(86_400);
@@ -32,6 +31,14 @@ pub fn trials() -> Vec<Trial> {
             search_index,
         ),
         async_trial(
+            "lifecycle::maintenance_stopped_inside_create_index_concurrently_closes_its_connection",
+            stopped_inside_create_index,
+        ),
+        Trial::test(
+            "lifecycle::a_row_a_day_since_1970_leaves_a_month_of_partitions",
+            a_row_a_day_since_1970,
+        ),
+        async_trial(
             "lifecycle::records_from_skewed_clocks_are_stored",
             skewed_clocks,
         ),
@@ -42,6 +49,10 @@ pub fn trials() -> Vec<Trial> {
         async_trial(
             "lifecycle::follow_sees_rows_committed_out_of_id_order",
             follow_out_of_order,
+        ),
+        async_trial(
+            "lifecycle::follow_shows_a_long_writers_rows_once_it_commits_and_others_meanwhile",
+            follow_long_writer,
         ),
         Trial::test(
             "lifecycle::serve_as_an_insert_only_role_and_maintain_as_the_owner",
@@ -102,16 +113,7 @@ async fn copy_now(
 ) -> Result<(), tokio_postgres::Error> {
     let tx = client.transaction().await?;
     tx.batch_execute("SET LOCAL lock_timeout = '100ms'").await?;
-    let sink = tx
-        .copy_in::<_, bytes::Bytes>(&format!(
-            "COPY {} (\"timestamp\", level, target, message) FROM STDIN",
-            table.quoted()
-        ))
-        .await?;
-    futures_util::pin_mut!(sink);
-    let data = "now\tinfo\twriter\tcopy stream\n".repeat(rows);
-    sink.send(bytes::Bytes::from(data)).await?;
-    sink.as_mut().finish().await?;
+    copy_lines(&tx, table, "now\tinfo\twriter\tcopy stream", rows).await?;
     tx.commit().await
 }
 
@@ -123,8 +125,14 @@ async fn retention_drops_whole_partitions() -> Result<(), Failed> {
         .await?
         .batch_execute(&noon_rows(&table, 40, 250))
         .await?;
-    // The 40 past days went to DEFAULT; maintenance gives each its partition.
-    let moved = Maintenance::default().run(&pool, &table).await?;
+    // The 40 past days went to DEFAULT; maintenance reaching 50 days back
+    // gives each its partition.
+    let moved = Maintenance {
+        max_age: 50 * DAY,
+        ..Maintenance::default()
+    }
+    .run(&pool, &table)
+    .await?;
     check(
         moved.moved_from_default == 10_000 && moved.created.len() == 40,
         || format!("{moved}"),
@@ -314,6 +322,58 @@ async fn search_index() -> Result<(), Failed> {
     })
 }
 
+/// `serve` stopping drops its maintenance run; one dropped while its
+/// `CREATE INDEX CONCURRENTLY` waits must not hand that busy connection to
+/// the next user of the pool (the sink, draining).
+async fn stopped_inside_create_index() -> Result<(), Failed> {
+    let pool = pglogsink::pool(config()?, 1)?;
+    let watcher = crate::common::pool()?;
+    let table = fresh_table("cic");
+    pglogsink::migrate(&pool, &table).await?;
+    pool.get()
+        .await?
+        .batch_execute(&noon_rows(&table, 1, 100))
+        .await?;
+    Maintenance::default().run(&pool, &table).await?;
+    // A snapshot held open: the index build waits for it to end.
+    let mut holder = watcher.get().await?;
+    let snapshot = holder
+        .build_transaction()
+        .isolation_level(tokio_postgres::IsolationLevel::RepeatableRead)
+        .start()
+        .await?;
+    snapshot.batch_execute("SELECT 1").await?;
+    let maintenance = Maintenance {
+        search_index: true,
+        ..Maintenance::default()
+    };
+    let run = maintenance.run(&pool, &table);
+    let building = async {
+        let sql = "SELECT count(*) FROM pg_stat_activity \
+                   WHERE state = 'active' AND query LIKE 'CREATE INDEX CONCURRENTLY%'";
+        while scalar(&watcher, sql).await? == 0 {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        Ok::<(), Failed>(())
+    };
+    tokio::select! {
+        outcome = run => return Err(format!("the run ended on its own: {outcome:?}").into()),
+        waited = tokio::time::timeout(Duration::from_secs(30), building) => {
+            waited.map_err(|_| "the index build never started")??;
+        }
+    }
+    // The run is dropped here, mid-statement. The pool's one connection
+    // answers at once: the busy one was not given back.
+    let answered = tokio::time::timeout(Duration::from_secs(5), async {
+        scalar(&pool, "SELECT 1::int8").await
+    })
+    .await;
+    snapshot.rollback().await?;
+    check(matches!(answered, Ok(Ok(1))), || {
+        format!("the pool's connection did not answer within 5 s: {answered:?}")
+    })
+}
+
 async fn skewed_clocks() -> Result<(), Failed> {
     let pool = pool()?;
     let table = fresh_table("skew");
@@ -350,9 +410,95 @@ async fn skewed_clocks() -> Result<(), Failed> {
         places[0].0.ends_with("_default") && !places[1].0.ends_with("_default"),
         || format!("{places:?}: the old one in DEFAULT, the future one in its premade partition"),
     )?;
-    // Without retention, maintenance gives the old record its own partition.
+    // Three years is past the partition window: the record stays in
+    // DEFAULT, and the report says so; a window reaching that far gives it
+    // its own partition.
     let report = Maintenance::default().run(&pool, &table).await?;
-    check(report.moved_from_default == 1, || format!("{report}"))
+    check(
+        report.moved_from_default == 0 && report.kept_in_default == 1,
+        || format!("{report}"),
+    )?;
+    let report = Maintenance {
+        max_age: 4 * 365 * DAY,
+        ..Maintenance::default()
+    }
+    .run(&pool, &table)
+    .await?;
+    check(
+        report.moved_from_default == 1 && report.kept_in_default == 0,
+        || format!("{report}"),
+    )
+}
+
+/// The issue's body: one NDJSON line per day since 1970 through `serve`,
+/// then `pglogsink maintain`. The rows are all kept and readable; only the
+/// partition window's days (30 back, 3 ahead) get partitions, and maintain
+/// is done in seconds (it made 10,141 partitions in 6.5 minutes and went
+/// on, before the window).
+fn a_row_a_day_since_1970() -> Result<(), Failed> {
+    let mut server = crate::ingest::Server::start(&[])?;
+    let today = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)?
+        .as_secs()
+        / 86_400;
+    let days = today + 1;
+    let body: String = (0..days)
+        .map(|d| format!("{{\"timestamp\":{},\"message\":\"day {d}\"}}\n", d * 86_400))
+        .collect();
+    let reply = server.post(
+        "/ingest/ndjson",
+        &[("content-type", "application/x-ndjson")],
+        body.as_bytes(),
+    )?;
+    check(reply.status == 200, || reply.text())?;
+    let out = server.stop()?;
+    check(out.status.success(), || {
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    })?;
+    let table = server.table.to_string();
+    let started = Instant::now();
+    let maintain = std::process::Command::new(BIN)
+        .args(["maintain", "--database-url", &crate::common::url()?])
+        .args(["--table", &table])
+        .env_remove("DATABASE_URL")
+        .output()?;
+    let took = started.elapsed();
+    let report = String::from_utf8_lossy(&maintain.stdout).into_owned();
+    check(maintain.status.success(), || {
+        format!("{report}{}", String::from_utf8_lossy(&maintain.stderr))
+    })?;
+    crate::common::block_on(async {
+        let pool = pool()?;
+        let partitions = partitions_of(&pool, &server.table).await?;
+        let rows = scalar(
+            &pool,
+            &format!("SELECT count(*) FROM {}", server.table.quoted()),
+        )
+        .await?;
+        let in_default = scalar(
+            &pool,
+            &format!("SELECT count(*) FROM \"{}_default\"", server.table.name()),
+        )
+        .await?;
+        eprintln!(
+            "    {days} rows, a day apart since 1970: maintain took {took:.2?}, {} partitions \
+             (DEFAULT included), {in_default} rows left in DEFAULT",
+            partitions.len()
+        );
+        check(rows == days as i64, || format!("{rows} rows of {days}"))?;
+        check(partitions.len() <= 60, || {
+            format!("{} partitions: {partitions:?}", partitions.len())
+        })?;
+        check(in_default == days as i64 - 31, || {
+            format!("{in_default} rows in DEFAULT; expected all but the 31 newest days'")
+        })?;
+        check(took < Duration::from_secs(60), || {
+            format!("maintain took {took:?}")
+        })?;
+        check(report.contains("outside the partition window"), || {
+            report.clone()
+        })
+    })
 }
 
 async fn upgrade_in_place() -> Result<(), Failed> {
@@ -460,12 +606,7 @@ async fn follow_out_of_order() -> Result<(), Failed> {
     let pool = pool()?;
     let table = fresh_table("fol");
     pglogsink::migrate(&pool, &table).await?;
-    let insert = |message: &str| {
-        format!(
-            "INSERT INTO {} (\"timestamp\", level, target, message) VALUES (now(), 'info', 't', '{message}')",
-            table.quoted()
-        )
-    };
+    let insert = |message: &str| insert_one(&table, message);
     let mut reader_client = pool.get().await?;
     let reader = Reader::new(table.clone());
     pool.get().await?.batch_execute(&insert("before")).await?;
@@ -589,4 +730,73 @@ fn least_privilege() -> Result<(), Failed> {
         .await?;
         check(rows == 5, || format!("{rows} request rows"))
     })
+}
+
+/// A writer holding rows (one in a subtransaction) uncommitted across many
+/// polls while other transactions commit 30,000 rows: those are shown as
+/// they commit, the writer's once it commits, none twice; and what the
+/// follower tracks stays one entry for it.
+async fn follow_long_writer() -> Result<(), Failed> {
+    let pool = pool()?;
+    let table = fresh_table("folw");
+    pglogsink::migrate(&pool, &table).await?;
+    let insert = |message: &str| insert_one(&table, message);
+    let mut reader_client = pool.get().await?;
+    let reader = Reader::new(table.clone());
+    let (_, mut follower) = reader
+        .follow(&mut reader_client, &Filter::default(), 10)
+        .await?;
+    let mut long = pool.get().await?;
+    let long_tx = long.transaction().await?;
+    long_tx
+        .batch_execute(&format!(
+            "{}; SAVEPOINT s; {}; RELEASE s",
+            insert("long first"),
+            insert("long in a savepoint")
+        ))
+        .await?;
+    let mut shown = Vec::new();
+    for batch in 0..30 {
+        pool.get()
+            .await?
+            .batch_execute(&format!(
+                "INSERT INTO {} (\"timestamp\", level, target, message) \
+                 SELECT now(), 'info', 't', 'other ' || {batch} || '.' || i FROM generate_series(1, 1000) i",
+                table.quoted()
+            ))
+            .await?;
+        shown.extend(follower.poll(&mut reader_client).await?);
+    }
+    for _ in 0..5 {
+        shown.extend(follower.poll(&mut reader_client).await?);
+    }
+    let others = shown
+        .iter()
+        .filter(|r| r.message.starts_with("other"))
+        .count();
+    check(others == 30_000 && shown.len() == 30_000, || {
+        format!("{others} other rows of 30000 shown, {} in all", shown.len())
+    })?;
+    long_tx.commit().await?;
+    for _ in 0..3 {
+        shown.extend(follower.poll(&mut reader_client).await?);
+    }
+    let long_rows: Vec<&str> = shown
+        .iter()
+        .filter(|r| r.message.starts_with("long"))
+        .map(|r| r.message.as_str())
+        .collect();
+    let mut ids: Vec<i64> = shown.iter().map(|r| r.id).collect();
+    ids.sort_unstable();
+    ids.dedup();
+    check(
+        long_rows == ["long first", "long in a savepoint"] && ids.len() == shown.len(),
+        || {
+            format!(
+                "the long writer's rows: {long_rows:?}; {} shown, {} distinct",
+                shown.len(),
+                ids.len()
+            )
+        },
+    )
 }

@@ -10,8 +10,10 @@ mod common;
 mod embedded;
 mod embedded_supervise;
 mod faults;
+mod follow;
 mod ingest;
 mod ingest_otel;
+mod ingest_otlp_json;
 mod layer;
 mod lifecycle;
 mod limits;
@@ -33,6 +35,7 @@ fn main() {
     trials.extend(embedded_supervise::trials());
     trials.extend(layer::trials());
     trials.extend(logs::trials());
+    trials.extend(follow::trials());
     trials.extend(lifecycle::trials());
     trials.extend(limits::trials());
     trials.extend(pressure::trials());
@@ -40,6 +43,7 @@ fn main() {
     trials.extend(tls::trials());
     trials.extend(ingest::trials());
     trials.extend(ingest_otel::trials());
+    trials.extend(ingest_otlp_json::trials());
     trials.extend(viewer::trials());
     let conclusion = libtest_mimic::run(&args, trials);
     common::shutdown();

@@ -36,7 +36,35 @@ pub fn trials() -> Vec<Trial> {
             "service::help_lists_every_flag_with_its_env_var",
             help_lists_flags,
         ),
+        Trial::test(
+            "service::rust_log_info_prints_no_line_per_request_and_http_debug_does",
+            access_lines_on_stderr,
+        ),
     ]
+}
+
+/// What the README's `RUST_LOG` row says: a request's access line is at
+/// debug (target `http`), so `info` prints none and `info,http=debug` one.
+fn access_lines_on_stderr() -> Result<(), Failed> {
+    let db = url()?;
+    let table = fresh_table("rustlog").to_string();
+    let db_args = ["--database-url", &db, "--table", &table];
+    for (filter, shown) in [("info", false), ("info,http=debug", true)] {
+        let mut serve = Serve::start_with_env(&db_args, &[], &[("RUST_LOG", filter)])?;
+        let (status, _) = http_get(&serve.addr, "/recipes/7")?;
+        check(status == 200, || format!("GET /recipes/7: {status}"))?;
+        serve.signal("-INT")?;
+        let out = serve.wait()?;
+        let stderr = text(&out.stderr);
+        check(out.status.success(), || format!("serve: {stderr}"))?;
+        check(stderr.contains("GET /recipes/7 200") == shown, || {
+            format!(
+                "RUST_LOG={filter}: access line shown: {}; stderr:\n{stderr}",
+                !shown
+            )
+        })?;
+    }
+    Ok(())
 }
 
 pub(crate) fn free_port() -> Result<u16, Failed> {

@@ -205,14 +205,7 @@ fn parse(text: &str) -> Result<Vec<Digest>, String> {
 }
 
 fn from_hex(hex: &str) -> Option<Digest> {
-    if hex.len() != 64 || !hex.is_ascii() {
-        return None;
-    }
-    let mut digest = [0u8; 32];
-    for (i, byte) in digest.iter_mut().enumerate() {
-        *byte = u8::from_str_radix(&hex[2 * i..2 * i + 2], 16).ok()?;
-    }
-    Some(digest)
+    super::hex::decode(hex)?.try_into().ok()
 }
 
 fn sha256(bytes: &[u8]) -> Digest {

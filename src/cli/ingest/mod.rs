@@ -20,8 +20,8 @@
 
 mod api_keys;
 mod body;
-
 mod decode_cost;
+mod hex;
 mod ndjson;
 mod otlp;
 mod otlp_json;
@@ -31,7 +31,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use axum::extract::{FromRef, Request, State};
-use axum::http::{header, HeaderValue, StatusCode};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
@@ -167,16 +167,26 @@ where
     S: Clone + Send + Sync + 'static,
     IngestState: FromRef<S>,
 {
-    Router::new()
-        .route("/v1/logs", post(otlp::export))
-        .route("/ingest/ndjson", post(ndjson::ingest))
-        .route_layer(axum::middleware::from_fn_with_state(
+    let keys = IngestState::from_ref(state).keys;
+    // Each endpoint refuses in its own encoding, a 401 too.
+    let guard = |render| {
+        axum::middleware::from_fn_with_state(
             KeyGuard {
-                keys: IngestState::from_ref(state).keys,
+                keys: keys.clone(),
                 challenge: "Bearer realm=\"pglogsink ingest\"",
+                render,
             },
             authorize,
-        ))
+        )
+    };
+    Router::new()
+        .route("/v1/logs", post(otlp::export))
+        .route_layer(guard(otlp::refusal))
+        .merge(
+            Router::new()
+                .route("/ingest/ndjson", post(ndjson::ingest))
+                .route_layer(guard(as_json)),
+        )
 }
 
 /// The viewer's routes behind the same API keys as ingest. A browser meets
@@ -187,6 +197,7 @@ pub(crate) fn guarded_viewer(viewer: Router, ingest: &IngestState) -> Router {
         KeyGuard {
             keys: ingest.keys.clone(),
             challenge: "Basic realm=\"pglogsink viewer\", charset=\"UTF-8\"",
+            render: as_json,
         },
         authorize,
     ))
@@ -199,6 +210,13 @@ struct KeyGuard {
     keys: Option<ApiKeys>,
     /// The `WWW-Authenticate` challenge of a 401.
     challenge: &'static str,
+    /// How the routes' answers write a refusal (for the request's headers).
+    render: fn(Rejection, &HeaderMap) -> Response,
+}
+
+/// A refusal as `{"error": "..."}`.
+fn as_json(rejection: Rejection, _: &HeaderMap) -> Response {
+    rejection.into_response()
 }
 
 /// 401 unless the request carries a valid key (when keys are configured).
@@ -215,7 +233,8 @@ async fn authorize(State(guard): State<KeyGuard>, request: Request, next: Next) 
             } else {
                 "an API key is required: send Authorization: Bearer KEY or X-Api-Key: KEY"
             };
-            let mut response = Rejection::new(StatusCode::UNAUTHORIZED, why).into_response();
+            let rejection = Rejection::new(StatusCode::UNAUTHORIZED, why);
+            let mut response = (guard.render)(rejection, request.headers());
             response.headers_mut().insert(
                 header::WWW_AUTHENTICATE,
                 HeaderValue::from_static(guard.challenge),

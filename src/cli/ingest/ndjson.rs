@@ -3,8 +3,9 @@
 //! (`format json_lines`) and `curl --data-binary @file` send it. A body that
 //! is one JSON array of objects is taken too.
 //!
-//! Keys: `timestamp` (RFC 3339, or Unix seconds or milliseconds; absent:
-//! when received), `level` (a name, or pino's and bunyan's numbers 10-60;
+//! Keys: `timestamp` (RFC 3339, or a Unix time in seconds, milliseconds,
+//! microseconds or nanoseconds, read exactly from the number's text;
+//! absent: when received), `level` (a name, or pino's and bunyan's numbers 10-60;
 //! absent: info), `message` (or `msg`; absent: empty; not text: its JSON),
 //! `target` (absent: `ndjson`). Every other key becomes a field.
 //!
@@ -18,6 +19,8 @@ use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use pglogsink::{Level, Record};
+use serde::de::{Deserialize, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
+use serde_json::value::RawValue;
 use serde_json::{Map, Value};
 
 use super::{
@@ -163,9 +166,9 @@ fn parse_lines(bytes: &[u8], into: &mut impl Destination) -> Result<Parsed, Reje
     let mut total = 0;
     for (n, line) in lines(bytes) {
         total += 1;
-        let parsed = serde_json::from_slice::<Value>(line)
+        let parsed = serde_json::from_slice::<Line>(line)
             .map_err(|e| format!("line {n}: not JSON: {e}"))
-            .and_then(|value| record(value).map_err(|e| format!("line {n}: {e}")));
+            .and_then(|line| record(line).map_err(|e| format!("line {n}: {e}")));
         match parsed {
             Ok(record) if bad.is_empty() => into.push(record)?,
             Ok(_) => {}
@@ -179,12 +182,12 @@ fn parse_lines(bytes: &[u8], into: &mut impl Destination) -> Result<Parsed, Reje
 /// numbered from 1.
 fn parse_array(bytes: &[u8], into: &mut impl Destination) -> Result<Parsed, Rejection> {
     into.hold(decode_cost::json(bytes).decoded_bytes)?;
-    let values: Vec<Value> = serde_json::from_slice(bytes)
+    let lines: Vec<Line> = serde_json::from_slice(bytes)
         .map_err(|e| Rejection::bad_request(format!("the body is not a JSON array: {e}")))?;
-    let total = values.len();
+    let total = lines.len();
     let mut bad = Vec::new();
-    for (i, value) in values.into_iter().enumerate() {
-        match record(value) {
+    for (i, line) in lines.into_iter().enumerate() {
+        match record(line) {
             Ok(record) if bad.is_empty() => into.push(record)?,
             Ok(_) => {}
             Err(e) => bad.push((i + 1, format!("element {}: {e}", i + 1))),
@@ -193,10 +196,77 @@ fn parse_array(bytes: &[u8], into: &mut impl Destination) -> Result<Parsed, Reje
     Ok((bad, total))
 }
 
+/// One line or array element as read: an object's members, with its
+/// `timestamp` kept as written (a number is read from its decimal text, not
+/// through a double); or what it is instead of an object.
+enum Line<'a> {
+    Object(Map<String, Value>, Option<&'a RawValue>),
+    Other(&'static str),
+}
+
+impl<'de> Deserialize<'de> for Line<'de> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Line<'de>, D::Error> {
+        deserializer.deserialize_any(LineVisitor)
+    }
+}
+
+struct LineVisitor;
+
+impl<'de> Visitor<'de> for LineVisitor {
+    type Value = Line<'de>;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("a JSON object")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Line<'de>, A::Error> {
+        let mut members = Map::new();
+        let mut timestamp = None;
+        while let Some(key) = map.next_key::<String>()? {
+            if key == "timestamp" {
+                timestamp = Some(map.next_value()?);
+            } else {
+                members.insert(key, map.next_value()?);
+            }
+        }
+        Ok(Line::Object(members, timestamp))
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Line<'de>, A::Error> {
+        while seq.next_element::<IgnoredAny>()?.is_some() {}
+        Ok(Line::Other("an array"))
+    }
+
+    fn visit_bool<E>(self, _: bool) -> Result<Line<'de>, E> {
+        Ok(Line::Other("a boolean"))
+    }
+
+    fn visit_i64<E>(self, _: i64) -> Result<Line<'de>, E> {
+        Ok(Line::Other("a number"))
+    }
+
+    fn visit_u64<E>(self, _: u64) -> Result<Line<'de>, E> {
+        Ok(Line::Other("a number"))
+    }
+
+    fn visit_f64<E>(self, _: f64) -> Result<Line<'de>, E> {
+        Ok(Line::Other("a number"))
+    }
+
+    fn visit_str<E>(self, _: &str) -> Result<Line<'de>, E> {
+        Ok(Line::Other("text"))
+    }
+
+    fn visit_unit<E>(self) -> Result<Line<'de>, E> {
+        Ok(Line::Other("null"))
+    }
+}
+
 /// One object as a record; the error names the key at fault.
-fn record(value: Value) -> Result<Record, String> {
-    let Value::Object(mut object) = value else {
-        return Err(format!("expected a JSON object, found {}", kind(&value)));
+fn record(line: Line) -> Result<Record, String> {
+    let (mut object, timestamp) = match line {
+        Line::Object(members, timestamp) => (members, timestamp),
+        Line::Other(kind) => return Err(format!("expected a JSON object, found {kind}")),
     };
     let level = level(object.remove("level"))?;
     let message = match object.remove("message") {
@@ -213,24 +283,9 @@ fn record(value: Value) -> Result<Record, String> {
         Some(Value::String(target)) => target,
         Some(other) => return Err(format!("\"target\" must be text, found {}", kind(&other))),
     };
-    let at = match object.remove("timestamp") {
-        None | Some(Value::Null) => None,
-        Some(Value::String(text)) => Some(
-            timestamp::parse_rfc3339(&text)
-                .ok_or_else(|| format!("\"timestamp\" {text:?} is not {}", timestamp::FORMS))?,
-        ),
-        Some(Value::Number(n)) => Some(
-            n.as_f64()
-                .and_then(timestamp::from_unix)
-                .ok_or_else(|| format!("\"timestamp\" {n} is not {}", timestamp::FORMS))?,
-        ),
-        Some(other) => {
-            return Err(format!(
-                "\"timestamp\" must be {}, found {}",
-                timestamp::FORMS,
-                kind(&other)
-            ))
-        }
+    let at = match timestamp.map(|raw| raw.get().trim()) {
+        None | Some("null") => None,
+        Some(raw) => Some(time(raw)?),
     };
     let record = Record::new(level, message)
         .target(target)
@@ -239,6 +294,27 @@ fn record(value: Value) -> Result<Record, String> {
         Some(at) => record.at(at),
         None => record,
     })
+}
+
+/// A `timestamp` as written: RFC 3339 text, or a Unix time's number.
+fn time(raw: &str) -> Result<std::time::SystemTime, String> {
+    match raw.as_bytes().first() {
+        Some(b'"') => {
+            let text: String = serde_json::from_str(raw).map_err(|e| e.to_string())?;
+            timestamp::parse_rfc3339(&text)
+                .ok_or_else(|| format!("\"timestamp\" {text:?} is not {}", timestamp::FORMS))
+        }
+        Some(b'-' | b'0'..=b'9') => timestamp::from_unix_text(raw)
+            .map_err(|why| format!("\"timestamp\" {raw} {why}; use {}", timestamp::FORMS)),
+        _ => {
+            let found: Value = serde_json::from_str(raw).unwrap_or(Value::Null);
+            Err(format!(
+                "\"timestamp\" must be {}, found {}",
+                timestamp::FORMS,
+                kind(&found)
+            ))
+        }
+    }
 }
 
 fn fields(object: Map<String, Value>) -> pglogsink::Fields {
@@ -364,6 +440,39 @@ mod tests {
             "{}",
             text(3)
         );
+    }
+
+    #[test]
+    fn timestamps_in_every_unit_exactly_and_what_cannot_be_stored_refused() {
+        let at = |line: &str| one(line).timestamp();
+        assert_eq!(
+            at(r#"{"message":"x","timestamp":1767225600123456789}"#),
+            UNIX_EPOCH + Duration::from_nanos(1_767_225_600_123_456_789)
+        );
+        assert_eq!(
+            at(r#"{"timestamp":1767225600123}"#),
+            UNIX_EPOCH + Duration::from_millis(1_767_225_600_123)
+        );
+        assert_eq!(
+            at(r#"{"timestamp": 1e17 }"#),
+            UNIX_EPOCH + Duration::from_secs(100_000_000)
+        );
+        assert_eq!(
+            at(r#"[{"timestamp":1767225600.000001}]"#),
+            UNIX_EPOCH + Duration::from_micros(1_767_225_600_000_001)
+        );
+        let body = "{\"timestamp\":1e30}\n{\"timestamp\":-5}\n{\"timestamp\":true}\n{\"timestamp\":null}\n";
+        let err = parse(body.as_bytes()).unwrap_err();
+        let lines = err.details["lines"].as_array().unwrap();
+        let text = |i: usize| lines[i]["error"].as_str().unwrap().to_owned();
+        assert_eq!(lines.len(), 3, "{lines:?}");
+        assert!(
+            text(0).starts_with("line 1: \"timestamp\" 1e30 is after the latest time"),
+            "{}",
+            text(0)
+        );
+        assert!(text(1).contains("before 1970"), "{}", text(1));
+        assert!(text(2).contains("found a boolean"), "{}", text(2));
     }
 
     #[test]

@@ -67,17 +67,30 @@ pub(crate) async fn export(
     headers: HeaderMap,
     request: Body,
 ) -> Response {
-    let encoding = match body::media_type(&headers).as_str() {
-        PROTOBUF | "application/protobuf" => Encoding::Protobuf,
-        JSON => Encoding::Json,
-        other => {
-            return body::unsupported_media_type(other, &[PROTOBUF, JSON]).into_response();
-        }
+    let Some(encoding) = encoding_of(&headers) else {
+        let media_type = body::media_type(&headers);
+        return body::unsupported_media_type(&media_type, &[PROTOBUF, JSON]).into_response();
     };
     match take(&state, &headers, request, encoding).await {
         Ok(response) => response,
         Err(rejection) => status_response(rejection, encoding),
     }
+}
+
+/// The encoding the request's `Content-Type` names, if it is one of OTLP's.
+fn encoding_of(headers: &HeaderMap) -> Option<Encoding> {
+    match body::media_type(headers).as_str() {
+        PROTOBUF | "application/protobuf" => Some(Encoding::Protobuf),
+        JSON => Some(Encoding::Json),
+        _ => None,
+    }
+}
+
+/// A refusal made before the handler runs (the API-key guard's 401), as a
+/// `google.rpc.Status` in the request's encoding (JSON when it names none
+/// of OTLP's).
+pub(crate) fn refusal(rejection: Rejection, headers: &HeaderMap) -> Response {
+    status_response(rejection, encoding_of(headers).unwrap_or(Encoding::Json))
 }
 
 async fn take(
@@ -179,10 +192,12 @@ fn success(partial: Option<ExportLogsPartialSuccess>, encoding: Encoding) -> Res
 
 /// An error as a `google.rpc.Status` in the request's encoding.
 fn status_response(rejection: Rejection, encoding: Encoding) -> Response {
-    // gRPC codes: 3 INVALID_ARGUMENT, 8 RESOURCE_EXHAUSTED, 14 UNAVAILABLE.
+    // gRPC codes: 3 INVALID_ARGUMENT, 8 RESOURCE_EXHAUSTED, 14 UNAVAILABLE,
+    // 16 UNAUTHENTICATED.
     let code = match rejection.status {
         StatusCode::SERVICE_UNAVAILABLE => 14,
         StatusCode::PAYLOAD_TOO_LARGE => 8,
+        StatusCode::UNAUTHORIZED => 16,
         _ => 3,
     };
     let headers = rejection.headers();

@@ -126,7 +126,7 @@ async fn logs(State(state): State<ViewerState>, RawQuery(query): RawQuery) -> Re
     let next = (rows.len() as i64 == params.limit)
         .then(|| rows.last().map(|r| cursor_text(r.key())))
         .flatten();
-    let rows: Vec<Value> = rows.iter().map(row_json).collect();
+    let rows: Vec<RowJson> = rows.iter().map(RowJson::from).collect();
     Json(json!({ "rows": rows, "next": next })).into_response()
 }
 
@@ -194,23 +194,37 @@ fn reader(state: &ViewerState, tz: Option<&str>) -> Reader {
         .statement_timeout(state.statement_timeout)
 }
 
-/// One row as the API returns it; `fields` is an object (or null).
-pub(crate) fn row_json(row: &LogRow) -> Value {
-    let fields = row
-        .fields
-        .as_deref()
-        .and_then(|f| serde_json::from_str::<Value>(f).ok())
-        .unwrap_or(Value::Null);
-    json!({
-        "id": row.id,
-        "timestamp": row.timestamp,
-        "micros": row.micros,
-        "level": row.level,
-        "target": row.target,
-        "message": row.message,
-        "thread_id": row.thread_id,
-        "fields": fields,
-    })
+/// One row as the API returns it; `fields` is an object (or null), written
+/// as PostgreSQL gave it rather than parsed and written again (a live tail
+/// sends thousands of rows a second).
+#[derive(serde::Serialize)]
+pub(crate) struct RowJson<'a> {
+    id: i64,
+    timestamp: &'a str,
+    micros: i64,
+    level: &'a str,
+    target: &'a str,
+    message: &'a str,
+    thread_id: Option<i64>,
+    fields: Option<&'a serde_json::value::RawValue>,
+}
+
+impl<'a> From<&'a LogRow> for RowJson<'a> {
+    fn from(row: &'a LogRow) -> RowJson<'a> {
+        RowJson {
+            id: row.id,
+            timestamp: &row.timestamp,
+            micros: row.micros,
+            level: &row.level,
+            target: &row.target,
+            message: &row.message,
+            thread_id: row.thread_id,
+            fields: row
+                .fields
+                .as_deref()
+                .and_then(|f| serde_json::from_str(f).ok()),
+        }
+    }
 }
 
 fn histogram_json(h: &Histogram, since: SystemTime, until: SystemTime) -> Value {

@@ -18,10 +18,9 @@ use axum::response::{IntoResponse, Response};
 use futures_util::stream::{self, Stream};
 use pglogsink::query::{Follower, LogRow};
 use pglogsink::CancellationToken;
-use serde_json::Value;
 
 use super::params::BadParam;
-use super::{bad_request, prepare, query_failed, row_json, ViewerState};
+use super::{bad_request, prepare, query_failed, RowJson, ViewerState};
 
 /// How often a tail asks for new rows.
 const POLL_INTERVAL: Duration = Duration::from_millis(250);
@@ -71,9 +70,15 @@ fn polls(
     };
     stream::unfold(tail, |mut tail| async move {
         loop {
+            // A burst is read page after page, without the pause.
+            let pause = if tail.follower.caught_up() {
+                POLL_INTERVAL
+            } else {
+                Duration::ZERO
+            };
             tokio::select! {
                 () = tail.shutdown.cancelled() => return None,
-                () = tokio::time::sleep(POLL_INTERVAL) => {}
+                () = tokio::time::sleep(pause) => {}
             }
             match poll(&tail.state, &mut tail.follower).await {
                 Ok(rows) if rows.is_empty() => continue,
@@ -104,8 +109,7 @@ async fn poll(state: &ViewerState, follower: &mut Follower) -> Result<Vec<LogRow
 
 /// One `rows` event: the rows as a JSON array, oldest first.
 fn rows_event(rows: &[LogRow]) -> Event {
-    let rows: Vec<Value> = rows.iter().map(row_json).collect();
-    Event::default()
-        .event("rows")
-        .data(Value::Array(rows).to_string())
+    let rows: Vec<RowJson> = rows.iter().map(RowJson::from).collect();
+    let data = serde_json::to_string(&rows).unwrap_or_else(|_| "[]".to_owned());
+    Event::default().event("rows").data(data)
 }

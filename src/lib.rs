@@ -72,7 +72,10 @@ pub use error::{describe, Error, ErrorKind};
 #[cfg(feature = "tracing-layer")]
 pub use layer::PgLogLayer;
 pub use logger::{Logger, SendError};
-pub use maintain::{DroppedPartition, Maintenance, MaintenanceReport, DEFAULT_PREMAKE};
+pub use maintain::{
+    DroppedPartition, KeepLevels, Maintenance, MaintenanceReport, RewrittenPartition,
+    DEFAULT_PREMAKE,
+};
 pub use partitions::PartitionInterval;
 pub use record::{Fields, Level, ParseLevelError, Record};
 pub use report::{FatalError, Report};

@@ -87,7 +87,7 @@ fn pkglibdir() -> Option<PathBuf> {
             .flatten()
             .filter_map(|e| Some((e.file_name().to_str()?.parse().ok()?, e.path().join("bin"))))
             .collect();
-        versions.sort_by(|a, b| b.0.cmp(&a.0));
+        versions.sort_by_key(|v| std::cmp::Reverse(v.0));
         dirs.extend(versions.into_iter().map(|(_, dir)| dir));
     }
     let dir = dirs.into_iter().find(|d| d.join("pg_config").exists())?;

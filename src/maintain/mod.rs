@@ -30,6 +30,7 @@ use crate::table::TableName;
 use crate::Error;
 
 mod columnar;
+mod distributed;
 mod keep_levels;
 mod report;
 mod rewrite;

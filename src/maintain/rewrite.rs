@@ -37,6 +37,7 @@ use tokio_postgres::error::SqlState;
 use tokio_postgres::types::Type;
 use tokio_postgres::Transaction;
 
+use super::distributed::Placement;
 use super::report::RewrittenPartition;
 use super::{columnar, expired, keep_levels, Changes, Maintenance, ATTEMPTS, LOCK_TIMEOUT};
 use crate::partitions::{self, sql_timestamp, Partition};
@@ -76,11 +77,12 @@ pub(super) async fn closed_partitions(
     if maintenance.columnar_after.is_some() {
         columnar::ensure_available(changes.client).await?;
     }
+    let placement = Placement::of(changes.client, table).await?;
     let existing = partitions::list(changes.client, table).await.map_err(db)?;
     let stored = storage(changes.client, table).await.map_err(db)?;
     for (partition, target) in plan(maintenance, &existing, &stored, now, cutoff) {
         let what = || format!("rewrite {}", partition.name);
-        match rewrite_one(changes, table, &partition, target).await {
+        match rewrite_one(changes, table, &partition, target, &placement).await {
             Ok(Some(done)) => changes.report.rewritten.push(done),
             Ok(None) if changes.report.skipped => return Ok(false),
             Ok(None) => changes.report.postponed.push(what()),
@@ -188,11 +190,13 @@ async fn rewrite_one(
     table: &TableName,
     old: &Partition,
     target: Storage,
+    placement: &Placement,
 ) -> Result<Option<RewrittenPartition>, tokio_postgres::Error> {
     let mut pause = Duration::from_millis(100);
     for attempt in 1..=ATTEMPTS {
         let started = Instant::now();
         let mut tx = changes.client.transaction().await?;
+        placement.begin(&tx).await?;
         match lock_old(&tx, changes.lock, &old.name).await {
             Ok(true) => {}
             Ok(false) => {
@@ -208,13 +212,23 @@ async fn rewrite_one(
             }
             Err(e) => return Err(e),
         }
-        let Some(built) = build_beside(&tx, table, old, target).await? else {
+        let Some(built) = build_beside(&tx, table, old, target, placement).await? else {
             return Ok(None); // dropped since it was listed
         };
         let Some(swapped) = swap(&mut tx, table, old, &built).await? else {
             return Ok(None);
         };
         tx.commit().await?;
+        // Measured once committed: Citus does not size tables a
+        // transaction has modified.
+        let bytes: i64 = changes
+            .client
+            .query_typed_one(
+                &format!("SELECT {}(to_regclass($1))", placement.size_function()),
+                &[(&old.name.quoted(), Type::TEXT)],
+            )
+            .await?
+            .get(0);
         let done = RewrittenPartition {
             name: old.name.to_string(),
             columnar: target.columnar,
@@ -222,7 +236,7 @@ async fn rewrite_one(
             rows_before: built.rows_before,
             rows: built.rows,
             bytes_before: built.bytes_before,
-            bytes: built.bytes,
+            bytes,
             took: started.elapsed(),
             swap: swapped,
         };
@@ -286,7 +300,6 @@ struct Built {
     rows_before: i64,
     rows: i64,
     bytes_before: i64,
-    bytes: i64,
 }
 
 /// Steps 2 and 3: the new partition made beside the old one and filled.
@@ -296,16 +309,20 @@ async fn build_beside(
     table: &TableName,
     old: &Partition,
     target: Storage,
+    placement: &Placement,
 ) -> Result<Option<Built>, tokio_postgres::Error> {
     let found = tx
         .query_typed(
-            "SELECT pg_get_expr(c.relpartbound, c.oid), pg_total_relation_size(c.oid), \
-                    obj_description(c.oid, 'pg_class'), pg_get_partkeydef(i.inhparent), \
-                    (SELECT string_agg(quote_ident(attname), ', ' ORDER BY attnum) \
-                     FROM pg_attribute WHERE attrelid = i.inhparent AND attnum > 0 \
-                     AND NOT attisdropped) \
-             FROM pg_class c JOIN pg_inherits i ON i.inhrelid = c.oid \
-             WHERE c.oid = to_regclass($1) AND i.inhparent = to_regclass($2)",
+            &format!(
+                "SELECT pg_get_expr(c.relpartbound, c.oid), {size}(c.oid), \
+                        obj_description(c.oid, 'pg_class'), pg_get_partkeydef(i.inhparent), \
+                        (SELECT string_agg(quote_ident(attname), ', ' ORDER BY attnum) \
+                         FROM pg_attribute WHERE attrelid = i.inhparent AND attnum > 0 \
+                         AND NOT attisdropped) \
+                 FROM pg_class c JOIN pg_inherits i ON i.inhrelid = c.oid \
+                 WHERE c.oid = to_regclass($1) AND i.inhparent = to_regclass($2)",
+                size = placement.size_function()
+            ),
             &[
                 (&old.name.quoted(), Type::TEXT),
                 (&table.quoted(), Type::TEXT),
@@ -318,32 +335,102 @@ async fn build_beside(
     let (bound, bytes_before, comment): (String, i64, Option<String>) =
         (row.get(0), row.get(1), row.get(2));
     let (partition_key, columns): (String, String) = (row.get(3), row.get(4));
-    let stage = scratch_table(table);
     let new = old.name.sibling("_rewrite");
-    let (old_q, new_q) = (old.name.quoted(), new.quoted());
+    make_new(
+        tx,
+        table,
+        old,
+        &new,
+        target,
+        placement,
+        &partition_key,
+        &bound,
+    )
+    .await?;
+    let stage = scratch_table(table);
+    let (rows_before, rows, statistics) = fill(tx, old, &new, target, &columns, &stage).await?;
+    Ok(Some(Built {
+        new,
+        statistics,
+        bound,
+        comment: target.lowest.map(kept_comment).or(comment),
+        rows_before,
+        rows,
+        bytes_before,
+    }))
+}
+
+/// The new partition, empty, with the Log table's indexes: made a
+/// partition of a scratch table `LIKE` the Log table, which clones them
+/// onto it (BRIN too, which columnar's `CREATE INDEX` refuses), distributed
+/// as the Log table is.
+#[allow(clippy::too_many_arguments)]
+async fn make_new(
+    tx: &Transaction<'_>,
+    table: &TableName,
+    old: &Partition,
+    new: &TableName,
+    target: Storage,
+    placement: &Placement,
+    partition_key: &str,
+    bound: &str,
+) -> Result<(), tokio_postgres::Error> {
+    let stage = scratch_table(table);
+    let new_q = new.quoted();
     if target.columnar {
-        columnar::before_create(tx).await?;
+        let rows = placement.rows_per_table(tx, &old.name).await?;
+        columnar::before_create(tx, rows).await?;
     }
+    let parent = table.quoted();
+    each(
+        tx,
+        &[
+            "SET LOCAL client_min_messages = warning".to_owned(),
+            format!("DROP TABLE IF EXISTS {new_q}, {stage}"),
+            format!(
+                "CREATE TABLE {stage} (LIKE {parent} INCLUDING DEFAULTS INCLUDING INDEXES) \
+                 PARTITION BY {partition_key}"
+            ),
+        ],
+    )
+    .await?;
+    placement.follow(tx, &stage, table).await?;
     tx.batch_execute(&format!(
-        "SET LOCAL client_min_messages = warning;
-         DROP TABLE IF EXISTS {new_q}, {stage};
-         CREATE TABLE {stage} (LIKE {parent} INCLUDING DEFAULTS INCLUDING INDEXES) PARTITION BY {partition_key};
-         CREATE TABLE {new_q} PARTITION OF {stage} (CONSTRAINT {RANGE_CHECK} CHECK ({range}))
-             {bound} USING {access_method};",
-        parent = table.quoted(),
+        "CREATE TABLE {new_q} (LIKE {parent} INCLUDING DEFAULTS,
+             CONSTRAINT {RANGE_CHECK} CHECK ({range})) USING {access_method}",
         range = range_condition(old),
         access_method = if target.columnar { "columnar" } else { "heap" },
     ))
     .await?;
+    placement.follow(tx, &new_q, table).await?;
+    tx.batch_execute(&format!(
+        "ALTER TABLE {stage} ATTACH PARTITION {new_q} {bound}"
+    ))
+    .await?;
     if target.columnar {
-        columnar::before_fill(tx, &new).await?;
+        columnar::before_fill(tx, new).await?;
     }
+    Ok(())
+}
+
+/// Copy the kept rows, then prepare the new partition for reading and
+/// detach it from the scratch table, which goes. The old partition's rows,
+/// the new one's, and how many statistics objects it got.
+async fn fill(
+    tx: &Transaction<'_>,
+    old: &Partition,
+    new: &TableName,
+    target: Storage,
+    columns: &str,
+    stage: &str,
+) -> Result<(i64, i64, usize), tokio_postgres::Error> {
+    let (old_q, new_q) = (old.name.quoted(), new.quoted());
     let kept = target.lowest.map_or(String::new(), |l| {
         format!(" WHERE level >= '{}'", l.as_str())
     });
     let rows_before = match target.lowest {
-        Some(_) => count(tx, &format!("SELECT count(*) FROM {old_q}")).await?,
-        None => 0,
+        Some(_) => Some(count(tx, &format!("SELECT count(*) FROM {old_q}")).await?),
+        None => None,
     };
     let rows = tx
         .execute(
@@ -352,37 +439,22 @@ async fn build_beside(
         )
         .await? as i64;
     let statistics = if target.columnar {
-        columnar::after_fill(tx, &new).await?
+        columnar::after_fill(tx, new).await?
     } else {
-        summarize_brin(tx, &new).await?;
+        summarize_brin(tx, new).await?;
         0
     };
-    tx.batch_execute(&format!(
-        "ANALYZE {new_q}; ALTER TABLE {stage} DETACH PARTITION {new_q}; DROP TABLE {stage};"
-    ))
-    .await?;
-    let bytes = count(
+    tx.batch_execute(&format!("ANALYZE {new_q}")).await?;
+    rebuild_dense_hash_indexes(tx, new).await?;
+    each(
         tx,
-        &format!(
-            "SELECT pg_total_relation_size('{}')",
-            new_q.replace('\'', "''")
-        ),
+        &[
+            format!("ALTER TABLE {stage} DETACH PARTITION {new_q}"),
+            format!("DROP TABLE {stage}"),
+        ],
     )
     .await?;
-    Ok(Some(Built {
-        new,
-        statistics,
-        bound,
-        comment: target.lowest.map(kept_comment).or(comment),
-        rows_before: if target.lowest.is_some() {
-            rows_before
-        } else {
-            rows
-        },
-        rows,
-        bytes_before,
-        bytes,
-    }))
+    Ok((rows_before.unwrap_or(rows), rows, statistics))
 }
 
 /// The CHECK that spares the validation scan when the new partition is
@@ -409,6 +481,15 @@ fn kept_comment(level: Level) -> String {
     format!("{KEPT_MARK}{level} and above (rewritten by pglogsink maintain)")
 }
 
+/// Run `statements` one by one: Citus refuses several DDL statements in one
+/// query string.
+async fn each(tx: &Transaction<'_>, statements: &[String]) -> Result<(), tokio_postgres::Error> {
+    for statement in statements {
+        tx.batch_execute(statement).await?;
+    }
+    Ok(())
+}
+
 async fn count(tx: &Transaction<'_>, sql: &str) -> Result<i64, tokio_postgres::Error> {
     Ok(tx.query_typed_one(sql, &[]).await?.get(0))
 }
@@ -426,6 +507,34 @@ async fn summarize_brin(
         &[(&partition.quoted(), Type::TEXT)],
     )
     .await?;
+    Ok(())
+}
+
+/// Rebuild the hash indexes of the filled partition that hold (nearly)
+/// every row, such as `request_id` on a service's rows. A hash index that
+/// grew with the copy splits its buckets one by one, leaving half of them
+/// overflowing (37 bytes per row measured on 2 million rows); one built at
+/// once is sized for the table's rows (27 to 34 bytes per row). A partial
+/// index of few rows stays as it grew: built at once, it would be sized for
+/// every row of the table too.
+async fn rebuild_dense_hash_indexes(
+    tx: &Transaction<'_>,
+    partition: &TableName,
+) -> Result<(), tokio_postgres::Error> {
+    let dense = tx
+        .query_typed(
+            "SELECT i.indexrelid::regclass::text FROM pg_index i \
+             JOIN pg_class c ON c.oid = i.indexrelid JOIN pg_am a ON a.oid = c.relam \
+             JOIN pg_class t ON t.oid = i.indrelid \
+             WHERE i.indrelid = to_regclass($1) AND a.amname = 'hash' \
+             AND c.reltuples >= 0.9 * t.reltuples AND t.reltuples > 0",
+            &[(&partition.quoted(), Type::TEXT)],
+        )
+        .await?;
+    for index in &dense {
+        let index: String = index.get(0);
+        tx.batch_execute(&format!("REINDEX INDEX {index}")).await?;
+    }
     Ok(())
 }
 
@@ -474,17 +583,24 @@ async fn swap_once(
     let comment = built.comment.as_deref().map_or("NULL".to_owned(), |c| {
         format!("'{}'", c.replace('\'', "''"))
     });
-    tx.batch_execute(&format!(
-        "DROP TABLE {old_q};
-         ALTER TABLE {parent} ATTACH PARTITION {new_q} {bound};
-         ALTER TABLE {new_q} DROP CONSTRAINT {RANGE_CHECK};
-         ALTER TABLE {new_q} RENAME TO {name};
-         COMMENT ON TABLE {old_q} IS {comment};",
-        old_q = old.name.quoted(),
-        parent = table.quoted(),
-        bound = built.bound,
-        name = quote_identifier(old.name.name()),
-    ))
+    let old_q = old.name.quoted();
+    each(
+        tx,
+        &[
+            format!("DROP TABLE {old_q}"),
+            format!(
+                "ALTER TABLE {} ATTACH PARTITION {new_q} {}",
+                table.quoted(),
+                built.bound
+            ),
+            format!("ALTER TABLE {new_q} DROP CONSTRAINT {RANGE_CHECK}"),
+            format!(
+                "ALTER TABLE {new_q} RENAME TO {}",
+                quote_identifier(old.name.name())
+            ),
+            format!("COMMENT ON TABLE {old_q} IS {comment}"),
+        ],
+    )
     .await?;
     for k in 1..=built.statistics {
         tx.batch_execute(&format!(

@@ -10,6 +10,14 @@
 //! columnar's hooks: there, `DROP TABLE` of a columnar partition (retention)
 //! leaves its storage metadata behind, and a `CREATE INDEX` columnar
 //! refuses goes through.
+//!
+//! A columnar partition carries the Log table's BRIN index like every
+//! partition (the partitioned index requires it), cloned by PostgreSQL when
+//! the partition is attached: columnar checks only `CREATE INDEX`, and
+//! builds the whole index fine. It is never read (columnar has no bitmap
+//! scans; the min/max of its chunk groups skip by time instead), and its
+//! `autosummarize` is off: columnar cannot summarise one block range, so
+//! the summary autovacuum would be asked for fails.
 
 use deadpool_postgres::Object;
 use tokio_postgres::error::SqlState;
@@ -134,34 +142,6 @@ pub(super) async fn before_create(
             &[(&quarter, Type::FLOAT8)],
         )
         .await?;
-    Ok(())
-}
-
-/// What the new partition `partition` (empty, `USING columnar`, its
-/// indexes cloned) needs before it is filled: its BRIN indexes must never
-/// ask autovacuum to summarise a range (columnar cannot summarise one: the
-/// request fails in autovacuum). Columnar is never read through BRIN (it
-/// has no bitmap scans; its chunk groups' min/max do that job): the index
-/// is there because the parent's partitioned index requires one on every
-/// partition.
-pub(super) async fn before_fill(
-    client: &tokio_postgres::Transaction<'_>,
-    partition: &TableName,
-) -> Result<(), tokio_postgres::Error> {
-    let brins = client
-        .query_typed(
-            "SELECT i.indexrelid::regclass::text FROM pg_index i \
-             JOIN pg_class c ON c.oid = i.indexrelid JOIN pg_am a ON a.oid = c.relam \
-             WHERE i.indrelid = to_regclass($1) AND a.amname = 'brin'",
-            &[(&partition.quoted(), Type::TEXT)],
-        )
-        .await?;
-    for brin in &brins {
-        let index: String = brin.get(0);
-        client
-            .batch_execute(&format!("ALTER INDEX {index} SET (autosummarize = off)"))
-            .await?;
-    }
     Ok(())
 }
 

@@ -10,13 +10,15 @@
 //!    skewed clock, a spool replayed) waits for the swap instead of being
 //!    missed by the copy. Writers to the other partitions (today's) and
 //!    readers go on.
-//! 2. A scratch partitioned table, `LIKE` the Log table with its indexes,
-//!    and the new partition `<old>_rewrite` made a partition of it: its
-//!    indexes are cloned onto it while it is empty (they grow with the
-//!    copy, so a partial index stays the size of its rows), BRIN included,
+//! 2. The new partition `<old>_rewrite` is made bare (heap or columnar,
+//!    with a CHECK on its range), then attached to a scratch partitioned
+//!    table made `LIKE` the Log table with its indexes: PostgreSQL clones
+//!    the indexes onto it while it is empty (so they grow with the copy,
+//!    and a partial index stays the size of its rows), BRIN included,
 //!    which columnar refuses from `CREATE INDEX` but must have to be
 //!    attached, since the Log table's partitioned BRIN index needs one on
-//!    every partition. See `columnar` for what that index does there.
+//!    every partition (see `columnar` for what it does there). On a
+//!    distributed Log table both are distributed first (`distributed`).
 //! 3. The rows copied (`INSERT ... SELECT`, the kept levels only), the new
 //!    partition analyzed and detached from the scratch table, which goes.
 //! 4. The swap, the only step that locks the Log table: drop the old
@@ -408,7 +410,11 @@ async fn make_new(
     ))
     .await?;
     if target.columnar {
-        columnar::before_fill(tx, new).await?;
+        // See `columnar`: a BRIN index there must not ask for summaries.
+        for (index, _) in indexes_using(tx, new, "brin").await? {
+            tx.batch_execute(&format!("ALTER INDEX {index} SET (autosummarize = off)"))
+                .await?;
+        }
     }
     Ok(())
 }
@@ -500,14 +506,35 @@ async fn summarize_brin(
     tx: &Transaction<'_>,
     partition: &TableName,
 ) -> Result<(), tokio_postgres::Error> {
-    tx.query_typed(
-        "SELECT brin_summarize_new_values(i.indexrelid) FROM pg_index i \
-         JOIN pg_class c ON c.oid = i.indexrelid JOIN pg_am a ON a.oid = c.relam \
-         WHERE i.indrelid = to_regclass($1) AND a.amname = 'brin'",
-        &[(&partition.quoted(), Type::TEXT)],
-    )
-    .await?;
+    for (index, _) in indexes_using(tx, partition, "brin").await? {
+        tx.query_typed(
+            "SELECT brin_summarize_new_values($1::text::regclass)",
+            &[(&index, Type::TEXT)],
+        )
+        .await?;
+    }
     Ok(())
+}
+
+/// The indexes of `partition` of the access method `am` (`brin`, `hash`),
+/// each as SQL names it and with the share of the partition's rows it
+/// holds (PostgreSQL's estimates; 0 before an ANALYZE).
+async fn indexes_using(
+    tx: &Transaction<'_>,
+    partition: &TableName,
+    am: &str,
+) -> Result<Vec<(String, f64)>, tokio_postgres::Error> {
+    let rows = tx
+        .query_typed(
+            "SELECT i.indexrelid::regclass::text, \
+                    coalesce(c.reltuples / nullif(greatest(t.reltuples, 0), 0), 0)::float8 \
+             FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid \
+             JOIN pg_am a ON a.oid = c.relam JOIN pg_class t ON t.oid = i.indrelid \
+             WHERE i.indrelid = to_regclass($1) AND a.amname = $2",
+            &[(&partition.quoted(), Type::TEXT), (&am, Type::TEXT)],
+        )
+        .await?;
+    Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
 }
 
 /// Rebuild the hash indexes of the filled partition that hold (nearly)
@@ -521,19 +548,10 @@ async fn rebuild_dense_hash_indexes(
     tx: &Transaction<'_>,
     partition: &TableName,
 ) -> Result<(), tokio_postgres::Error> {
-    let dense = tx
-        .query_typed(
-            "SELECT i.indexrelid::regclass::text FROM pg_index i \
-             JOIN pg_class c ON c.oid = i.indexrelid JOIN pg_am a ON a.oid = c.relam \
-             JOIN pg_class t ON t.oid = i.indrelid \
-             WHERE i.indrelid = to_regclass($1) AND a.amname = 'hash' \
-             AND c.reltuples >= 0.9 * t.reltuples AND t.reltuples > 0",
-            &[(&partition.quoted(), Type::TEXT)],
-        )
-        .await?;
-    for index in &dense {
-        let index: String = index.get(0);
-        tx.batch_execute(&format!("REINDEX INDEX {index}")).await?;
+    for (index, share) in indexes_using(tx, partition, "hash").await? {
+        if share >= 0.9 {
+            tx.batch_execute(&format!("REINDEX INDEX {index}")).await?;
+        }
     }
     Ok(())
 }

@@ -321,6 +321,33 @@ fn trace_id(day: i64, row: i64) -> String {
     format!("{:032x}", day * 10_000_000 + row)
 }
 
+/// `pglogsink logs <flag> <value>` prints the row whose message is `message`.
+fn logs_finds(
+    url: &str,
+    table: &TableName,
+    flag: &str,
+    value: &str,
+    message: &str,
+) -> Result<(), Failed> {
+    let out = run(&[
+        "logs",
+        "--database-url",
+        url,
+        "--table",
+        table.name(),
+        "--json",
+        flag,
+        value,
+    ])?;
+    check(text(&out.stdout).contains(message), || {
+        format!(
+            "logs {flag} {value}: {}{}",
+            text(&out.stdout),
+            text(&out.stderr)
+        )
+    })
+}
+
 fn maintain(url: &str, table: &TableName, flags: &[&str]) -> Result<String, Failed> {
     let mut args = vec!["maintain", "--database-url", url, "--table", table.name()];
     args.extend_from_slice(flags);
@@ -372,32 +399,14 @@ async fn closed_days_convert() -> Result<(), Failed> {
 
     // Through `logs`, and through the indexes.
     let day3 = day_partition(&pool, &table, 3).await?;
-    let out = run(&[
-        "logs",
-        "--database-url",
+    logs_finds(&url, &table, "--request-id", "r3-777", "day 3 row 777")?;
+    logs_finds(
         &url,
-        "--table",
-        table.name(),
-        "--json",
-        "--request-id",
-        "r3-777",
-    ])?;
-    check(text(&out.stdout).contains("day 3 row 777"), || {
-        format!("--request-id: {}{}", text(&out.stdout), text(&out.stderr))
-    })?;
-    let out = run(&[
-        "logs",
-        "--database-url",
-        &url,
-        "--table",
-        table.name(),
-        "--json",
+        &table,
         "--trace-id",
         &trace_id(3, 770),
-    ])?;
-    check(text(&out.stdout).contains("day 3 row 770"), || {
-        format!("--trace-id: {}{}", text(&out.stdout), text(&out.stderr))
-    })?;
+        "day 3 row 770",
+    )?;
     for (field, value) in [
         ("request_id", "r3-777".to_owned()),
         ("trace_id", trace_id(3, 770)),
@@ -718,6 +727,8 @@ async fn killed_midway_on(citus: &Citus) -> Result<(), Failed> {
         .stderr(Stdio::null())
         .spawn()?;
     let backend = copying_backend(&pool, &table).await?;
+    let log = citus.log();
+    let from = std::fs::metadata(&log)?.len() as usize;
     // SAFETY: kill(2) of a PostgreSQL backend of this test's own cluster.
     check(unsafe { libc::kill(backend, libc::SIGKILL) } == 0, || {
         "cannot kill the backend".into()
@@ -726,17 +737,22 @@ async fn killed_midway_on(citus: &Citus) -> Result<(), Failed> {
     check(!status.success(), || {
         "maintain did not notice the crash".into()
     })?;
+    // Every session ends, the server recovers and says it is ready again.
     let deadline = Instant::now() + Duration::from_secs(60);
-    let fresh = loop {
-        let pool = citus.pool(2)?;
-        if scalar(&pool, "SELECT 1::int8").await.is_ok() {
-            break pool;
+    loop {
+        let all = std::fs::read(&log)?;
+        let new = text(&all[from.min(all.len())..]);
+        let crashed = new.find("terminated by signal 9");
+        let ready = new.rfind("database system is ready to accept connections");
+        if matches!((crashed, ready), (Some(c), Some(r)) if r > c) {
+            break;
         }
         check(Instant::now() < deadline, || {
-            "the server did not recover".into()
+            format!("the server did not recover:\n{new}")
         })?;
         tokio::time::sleep(Duration::from_millis(100)).await;
-    };
+    }
+    let fresh = citus.pool(2)?;
     as_it_was(&fresh, &table, &partition, i64::from(per_day)).await?;
 
     // The next run does it.
@@ -796,19 +812,7 @@ async fn distributed_conversion() -> Result<(), Failed> {
             format!("day {d}: {n} rows, not {rows}")
         })?;
     }
-    let out = run(&[
-        "logs",
-        "--database-url",
-        &url,
-        "--table",
-        table.name(),
-        "--json",
-        "--request-id",
-        "r2-777",
-    ])?;
-    check(text(&out.stdout).contains("day 2 row 777"), || {
-        format!("--request-id: {}{}", text(&out.stdout), text(&out.stderr))
-    })?;
+    logs_finds(&url, &table, "--request-id", "r2-777", "day 2 row 777")?;
     check(leftovers(&pool, &table).await? == 0, || "leftovers".into())?;
     check(
         maintain(&url, &table, &flags)?.contains("nothing to do"),

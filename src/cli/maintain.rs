@@ -47,7 +47,7 @@ impl MaintenanceArgs {
 pub(crate) struct RewriteArgs {
     /// Convert each partition whose whole time range is older than AGE (2d, 7d; at least 1h) to
     /// Citus columnar storage: a copy built beside and swapped in without blocking writers, about a
-    /// tenth of the disk, request and trace ids still found through their indexes. Needs the
+    /// seventh of the disk, request and trace ids still found through their indexes. Needs the
     /// citus_columnar extension, with 'citus_columnar' (or 'citus') in shared_preload_libraries.
     #[arg(long, env = "PGLOGSINK_COLUMNAR_AFTER", value_parser = parse_retention, value_name = "AGE")]
     pub(crate) columnar_after: Option<Duration>,

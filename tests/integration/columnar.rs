@@ -799,14 +799,20 @@ async fn distributed_conversion() -> Result<(), Failed> {
         check(access_method(&pool, &partition).await? == am, || {
             format!("{partition} is not {am}")
         })?;
-        let shards = scalar(
+        // Each shard, as stored on its node.
+        let shards = text_of(
             &pool,
             &format!(
-                "SELECT count(*) FROM pg_dist_shard WHERE logicalrelid = '{partition}'::regclass"
+                "SELECT string_agg(result, ',') FROM run_command_on_shards('{partition}', \
+                 $$SELECT a.amname FROM pg_class c JOIN pg_am a ON a.oid = c.relam \
+                   WHERE c.oid = '%s'::regclass$$)"
             ),
         )
         .await?;
-        check(shards == 4, || format!("{partition}: {shards} shards"))?;
+        let expected = [am; 4].join(",");
+        check(shards == expected, || {
+            format!("{partition}'s shards: {shards}")
+        })?;
         let n = day_rows(&pool, &table, d).await?;
         check(n == i64::from(rows), || {
             format!("day {d}: {n} rows, not {rows}")

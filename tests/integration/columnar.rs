@@ -903,21 +903,31 @@ async fn keep_levels_plain() -> Result<(), Failed> {
     check(n == i64::from(per_day * 2 / 5), || {
         format!("day 3: {n} rows")
     })?;
-    let wrong = run(&[
-        "maintain",
-        "--database-url",
-        &url,
-        "--table",
-        table.name(),
-        "--keep-levels-after",
-        "2d=warn",
-        "--keep-levels-after",
-        "7d=info",
-    ])?;
-    check(
-        !wrong.status.success() && text(&wrong.stderr).contains("give older ages higher levels"),
-        || format!("contradicting rules: {}", text(&wrong.stderr)),
-    )
+    // Both commands take the rules, and refuse contradicting ones.
+    for command in ["maintain", "serve"] {
+        let mut args = vec![command, "--database-url", &url, "--table", table.name()];
+        if command == "serve" {
+            args.extend(["--listen", "127.0.0.1:0"]);
+        }
+        args.extend([
+            "--keep-levels-after",
+            "2d=warn",
+            "--keep-levels-after",
+            "7d=info",
+        ]);
+        let wrong = run(&args)?;
+        check(
+            !wrong.status.success()
+                && text(&wrong.stderr).contains("give older ages higher levels"),
+            || {
+                format!(
+                    "{command} with contradicting rules: {}",
+                    text(&wrong.stderr)
+                )
+            },
+        )?;
+    }
+    Ok(())
 }
 
 async fn without_columnar() -> Result<(), Failed> {

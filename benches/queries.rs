@@ -14,9 +14,17 @@
 //! Last, every query once more under `auto_explain`, whose plans
 //! (`EXPLAIN (ANALYZE, BUFFERS)` of each statement) are printed.
 //!
+//! With `--columnar`, the queries are timed on row storage first, then the
+//! days that ended a day ago or more are converted to Citus columnar by
+//! `pglogsink::Maintenance` (`--columnar-after 1d`), and timed again: the
+//! bytes per row of those days before and after, and both times of each
+//! query side by side. The private cluster then preloads `citus_columnar`
+//! (Citus must be installed); a `DATABASE_URL` server must have it.
+//!
 //! Uses `DATABASE_URL` when set (the plans need a superuser for `LOAD
 //! 'auto_explain'`), else a private throw-away cluster. With `--keep` the
-//! table stays, and a later run with the same `--rows` reuses it.
+//! table stays, and a later run with the same `--rows` reuses it (unless
+//! it has columnar days: `--columnar` needs row storage first).
 //! Filling 50 million rows takes several minutes and about 15 GB.
 
 use std::process::ExitCode;
@@ -26,7 +34,7 @@ use std::time::{Duration, Instant, SystemTime};
 use pglogsink::embedded::EmbeddedPostgres;
 use pglogsink::query::{FieldMatch, Filter, Reader, TimeFormat};
 use pglogsink::tokio_postgres::{self, AsyncMessage, Client, NoTls};
-use pglogsink::{Level, Maintenance, TableName};
+use pglogsink::{Level, Maintenance, MaintenanceReport, TableName};
 
 type Fail = Box<dyn std::error::Error + Send + Sync>;
 
@@ -46,6 +54,7 @@ struct Args {
     runs: usize,
     table: String,
     keep: bool,
+    columnar: bool,
 }
 
 fn parse_args() -> Result<Args, String> {
@@ -55,6 +64,7 @@ fn parse_args() -> Result<Args, String> {
         runs: 7,
         table: "bench_queries".to_owned(),
         keep: false,
+        columnar: false,
     };
     let mut it = std::env::args().skip(1);
     while let Some(arg) = it.next() {
@@ -77,11 +87,12 @@ fn parse_args() -> Result<Args, String> {
             }
             "--table" => args.table = value("--table")?,
             "--keep" => args.keep = true,
+            "--columnar" => args.columnar = true,
             "--bench" => {}
             other => {
                 return Err(format!(
                     "unknown argument {other:?}; usage: queries [--rows N] [--days D] [--runs R] \
-                     [--table NAME] [--keep]"
+                     [--table NAME] [--keep] [--columnar]"
                 ))
             }
         }
@@ -119,7 +130,7 @@ fn main() -> ExitCode {
                 return ExitCode::FAILURE;
             }
         },
-        Err(_) => match EmbeddedPostgres::temporary() {
+        Err(_) => match private_cluster(&runtime, args.columnar) {
             Ok(server) => {
                 let config = server.config();
                 (Some(server), config)
@@ -141,6 +152,26 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// A throw-away cluster; for `--columnar`, with `citus_columnar` preloaded.
+fn private_cluster(
+    runtime: &tokio::runtime::Runtime,
+    columnar: bool,
+) -> Result<EmbeddedPostgres, Fail> {
+    let server = EmbeddedPostgres::temporary()?;
+    if columnar {
+        runtime.block_on(async {
+            let (client, connection) = server.config().connect(NoTls).await?;
+            tokio::spawn(connection);
+            client
+                .batch_execute("ALTER SYSTEM SET shared_preload_libraries = 'citus_columnar'")
+                .await
+        })?;
+        server.stop_server()?;
+        server.start_server()?;
+    }
+    Ok(server)
 }
 
 /// A connection whose notices (auto_explain's plans) are collected.
@@ -182,7 +213,20 @@ async fn run(args: &Args, config: &tokio_postgres::Config) -> Result<(), Fail> {
         .await
         .map(|r| r.get(0))
         .unwrap_or(-1);
-    let filled = if present >= args.rows {
+    let has_columnar = present >= 0
+        && client
+            .query_one(
+                &format!(
+                    "SELECT EXISTS (SELECT 1 FROM pg_partition_tree('{}') t \
+                     JOIN pg_class c ON c.oid = t.relid JOIN pg_am a ON a.oid = c.relam \
+                     WHERE a.amname = 'columnar')",
+                    table.quoted()
+                ),
+                &[],
+            )
+            .await?
+            .get::<_, bool>(0);
+    let filled = if present >= args.rows && !(args.columnar && has_columnar) {
         eprintln!("queries: reusing {table} ({present} rows)");
         catch_up(&client, &table, args, present).await?;
         None
@@ -214,29 +258,69 @@ async fn run(args: &Args, config: &tokio_postgres::Config) -> Result<(), Fail> {
 
     let reader = Reader::new(table.clone()).time_format(TimeFormat::Rfc3339Utc);
     let cases = cases(args);
-    println!();
-    println!(
-        "{:<44} {:>6} {:>10} {:>10}",
-        "query (as `pglogsink logs` sends it)", "rows", "median ms", "max ms"
-    );
-    for case in &cases {
-        let mut times = Vec::new();
-        let mut rows = 0;
-        for run in 0..=args.runs {
-            let (n, took) = case.run(&reader, &mut client).await?;
-            rows = n;
-            if run > 0 {
-                times.push(took); // the first run warms the cache
-            }
-        }
-        times.sort();
+    let closed = if args.columnar {
+        closed_days(&client, &table).await?
+    } else {
+        Vec::new()
+    };
+    let row_sizes = sizes(&client, &closed).await?;
+    let rows_stored = time_cases(&cases, &reader, &mut client, args.runs).await?;
+    if args.columnar {
+        let report = convert(&pool, &table).await?;
+        // The newest rows as recent as in the first timing.
+        let present: i64 = client
+            .query_one(&format!("SELECT count(*) FROM {}", table.quoted()), &[])
+            .await?
+            .get(0);
+        catch_up(&client, &table, args, present).await?;
+        // Summarised and analyzed as for the first timing.
+        client
+            .batch_execute(&format!("VACUUM ANALYZE {}", table.quoted()))
+            .await?;
+        let columnar = time_cases(&cases, &reader, &mut client, args.runs).await?;
+        print_storage(
+            &client,
+            &report,
+            &row_sizes,
+            &sizes(&client, &closed).await?,
+        )
+        .await?;
+        println!();
         println!(
-            "{:<44} {:>6} {:>10.1} {:>10.1}",
-            case.name,
-            rows,
-            times[times.len() / 2].as_secs_f64() * 1e3,
-            times[times.len() - 1].as_secs_f64() * 1e3
+            "{:<44} {:>6} {:>21} {:>21} {:>7}",
+            "query (as `pglogsink logs` sends it)",
+            "rows",
+            "row: median/max ms",
+            "columnar: median/max",
+            "ratio"
         );
+        for ((case, row), col) in cases.iter().zip(&rows_stored).zip(&columnar) {
+            println!(
+                "{:<44} {:>6} {:>10.1} {:>10.1} {:>10.1} {:>10.1} {:>7.2}",
+                case.name,
+                col.rows,
+                row.median_ms(),
+                row.max_ms(),
+                col.median_ms(),
+                col.max_ms(),
+                col.median_ms() / row.median_ms()
+            );
+        }
+    } else {
+        println!();
+        println!(
+            "{:<44} {:>6} {:>10} {:>10}",
+            "query (as `pglogsink logs` sends it)", "rows", "median ms", "max ms"
+        );
+        for (case, timed) in cases.iter().zip(&rows_stored) {
+            println!(
+                "{:<44} {:>6} {:>10.1} {:>10.1}",
+                case.name,
+                timed.rows,
+                timed.median_ms(),
+                timed.max_ms()
+            );
+        }
     }
 
     println!();
@@ -275,6 +359,167 @@ async fn run(args: &Args, config: &tokio_postgres::Config) -> Result<(), Fail> {
                 table.rejected_table().quoted()
             ))
             .await?;
+    }
+    Ok(())
+}
+
+/// A query's rows, and its times (the first, warming run left out).
+struct Timed {
+    rows: usize,
+    times: Vec<Duration>,
+}
+
+impl Timed {
+    fn median_ms(&self) -> f64 {
+        self.times[self.times.len() / 2].as_secs_f64() * 1e3
+    }
+
+    fn max_ms(&self) -> f64 {
+        self.times[self.times.len() - 1].as_secs_f64() * 1e3
+    }
+}
+
+async fn time_cases(
+    cases: &[Case],
+    reader: &Reader,
+    client: &mut Client,
+    runs: usize,
+) -> Result<Vec<Timed>, Fail> {
+    let mut all = Vec::new();
+    for case in cases {
+        let mut times = Vec::new();
+        let mut rows = 0;
+        for run in 0..=runs {
+            let (n, took) = case.run(reader, client).await?;
+            rows = n;
+            if run > 0 {
+                times.push(took); // the first run warms the cache
+            }
+        }
+        times.sort();
+        all.push(Timed { rows, times });
+    }
+    Ok(all)
+}
+
+/// Convert the days that ended a day ago or more to columnar, as
+/// `pglogsink maintain --columnar-after 1d` does.
+async fn convert(
+    pool: &pglogsink::deadpool_postgres::Pool,
+    table: &TableName,
+) -> Result<MaintenanceReport, Fail> {
+    eprintln!("queries: converting the days that ended a day ago or more to columnar...");
+    let maintenance = Maintenance {
+        columnar_after: Some(Duration::from_secs(86_400)),
+        ..Maintenance::default()
+    };
+    let report = maintenance.run(pool, table).await?;
+    if report.rewritten.is_empty() {
+        return Err(format!("nothing converted: {report}").into());
+    }
+    Ok(report)
+}
+
+/// The partitions that ended a day ago or more: those `--columnar-after
+/// 1d` converts.
+async fn closed_days(client: &Client, table: &TableName) -> Result<Vec<String>, Fail> {
+    let rows = client
+        .query(
+            "SELECT c.oid::regclass::text FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid \
+             WHERE i.inhparent = $1::text::regclass \
+             AND (regexp_match(pg_get_expr(c.relpartbound, c.oid), 'TO \\(''([^'']+)''\\)'))[1]::timestamptz \
+                 <= now() - interval '1 day' ORDER BY 1",
+            &[&table.quoted()],
+        )
+        .await?;
+    Ok(rows.iter().map(|r| r.get(0)).collect())
+}
+
+/// Bytes of `partitions`: their data, then each kind of index.
+async fn sizes(client: &Client, partitions: &[String]) -> Result<Vec<(String, i64)>, Fail> {
+    if partitions.is_empty() {
+        return Ok(Vec::new());
+    }
+    let rows = client
+        .query(
+            "SELECT 'data', sum(pg_relation_size(p::regclass))::int8 FROM unnest($1::text[]) p \
+             UNION ALL (SELECT a.amname || ' ' || pg_get_indexdef(i.indexrelid, 1, true) \
+                               || coalesce(' WHERE ' || pg_get_expr(i.indpred, i.indrelid), ''), \
+                               sum(pg_relation_size(i.indexrelid))::int8 \
+                        FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid \
+                        JOIN pg_am a ON a.oid = c.relam \
+                        WHERE i.indrelid = ANY (SELECT p::regclass FROM unnest($1::text[]) p) \
+                        GROUP BY 1 ORDER BY 1)",
+            &[&partitions],
+        )
+        .await?;
+    Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
+}
+
+/// Bytes per row of the converted days, before and after (in all and by
+/// part), with what columnar keeps in its own catalog for them.
+async fn print_storage(
+    client: &Client,
+    report: &MaintenanceReport,
+    before_parts: &[(String, i64)],
+    after_parts: &[(String, i64)],
+) -> Result<(), Fail> {
+    let converted = &report.rewritten;
+    let rows: i64 = converted.iter().map(|r| r.rows).sum();
+    let before: i64 = converted.iter().map(|r| r.bytes_before).sum();
+    let after: i64 = converted.iter().map(|r| r.bytes).sum();
+    let names: Vec<String> = converted
+        .iter()
+        .map(|r| format!("'{}'", r.name.replace('\'', "''")))
+        .collect();
+    // Each row of columnar's catalog: its data, its tuple header and line
+    // pointer, and its primary key entry.
+    let metadata: i64 = client
+        .query_one(
+            &format!(
+                "WITH s AS (SELECT storage_id FROM columnar.storage \
+                            WHERE relation::text IN ({})) \
+                 SELECT (SELECT coalesce(sum(pg_column_size(c.*) + 60), 0) FROM columnar_internal.chunk c \
+                         WHERE c.storage_id IN (SELECT storage_id FROM s)) \
+                      + (SELECT coalesce(sum(pg_column_size(g.*) + 50), 0) FROM columnar_internal.chunk_group g \
+                         WHERE g.storage_id IN (SELECT storage_id FROM s)) \
+                      + (SELECT coalesce(sum(pg_column_size(t.*) + 70), 0) FROM columnar_internal.stripe t \
+                         WHERE t.storage_id IN (SELECT storage_id FROM s))",
+                names.join(", ")
+            ),
+            &[],
+        )
+        .await?
+        .get::<_, Option<i64>>(0)
+        .unwrap_or(0);
+    let took: f64 = converted.iter().map(|r| r.took.as_secs_f64()).sum();
+    let swap = converted.iter().map(|r| r.swap).max().unwrap_or_default();
+    println!();
+    println!(
+        "converted {} partitions ({rows} rows) in {took:.0} s; longest swap {:.1} ms",
+        converted.len(),
+        swap.as_secs_f64() * 1e3
+    );
+    let per_row = |bytes: i64| bytes as f64 / rows.max(1) as f64;
+    println!(
+        "bytes per row of those days, with their indexes: row storage {:.1}, columnar {:.1} \
+         (+{:.2} in columnar's catalog) = {:.3} of row storage",
+        per_row(before),
+        per_row(after),
+        per_row(metadata),
+        (after + metadata) as f64 / before as f64
+    );
+    for (part, bytes) in before_parts {
+        let after = after_parts
+            .iter()
+            .find(|(p, _)| p == part)
+            .map_or(0, |(_, b)| *b);
+        println!(
+            "  {:<72} {:>7.1} {:>7.1}",
+            part,
+            per_row(*bytes),
+            per_row(after)
+        );
     }
     Ok(())
 }
@@ -365,6 +610,33 @@ fn cases(args: &Args) -> Vec<Case> {
             "--request-id (no time bound)",
             Filter {
                 request_id: Some(request_id),
+                ..Filter::default()
+            },
+            50,
+        ),
+        case(
+            "newest 50 --until 3d (a closed day)",
+            Filter {
+                until: ago(3 * 86_400),
+                ..Filter::default()
+            },
+            50,
+        ),
+        case(
+            "--level error --until 3d",
+            Filter {
+                level: Some(Level::Error),
+                until: ago(3 * 86_400),
+                ..Filter::default()
+            },
+            50,
+        ),
+        case(
+            "--grep timeout --since 3d1h --until 3d",
+            Filter {
+                grep: Some("timeout".into()),
+                since: ago(3 * 86_400 + 3_600),
+                until: ago(3 * 86_400),
                 ..Filter::default()
             },
             50,

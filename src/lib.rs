@@ -76,7 +76,8 @@ pub use fields_json::SharedFields;
 pub use layer::PgLogLayer;
 pub use logger::{Batch, Logger, SendError};
 pub use maintain::{
-    DroppedPartition, Maintenance, MaintenanceReport, DEFAULT_MAX_AGE, DEFAULT_PREMAKE,
+    DroppedPartition, KeepLevels, Maintenance, MaintenanceReport, RewrittenPartition,
+    DEFAULT_MAX_AGE, DEFAULT_PREMAKE,
 };
 pub use partitions::PartitionInterval;
 pub use record::{Fields, Level, ParseLevelError, Record};

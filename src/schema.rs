@@ -46,11 +46,7 @@ pub async fn migrate_with(
     maintenance: &Maintenance,
 ) -> Result<(), Error> {
     create_missing(pool, table).await?;
-    let premake_only = Maintenance {
-        retention: None,
-        search_index: false,
-        ..maintenance.clone()
-    };
+    let premake_only = maintenance.premake_only();
     if table_shape(pool, table).await? != Shape::Partitioned {
         return Ok(());
     }

@@ -1,10 +1,11 @@
 //! `pglogsink maintain`, and the same maintenance on a timer inside `serve`:
 //! partitions made ahead, rows moved out of the DEFAULT partition, whole
-//! partitions dropped past the retention.
+//! partitions dropped past the retention, closed partitions rewritten
+//! (columnar, per-level retention).
 
 use std::time::Duration;
 
-use pglogsink::{Maintenance, PartitionInterval, TableName};
+use pglogsink::{KeepLevels, Maintenance, PartitionInterval, TableName};
 use tokio_util::sync::CancellationToken;
 
 use super::db::{Database, Mode};
@@ -44,7 +45,42 @@ impl MaintenanceArgs {
             retention,
             max_age: self.max_age,
             search_index,
+            ..Maintenance::default()
         }
+    }
+}
+
+/// What maintenance does to closed partitions, shared by `maintain` and
+/// `serve`.
+#[derive(Debug, Clone, clap::Args)]
+pub(crate) struct RewriteArgs {
+    /// Convert each partition whose whole time range is older than AGE (2d, 7d; at least 1h) to
+    /// Citus columnar storage: a copy built beside and swapped in without blocking writers, about a
+    /// seventh of the disk, request and trace ids still found through their indexes. Needs the
+    /// citus_columnar extension, with 'citus_columnar' (or 'citus') in shared_preload_libraries.
+    #[arg(long, env = "PGLOGSINK_COLUMNAR_AFTER", value_parser = parse_retention, value_name = "AGE")]
+    pub(crate) columnar_after: Option<Duration>,
+
+    /// Per-level retention, AGE=LEVEL (7d=info): a partition whose whole time range is older than
+    /// AGE keeps LEVEL and above, dropped when it is rewritten (by --columnar-after, or else by a
+    /// plain rewrite: a new partition filled from the old one and swapped in), never by DELETE.
+    /// Repeatable, older ages keeping higher levels (2d=info and 30d=warn); the env var takes them
+    /// comma-separated.
+    #[arg(long, env = "PGLOGSINK_KEEP_LEVELS_AFTER", value_parser = parse_keep_levels,
+          value_name = "AGE=LEVEL", value_delimiter = ',')]
+    pub(crate) keep_levels_after: Vec<KeepLevels>,
+}
+
+impl RewriteArgs {
+    /// `maintenance` with these settings, checked.
+    pub(crate) fn apply(&self, maintenance: Maintenance) -> Result<Maintenance, Failure> {
+        let maintenance = Maintenance {
+            columnar_after: self.columnar_after,
+            keep_levels: self.keep_levels_after.clone(),
+            ..maintenance
+        };
+        maintenance.validate()?;
+        Ok(maintenance)
     }
 }
 
@@ -68,10 +104,18 @@ pub(crate) struct MaintainArgs {
     #[arg(long, env = "PGLOGSINK_SEARCH_INDEX",
           value_parser = clap::builder::BoolishValueParser::new())]
     pub(crate) search_index: bool,
+
+    #[command(flatten)]
+    pub(crate) rewrite: RewriteArgs,
 }
 
 fn parse_interval(s: &str) -> Result<PartitionInterval, String> {
     s.parse().map_err(|e: pglogsink::Error| e.to_string())
+}
+
+fn parse_keep_levels(s: &str) -> Result<KeepLevels, String> {
+    s.parse()
+        .map_err(|e: pglogsink::Error| e.to_string().replace("invalid --keep-levels-after: ", ""))
 }
 
 /// A retention or `--max-age`: at least one hour (a shorter retention
@@ -86,10 +130,11 @@ pub(crate) fn parse_retention(s: &str) -> Result<Duration, String> {
 
 /// `pglogsink maintain`: one run, its report on stdout.
 pub(crate) async fn run(args: MaintainArgs) -> Result<(), Failure> {
+    let maintenance = args.rewrite.apply(
+        args.partitions
+            .maintenance(args.retention, args.search_index),
+    )?;
     let db = Database::open(&args.db, Mode::Existing).await?;
-    let maintenance = args
-        .partitions
-        .maintenance(args.retention, args.search_index);
     let result = maintenance.run(&db.pool, &args.db.table).await;
     db.close();
     let report = result.map_err(|e| explain(&e, &args.db.table))?;

@@ -27,7 +27,7 @@ use tokio_util::task::TaskTracker;
 use super::db::{Database, Mode};
 use super::http::HttpArgs;
 use super::ingest::{BodyLimits, IngestArgs, IngestState};
-use super::maintain::{parse_retention, MaintenanceArgs};
+use super::maintain::{parse_retention, MaintenanceArgs, RewriteArgs};
 use super::request_span::{trace_request, RequestId};
 use super::signal::shutdown_signal;
 use super::sink_args::SinkArgs;
@@ -77,6 +77,9 @@ pub(crate) struct ServeArgs {
     #[arg(long, env = "PGLOGSINK_SEARCH_INDEX",
           value_parser = clap::builder::BoolishValueParser::new())]
     pub(crate) search_index: bool,
+
+    #[command(flatten)]
+    pub(crate) rewrite: RewriteArgs,
 
     /// Seconds from a shutdown signal to exit: in-flight requests finish, then the queue is
     /// written with the time left; what is not written by then is spooled (and reported).
@@ -217,9 +220,10 @@ pub(crate) async fn run(args: ServeArgs) -> Result<ExitCode, Failure> {
     let metrics = super::metrics::install()?;
     let db = Database::open(&args.db, Mode::CreateIfMissing).await?;
     let viewer_pool = db.separate_pool(super::viewer::POOL_SIZE)?;
-    let maintenance = args
-        .partitions
-        .maintenance(args.retention, args.search_index);
+    let maintenance = args.rewrite.apply(
+        args.partitions
+            .maintenance(args.retention, args.search_index),
+    )?;
     pglogsink::migrate_with(&db.pool, &args.db.table, &maintenance).await?;
     let config = args.sink.config(&args.db, &db.state_dir);
 

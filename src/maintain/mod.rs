@@ -29,9 +29,14 @@ use crate::partitions::{
 use crate::table::TableName;
 use crate::Error;
 
+mod columnar;
+mod distributed;
+mod keep_levels;
 mod report;
+mod rewrite;
 
-pub use report::{DroppedPartition, MaintenanceReport};
+pub use keep_levels::KeepLevels;
+pub use report::{DroppedPartition, MaintenanceReport, RewrittenPartition};
 
 /// Partitions made ahead of the current one by default.
 pub const DEFAULT_PREMAKE: u32 = 3;
@@ -80,8 +85,17 @@ pub struct Maintenance {
     /// Give every partition whose range has ended a trigram index on
     /// `message` (`pg_trgm`, built concurrently, once), so that a
     /// `grep` over older data is an index lookup; the partition being
-    /// written never has one, so COPY pays nothing for it.
+    /// written never has one, so COPY pays nothing for it (nor does a
+    /// columnar partition: columnar takes no trigram index).
     pub search_index: bool,
+    /// Rewrite each partition whose whole range is older than this into
+    /// Citus columnar storage (built beside, swapped in; the server needs
+    /// the `citus_columnar` extension). `None`: never.
+    pub columnar_after: Option<Duration>,
+    /// Per-level retention: when a partition is rewritten (to columnar, or
+    /// for these rules alone), it keeps only the levels the oldest rule it
+    /// has passed names; never by `DELETE`.
+    pub keep_levels: Vec<KeepLevels>,
 }
 
 impl Default for Maintenance {
@@ -92,22 +106,45 @@ impl Default for Maintenance {
             retention: None,
             max_age: DEFAULT_MAX_AGE,
             search_index: false,
+            columnar_after: None,
+            keep_levels: Vec::new(),
         }
     }
 }
 
 impl Maintenance {
+    /// The settings that make partitions and nothing else (what
+    /// [`migrate_with`](crate::migrate_with) runs): the interval and the
+    /// premake.
+    pub(crate) fn premake_only(&self) -> Maintenance {
+        Maintenance {
+            interval: self.interval,
+            premake: self.premake,
+            max_age: self.max_age,
+            ..Maintenance::default()
+        }
+    }
+
+    /// Check the settings: per-level rules that contradict each other are
+    /// refused (an older partition cannot keep a level a younger one has
+    /// lost).
+    pub fn validate(&self) -> Result<(), Error> {
+        keep_levels::check(&self.keep_levels)
+    }
+
     /// Run maintenance once on `table`: create the partitions from the
     /// current interval to `premake` intervals ahead, move rows out of the
     /// DEFAULT partition into partitions created for them (within the
     /// partition window: from `max_age` ago to that horizon), and, with a
     /// retention, drop the partitions and delete the DEFAULT partition's
-    /// rows it has passed. Each change is logged.
+    /// rows it has passed; then rewrite the closed partitions
+    /// `columnar_after` and `keep_levels` ask for. Each change is logged.
     ///
     /// Errors when the table is missing or not partitioned (run
     /// [`migrate`](crate::migrate)), or when the role may not change it
     /// (SQLSTATE 42501: run maintenance as the table's owner).
     pub async fn run(&self, pool: &Pool, table: &TableName) -> Result<MaintenanceReport, Error> {
+        self.validate()?;
         let context = format!("maintaining table {table}");
         let mut client = Checkout(Some(connection(pool, &context).await?));
         let lock = lock_key(table);
@@ -163,18 +200,25 @@ impl Maintenance {
             lock,
             report: &mut report,
         };
-        let go_on = self
+        let mut go_on = self
             .apply_changes(&mut changes, table, window, cutoff, &existing, &in_default)
             .await
             .map_err(db)?;
+        if go_on {
+            go_on = rewrite::closed_partitions(&mut changes, self, table, now, cutoff).await?;
+        }
         if go_on && self.search_index {
             // As they are now: the changes above may have added some.
             let existing = partitions::list(changes.client, table).await.map_err(db)?;
+            let columnar = rewrite::columnar_partitions(changes.client, table)
+                .await
+                .map_err(db)?;
             let ended = self.interval.floor(now);
             let closed: Vec<&Partition> = existing
                 .iter()
                 .filter(|p| p.to.is_some_and(|to| to <= ended))
                 .filter(|p| !cutoff.is_some_and(|c| expired(p, c)))
+                .filter(|p| !columnar.contains(&p.name.quoted()))
                 .collect();
             build_search_indexes(changes.client, &closed, changes.report)
                 .await

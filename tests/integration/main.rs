@@ -6,6 +6,7 @@
 //! `libtest-mimic` gives us a `main` around the tests, which is what makes
 //! stopping the shared cluster at the end possible.
 
+mod columnar;
 mod common;
 mod embedded;
 mod embedded_supervise;
@@ -45,7 +46,9 @@ fn main() {
     trials.extend(ingest_otel::trials());
     trials.extend(ingest_otlp_json::trials());
     trials.extend(viewer::trials());
+    trials.extend(columnar::trials());
     let conclusion = libtest_mimic::run(&args, trials);
     common::shutdown();
+    columnar::shutdown();
     conclusion.exit();
 }

@@ -28,7 +28,7 @@ fn main() -> ExitCode {
     };
     let result = runtime.block_on(async {
         match cli.command {
-            Command::Serve(args) => cli::serve::run(args).await,
+            Command::Serve(args) => cli::serve::run(*args).await,
             Command::Load(args) => cli::load::run(args).await,
             Command::Logs(args) => cli::logs::run(args).await.map(|()| ExitCode::SUCCESS),
             Command::Migrate(args) => cli::migrate(args).await.map(|()| ExitCode::SUCCESS),

@@ -44,7 +44,7 @@ pub(crate) enum Command {
     /// Run the demo web service; every request writes one log row with `Logger`, carrying its
     /// request id. The `http` access line (status, duration) is stored as a row of its own only
     /// for a 5xx answer, or for every request with PGLOGSINK_TABLE_FILTER=info,http=debug.
-    Serve(serve::ServeArgs),
+    Serve(Box<serve::ServeArgs>),
     /// Fire concurrent requests at `serve`, report throughput and latency, optionally verify every row arrived.
     Load(load::LoadArgs),
     /// Show the newest rows of the Log table, filtered; --follow for new rows as they arrive.

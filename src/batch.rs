@@ -98,7 +98,7 @@ impl BatchEncoder {
 mod tests {
     use super::*;
     use crate::copy_format::row_to_json;
-    use crate::record::Level;
+    use crate::level::Level;
 
     #[test]
     fn sub_batches_split_rows_and_carry_stable_keys() {

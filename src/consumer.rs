@@ -386,7 +386,7 @@ mod tests {
     use crate::copy::Committed;
     use crate::copy_format::row_to_json;
     use crate::ledger::BatchKey;
-    use crate::record::Level;
+    use crate::level::Level;
     use crate::rejected::RejectedRow;
     use crate::sink::spawn_with;
     use crate::{Logger, SendError, Worker};

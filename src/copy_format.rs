@@ -336,7 +336,7 @@ fn read_i32(b: &[u8], at: usize) -> Option<i32> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::record::Level;
+    use crate::level::Level;
 
     /// What `encode` returned, with the accessors the tests need.
     struct Encoded {

@@ -16,8 +16,9 @@ use tracing::{Event, Subscriber};
 use tracing_subscriber::layer::{Context, Layer};
 use tracing_subscriber::registry::LookupSpan;
 
+use crate::level::Level;
 use crate::logger::Logger;
-use crate::record::{Fields, Level, Record};
+use crate::record::{Fields, Record};
 
 /// A [`tracing_subscriber::Layer`] that writes every `tracing` event to the
 /// Log table through a [`Logger`].

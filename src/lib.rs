@@ -45,6 +45,7 @@ mod fields_json;
 #[cfg(feature = "tracing-layer")]
 mod layer;
 mod ledger;
+mod level;
 mod logger;
 mod maintain;
 mod partitions;
@@ -74,13 +75,14 @@ pub use error::{describe, Error, ErrorKind};
 pub use fields_json::SharedFields;
 #[cfg(feature = "tracing-layer")]
 pub use layer::PgLogLayer;
+pub use level::{Level, ParseLevelError};
 pub use logger::{Batch, Logger, SendError};
 pub use maintain::{
     DroppedPartition, KeepLevels, Maintenance, MaintenanceReport, RewrittenPartition,
     DEFAULT_MAX_AGE, DEFAULT_PREMAKE,
 };
 pub use partitions::PartitionInterval;
-pub use record::{Fields, Level, ParseLevelError, Record};
+pub use record::{Fields, Record};
 pub use report::{FatalError, Report};
 pub use schema::{migrate, migrate_with, SCHEMA_SQL};
 pub use sink::{spawn, Worker};

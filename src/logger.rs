@@ -8,8 +8,9 @@ use std::borrow::Cow;
 use std::fmt;
 use std::sync::Arc;
 
+use crate::level::Level;
 use crate::queue_budget::{bytes_in, bytes_out, Refusal};
-use crate::record::{Level, Record};
+use crate::record::Record;
 use crate::stats::{Shared, Stats};
 
 /// Cloneable handle that producers log through.

@@ -326,7 +326,7 @@ fn heap_block(len: usize) -> usize {
 mod tests {
     use super::*;
     use crate::fields_json::SharedFields;
-    use crate::record::Level;
+    use crate::level::Level;
 
     #[test]
     fn a_queued_record_is_counted_at_what_it_costs() {

@@ -11,9 +11,9 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::SinkConfig;
 use crate::consumer::{Consumer, Tokens};
-use crate::logger::Logger;
 #[cfg(test)]
-use crate::record::Level;
+use crate::level::Level;
+use crate::logger::Logger;
 use crate::report::{FatalError, Report};
 use crate::spool::{Spool, SpoolLimits};
 use crate::stats::Shared;

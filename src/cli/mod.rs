@@ -4,6 +4,7 @@
 pub(crate) mod db;
 pub(crate) mod diagnostics;
 pub(crate) mod health;
+pub(crate) mod hex;
 pub(crate) mod http;
 pub(crate) mod ingest;
 pub(crate) mod load;

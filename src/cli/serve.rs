@@ -25,7 +25,7 @@ use tokio::net::TcpListener;
 use tokio_util::task::TaskTracker;
 
 use super::db::{Database, Mode};
-use super::http::HttpArgs;
+use super::http::{HttpArgs, Rejection};
 use super::ingest::{BodyLimits, IngestArgs, IngestState};
 use super::maintain::{parse_retention, MaintenanceArgs, RewriteArgs};
 use super::request_span::{trace_request, RequestId};
@@ -149,10 +149,7 @@ pub(crate) fn app(state: AppState) -> Router {
         .route("/metrics", get(metrics))
         .merge(super::ingest::routes(&state))
         .with_state(state.clone())
-        .merge(super::ingest::guarded_viewer(
-            super::viewer::router(state.viewer),
-            &state.ingest,
-        ))
+        .merge(super::viewer::router(state.viewer))
         .layer(axum::middleware::from_fn(trace_request))
         .layer(axum::middleware::from_fn(super::metrics::track))
 }
@@ -180,7 +177,7 @@ async fn recipe(
     match state.logger.send(record) {
         Ok(()) => "recipe".into_response(),
         // Say so rather than answer a request whose log line would be lost.
-        Err(refused) => super::ingest::refused(&refused).into_response(),
+        Err(refused) => Rejection::sink_refused(&refused).into_response(),
     }
 }
 
@@ -212,7 +209,7 @@ async fn metrics(State(state): State<AppState>) -> Response {
 
 pub(crate) async fn run(args: ServeArgs) -> Result<ExitCode, Failure> {
     // Keys and certificate first: a refusal to start needs no database.
-    let ingest = args.ingest.prepare(args.listen)?;
+    let access = args.http.access(args.listen)?;
     // Bind next: a taken port should fail before a database is started.
     let listener = TcpListener::bind(args.listen)
         .await
@@ -237,7 +234,7 @@ pub(crate) async fn run(args: ServeArgs) -> Result<ExitCode, Failure> {
     }
     tracing::info!(
         "listening on {}://{}; logging to table {} in {}",
-        if ingest.tls.is_some() {
+        if access.tls.is_some() {
             "https"
         } else {
             "http"
@@ -260,7 +257,7 @@ pub(crate) async fn run(args: ServeArgs) -> Result<ExitCode, Failure> {
     tasks.spawn(super::metrics::upkeep(metrics.clone(), token.clone()));
     // The private PostgreSQL, if we started it, is started again when it dies.
     let supervision = db.supervise(&token);
-    if let Some(keys) = ingest.keys.clone() {
+    if let Some(keys) = access.keys.clone() {
         tasks.spawn(keys.watch(token.clone()));
     }
     let signal_token = token.clone();
@@ -284,7 +281,7 @@ pub(crate) async fn run(args: ServeArgs) -> Result<ExitCode, Failure> {
             },
             max_records: args.ingest.max_records_per_request,
             queue_budget: config.max_queue_bytes as u64,
-            keys: ingest.keys,
+            keys: access.keys.clone(),
         },
         logger,
         log_requests: !args.no_log,
@@ -295,12 +292,13 @@ pub(crate) async fn run(args: ServeArgs) -> Result<ExitCode, Failure> {
             table: args.db.table.clone(),
             statement_timeout: args.viewer_statement_timeout.0,
             shutdown: token.clone(),
+            keys: access.keys,
         },
     };
     let Seconds(shutdown_timeout) = args.shutdown_timeout;
     let stopping = super::http::serve(
         listener,
-        ingest.tls,
+        access.tls,
         app(state),
         args.http.limits(),
         &token,
@@ -385,6 +383,7 @@ mod tests {
                 table: pglogsink::TableName::parse("log").unwrap(),
                 statement_timeout: super::super::viewer::DEFAULT_STATEMENT_TIMEOUT,
                 shutdown: CancellationToken::new(),
+                keys: None,
             },
         }
     }

@@ -7,7 +7,7 @@ use std::time::{Duration, SystemTime};
 use serde_json::Value;
 use tokio_postgres::types::{ToSql, Type};
 
-use crate::record::Level;
+use crate::level::Level;
 
 /// Longest accepted duration: 100 years.
 const MAX_DURATION_SECS: u64 = 100 * 365 * 86_400;

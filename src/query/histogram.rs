@@ -12,7 +12,7 @@ use tokio_postgres::Client;
 
 use super::filter::{where_clause, Sql};
 use super::{Filter, Reader};
-use crate::record::Level;
+use crate::level::Level;
 
 /// Most buckets one histogram has.
 pub const MAX_BUCKETS: u32 = 1_000;

@@ -361,7 +361,7 @@ pub(crate) fn from_micros(micros: i64) -> SystemTime {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::record::Level;
+    use crate::level::Level;
 
     fn reader() -> Reader {
         Reader::new(TableName::parse("audit.log").unwrap())

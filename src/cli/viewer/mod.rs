@@ -9,8 +9,9 @@
 //! every logged text with `textContent`, never as markup, and is served
 //! with a Content-Security-Policy that allows no inline script.
 //!
-//! [`router`] is a `Router` of its own so that `serve` can put it behind
-//! the same authentication as its other endpoints.
+//! Its routes ask for the same API keys as ingest (`--api-key-file`), which
+//! a browser meets as a Basic-auth prompt (any user name, the key as the
+//! password); scripts send `Authorization: Bearer KEY` or `X-Api-Key`.
 
 mod params;
 mod tail;
@@ -27,6 +28,8 @@ use pglogsink::query::{Filter, Histogram, LogRow, Reader, TimeFormat};
 use pglogsink::tokio_postgres::{self, error::SqlState};
 use pglogsink::{CancellationToken, Level, TableName};
 use serde_json::{json, Value};
+
+use crate::cli::http::{as_json, ApiKeys, KeyGuard};
 
 use params::{cursor_text, BadParam, Params};
 
@@ -46,6 +49,10 @@ const VIEWER_CSS: &str = include_str!("assets/viewer.css");
 
 /// Scripts and styles from this origin only: no inline script, so a
 /// logged message that became markup by mistake could still run nothing.
+/// The `WWW-Authenticate` challenge of the viewer's 401: a browser asks
+/// for the key.
+const CHALLENGE: &str = "Basic realm=\"pglogsink viewer\", charset=\"UTF-8\"";
+
 const CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; \
                    connect-src 'self'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'";
 
@@ -60,18 +67,23 @@ pub(crate) struct ViewerState {
     /// Cancelled at shutdown: live tails end then, so they do not hold the
     /// server's graceful shutdown open.
     pub(crate) shutdown: CancellationToken,
+    /// `None`: no key is asked for (only allowed on a loopback address).
+    pub(crate) keys: Option<ApiKeys>,
 }
 
-/// The viewer's routes: `/`, its assets, and `/api/...`.
+/// The viewer's routes: `/`, its assets, and `/api/...`, each behind the
+/// API keys.
 pub(crate) fn router(state: ViewerState) -> Router {
-    Router::new()
+    let guard = KeyGuard::new(state.keys.clone(), CHALLENGE, as_json);
+    let routes = Router::new()
         .route("/", get(index))
         .route("/viewer.js", get(script))
         .route("/viewer.css", get(style))
         .route("/api/logs", get(logs))
         .route("/api/histogram", get(histogram))
         .route("/api/tail", get(tail::tail))
-        .with_state(state)
+        .with_state(state);
+    guard.guard(routes)
 }
 
 /// The page. Its filters are checked here too, so a broken link says what
@@ -306,6 +318,7 @@ mod tests {
             table: TableName::parse("log").unwrap(),
             statement_timeout: DEFAULT_STATEMENT_TIMEOUT,
             shutdown: CancellationToken::new(),
+            keys: None,
         })
     }
 

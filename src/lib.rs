@@ -29,6 +29,7 @@
 //! ```
 #![warn(missing_docs)]
 
+pub mod admin;
 mod backoff;
 mod batch;
 mod classify;
@@ -38,6 +39,7 @@ mod copy;
 mod copy_format;
 mod database;
 mod delivery;
+mod duration;
 #[cfg(feature = "embedded")]
 pub mod embedded;
 mod error;
@@ -48,6 +50,7 @@ mod ledger;
 mod level;
 mod logger;
 mod maintain;
+mod micros;
 mod partitions;
 pub mod query;
 mod queue_budget;

@@ -9,11 +9,10 @@
 
 use std::fmt;
 use std::str::FromStr;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use tokio_postgres::types::Type;
 
-use crate::record::unix_micros;
 use crate::table::TableName;
 use crate::Error;
 
@@ -165,10 +164,6 @@ pub(crate) fn utc_text(micros: i64) -> String {
     )
 }
 
-/// Now, in microseconds since the epoch.
-pub(crate) fn now_micros() -> i64 {
-    unix_micros(SystemTime::now())
-}
 
 /// One partition of the Log table.
 #[derive(Debug, Clone, PartialEq, Eq)]

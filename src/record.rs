@@ -9,6 +9,8 @@ use std::time::SystemTime;
 
 use crate::fields_json::SharedFields;
 use crate::level::Level;
+// The ledger (src/ledger.rs) still imports the conversion from here.
+pub(crate) use crate::micros::unix_micros;
 
 /// Structured fields of a record: key and JSON value, in the order added.
 ///
@@ -153,11 +155,6 @@ impl Record {
     }
 }
 
-/// Microseconds since the Unix epoch (0 for times before it).
-pub(crate) fn unix_micros(t: SystemTime) -> i64 {
-    t.duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_micros() as i64)
-}
 
 thread_local! {
     static THREAD_ID: Cell<i64> = const { Cell::new(0) };

@@ -2,10 +2,10 @@
 
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use crate::queue_budget::{QueueBudget, Refusal};
-use crate::record::unix_micros;
+use crate::micros::now_unix_micros;
 use crate::report::FatalError;
 
 /// State shared between the loggers, the consumer and the worker handle.
@@ -94,7 +94,7 @@ impl Shared {
     pub(crate) fn snapshot(&self, queued: usize) -> Stats {
         let oldest = self.oldest_unwritten_micros.load(Ordering::Relaxed);
         let oldest_unwritten = (oldest > 0).then(|| {
-            let age = unix_micros(SystemTime::now()).saturating_sub(oldest);
+            let age = now_unix_micros().saturating_sub(oldest);
             Duration::from_micros(age.max(0) as u64)
         });
         Stats {

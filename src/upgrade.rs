@@ -21,7 +21,8 @@ use tokio_postgres::types::Type;
 
 use crate::database::connection;
 use crate::maintain::Maintenance;
-use crate::partitions::{id_sequence, now_micros, sql_timestamp, utc_text, Shape};
+use crate::micros::now_unix_micros;
+use crate::partitions::{id_sequence, sql_timestamp, utc_text, Shape};
 use crate::schema::{create_missing, drop_if_invalid, schema_script, table_shape};
 use crate::table::TableName;
 use crate::Error;
@@ -79,7 +80,7 @@ pub async fn upgrade(
     let mut client = connection(pool, &context).await?;
     let legacy = table.sibling("_legacy");
     let step = maintenance.interval.micros();
-    let bound = maintenance.interval.floor(now_micros()) + 2 * step;
+    let bound = maintenance.interval.floor(now_unix_micros()) + 2 * step;
     let bound_sql = sql_timestamp(bound);
 
     prepare_old_table(&client, table, &legacy, &bound_sql)

@@ -26,6 +26,7 @@ use tokio::net::TcpStream;
 use tokio_util::task::TaskTracker;
 
 use super::load_body::{LoadMode, Payload};
+use super::seconds::parse_seconds;
 use super::Failure;
 
 const DEFAULT_REQUESTS: u64 = 1000;
@@ -60,7 +61,7 @@ pub(crate) struct LoadArgs {
 
     /// Send requests for this many seconds instead of a fixed number (fractions allowed, at most
     /// 3600).
-    #[arg(long, env = "PGLOGSINK_DURATION", value_name = "SECS", value_parser = parse_duration)]
+    #[arg(long, env = "PGLOGSINK_DURATION", value_name = "SECS", value_parser = parse_run_time)]
     pub(crate) duration: Option<Duration>,
 
     /// After the run, check in the database that every successful request wrote exactly its
@@ -181,12 +182,12 @@ fn parse_requests(s: &str) -> Result<u64, String> {
     }
 }
 
-fn parse_duration(s: &str) -> Result<Duration, String> {
-    super::parse_seconds(s, false, MAX_DURATION_SECS)
+fn parse_run_time(s: &str) -> Result<Duration, String> {
+    parse_seconds(s, false, MAX_DURATION_SECS)
 }
 
 fn parse_verify_timeout(s: &str) -> Result<Duration, String> {
-    super::parse_seconds(s, false, 86_400.0)
+    parse_seconds(s, false, 86_400.0)
 }
 
 /// `load-<unix millis>-<pid>`: unique per run on this machine.
@@ -677,10 +678,10 @@ mod tests {
         assert_eq!(parse_requests("1"), Ok(1));
         assert!(parse_requests("0").is_err());
         assert!(parse_requests("-1").is_err());
-        assert_eq!(parse_duration("0.5"), Ok(Duration::from_millis(500)));
-        assert_eq!(parse_duration("3600"), Ok(Duration::from_secs(3600)));
+        assert_eq!(parse_run_time("0.5"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_run_time("3600"), Ok(Duration::from_secs(3600)));
         for bad in ["0", "-1", "3600.5", "NaN", "inf", "1e400", "soon"] {
-            assert!(parse_duration(bad).is_err(), "{bad}");
+            assert!(parse_run_time(bad).is_err(), "{bad}");
         }
         assert_eq!(parse_verify_timeout("30"), Ok(Duration::from_secs(30)));
     }

@@ -121,7 +121,7 @@ fn parse_keep_levels(s: &str) -> Result<KeepLevels, String> {
 /// A retention or `--max-age`: at least one hour (a shorter retention
 /// would drop the partition being written).
 pub(crate) fn parse_retention(s: &str) -> Result<Duration, String> {
-    match pglogsink::query::parse_duration(s) {
+    match pglogsink::admin::parse_duration(s) {
         Some(d) if d >= Duration::from_secs(3600) => Ok(d),
         Some(_) => Err("must be at least 1h".to_owned()),
         None => Err("expected an age such as 30d, 12h or 2d12h".to_owned()),

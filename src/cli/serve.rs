@@ -32,7 +32,8 @@ use super::request_span::{trace_request, RequestId};
 use super::signal::shutdown_signal;
 use super::sink_args::SinkArgs;
 use super::viewer::ViewerState;
-use super::{DatabaseArgs, Failure, Seconds};
+use super::seconds::{parse_seconds, Seconds};
+use super::{DatabaseArgs, Failure};
 
 #[derive(Debug, clap::Args)]
 pub(crate) struct ServeArgs {
@@ -85,7 +86,7 @@ pub(crate) struct ServeArgs {
     /// written with the time left; what is not written by then is spooled (and reported).
     #[arg(long, env = "PGLOGSINK_SHUTDOWN_TIMEOUT",
           default_value_t = Seconds(pglogsink::DEFAULT_SHUTDOWN_TIMEOUT),
-          value_parser = parse_seconds, value_name = "SECS")]
+          value_parser = parse_shutdown_timeout, value_name = "SECS")]
     pub(crate) shutdown_timeout: Seconds,
 
     /// Seconds a query of the web viewer (`/`, `/api/...`) may run before PostgreSQL cancels it,
@@ -103,7 +104,7 @@ pub(crate) struct ServeArgs {
 
 /// The maintenance period: at least a second.
 fn parse_every(s: &str) -> Result<Duration, String> {
-    match pglogsink::query::parse_duration(s) {
+    match pglogsink::admin::parse_duration(s) {
         Some(d) if d >= Duration::from_secs(1) => Ok(d),
         _ => Err("expected a period of at least 1s, such as 10m, 1h or 30s".to_owned()),
     }
@@ -111,12 +112,12 @@ fn parse_every(s: &str) -> Result<Duration, String> {
 
 /// The viewer's statement timeout: more than 0, at most an hour.
 fn parse_statement_timeout(s: &str) -> Result<Seconds, String> {
-    super::parse_seconds(s, false, 3_600.0).map(Seconds)
+    parse_seconds(s, false, 3_600.0).map(Seconds)
 }
 
 /// The shutdown deadline: 0 (do not wait) to one day.
-fn parse_seconds(s: &str) -> Result<Seconds, String> {
-    super::parse_seconds(s, true, 86_400.0).map(Seconds)
+fn parse_shutdown_timeout(s: &str) -> Result<Seconds, String> {
+    parse_seconds(s, true, 86_400.0).map(Seconds)
 }
 
 #[derive(Clone)]
@@ -350,17 +351,11 @@ fn print_report(report: &Report) -> ExitCode {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::cli::test_fixtures::{unreachable_pool, unreachable_sink};
     use axum::body::Body;
     use axum::http::Request;
     use http_body_util::BodyExt;
     use tower::ServiceExt;
-
-    /// A sink whose database refuses connections: records queue up (and are
-    /// retried), which is all the handlers need.
-    fn unreachable_pool() -> deadpool_postgres::Pool {
-        let config = pglogsink::parse_url("postgres://nobody@127.0.0.1:1/none").unwrap();
-        pglogsink::pool(config, 1).unwrap()
-    }
 
     fn test_state(logger: Logger) -> AppState {
         AppState {
@@ -433,17 +428,6 @@ mod tests {
         assert!(reason.starts_with("the log sink has stopped"), "{reason}");
     }
 
-    fn unreachable_sink() -> (Logger, pglogsink::Worker) {
-        let config = pglogsink::parse_url("postgres://nobody@127.0.0.1:1/none").unwrap();
-        let pool = pglogsink::pool(config, 1).unwrap();
-        pglogsink::spawn(
-            pool,
-            &pglogsink::SinkConfig::default(),
-            CancellationToken::new(),
-        )
-        .unwrap()
-    }
-
     async fn get(app: Router, uri: &str, run_id: Option<&str>) -> (StatusCode, String) {
         let mut request = Request::get(uri);
         if let Some(run_id) = run_id {
@@ -514,13 +498,13 @@ mod tests {
     #[test]
     fn bad_option_values_are_rejected_with_the_accepted_form() {
         assert_eq!(
-            parse_seconds("2.5"),
+            parse_shutdown_timeout("2.5"),
             Ok(Seconds(Duration::from_millis(2500)))
         );
         // What --help shows as the default, and what it parses back to.
         let default = Seconds(pglogsink::DEFAULT_SHUTDOWN_TIMEOUT);
-        assert_eq!(parse_seconds(&default.to_string()), Ok(default));
-        assert!(parse_seconds("-1").is_err());
-        assert!(parse_seconds("soon").is_err());
+        assert_eq!(parse_shutdown_timeout(&default.to_string()), Ok(default));
+        assert!(parse_shutdown_timeout("-1").is_err());
+        assert!(parse_shutdown_timeout("soon").is_err());
     }
 }

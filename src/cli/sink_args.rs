@@ -144,11 +144,11 @@ fn parse_bytes_or_zero(s: &str) -> Result<u64, String> {
 }
 
 fn parse_lock_timeout(s: &str) -> Result<std::time::Duration, String> {
-    super::parse_seconds(s, false, 3600.0)
+    super::seconds::parse_seconds(s, false, 3600.0)
 }
 
 fn parse_write_timeout(s: &str) -> Result<std::time::Duration, String> {
-    match super::parse_seconds(s, false, 86_400.0) {
+    match super::seconds::parse_seconds(s, false, 86_400.0) {
         Ok(d) if d >= std::time::Duration::from_secs(1) => Ok(d),
         Ok(_) => Err("use at least 1 second: a large batch takes a while to COPY".to_owned()),
         Err(e) => Err(e),

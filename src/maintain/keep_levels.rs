@@ -5,6 +5,7 @@
 use std::str::FromStr;
 use std::time::Duration;
 
+use crate::micros::duration_micros;
 use crate::{Error, Level};
 
 /// The youngest age a rule may name: a partition is only rewritten once
@@ -41,7 +42,7 @@ impl FromStr for KeepLevels {
         let (age, level) = s
             .split_once('=')
             .ok_or_else(|| invalid(format!("{s:?}: expected AGE=LEVEL, such as 7d=info")))?;
-        let after = crate::query::parse_duration(age.trim())
+        let after = crate::duration::parse_duration(age.trim())
             .ok_or_else(|| invalid(format!("{age:?}: expected an age such as 7d, 12h or 2d12h")))?;
         if after < MIN_AGE {
             return Err(invalid(format!("{age:?}: must be at least 1h")));
@@ -91,14 +92,11 @@ pub(crate) fn check(rules: &[KeepLevels]) -> Result<(), Error> {
 pub(crate) fn lowest_kept(rules: &[KeepLevels], end: i64, now: i64) -> Option<Level> {
     rules
         .iter()
-        .filter(|r| end <= now.saturating_sub(micros(r.after)))
+        .filter(|r| end <= now.saturating_sub(duration_micros(r.after)))
         .map(|r| r.level)
         .max()
 }
 
-pub(crate) fn micros(age: Duration) -> i64 {
-    i64::try_from(age.as_micros()).unwrap_or(i64::MAX)
-}
 
 #[cfg(test)]
 mod tests {

@@ -22,8 +22,9 @@ use tokio_postgres::types::Type;
 use tokio_postgres::SimpleQueryMessage;
 
 use crate::database::connection;
+use crate::micros::{duration_micros, now_unix_micros};
 use crate::partitions::{
-    self, default_partition, now_micros, sql_origin, sql_timestamp, utc_text, Partition,
+    self, default_partition, sql_origin, sql_timestamp, utc_text, Partition,
     PartitionInterval, Shape,
 };
 use crate::table::TableName;
@@ -181,10 +182,9 @@ impl Maintenance {
         }
         let existing = partitions::list(client, table).await.map_err(db)?;
         let default = existing.iter().any(|p| p.is_default);
-        let now = now_micros();
-        let micros = |d: Duration| i64::try_from(d.as_micros()).unwrap_or(i64::MAX);
-        let cutoff = self.retention.map(|r| now.saturating_sub(micros(r)));
-        let window = self.window(now, micros(self.max_age), cutoff);
+        let now = now_unix_micros();
+        let cutoff = self.retention.map(|r| now.saturating_sub(duration_micros(r)));
+        let window = self.window(now, duration_micros(self.max_age), cutoff);
         let in_default = if default {
             self.default_rows_by_bin(client, table).await.map_err(db)?
         } else {

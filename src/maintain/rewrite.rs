@@ -42,6 +42,7 @@ use tokio_postgres::Transaction;
 use super::distributed::Placement;
 use super::report::RewrittenPartition;
 use super::{columnar, expired, keep_levels, Changes, Maintenance, ATTEMPTS, LOCK_TIMEOUT};
+use crate::micros::duration_micros;
 use crate::partitions::{self, sql_timestamp, Partition};
 use crate::table::TableName;
 use crate::{Error, Level};
@@ -170,7 +171,7 @@ fn plan(
             .unwrap_or_default();
         let columnar = m
             .columnar_after
-            .is_some_and(|age| end <= now.saturating_sub(keep_levels::micros(age)));
+            .is_some_and(|age| end <= now.saturating_sub(duration_micros(age)));
         let lowest = keep_levels::lowest_kept(&m.keep_levels, end, now);
         if (columnar && !now_stored.columnar) || lowest > now_stored.lowest {
             let target = Storage {

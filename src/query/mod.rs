@@ -23,9 +23,10 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tokio_postgres::types::Type;
 use tokio_postgres::{Client, IsolationLevel, Row, Transaction};
 
+use crate::micros::from_unix_micros;
 use crate::table::TableName;
 
-pub use filter::{parse_duration, FieldMatch, Filter, When, WHEN_FORM};
+pub use filter::{FieldMatch, Filter, When, WHEN_FORM};
 pub use follow::Follower;
 pub use histogram::{Histogram, MAX_BUCKETS};
 
@@ -259,7 +260,7 @@ impl Reader {
     ) -> Result<Vec<LogRow>, tokio_postgres::Error> {
         let anchor = [
             filter.until,
-            before.map(|(micros, _)| from_micros(micros + 1)),
+            before.map(|(micros, _)| from_unix_micros(micros + 1)),
         ]
         .into_iter()
         .flatten()
@@ -312,7 +313,7 @@ impl Reader {
         let mut sql = Sql::default();
         let mut conditions = sql.conditions(filter);
         if let Some((micros, id)) = before {
-            let at = sql.bind(from_micros(micros), Type::TIMESTAMPTZ);
+            let at = sql.bind(from_unix_micros(micros), Type::TIMESTAMPTZ);
             let id = sql.bind(id, Type::INT8);
             // The first term alone lets partitions and block ranges be skipped.
             conditions.push(format!(
@@ -349,14 +350,6 @@ impl Reader {
     }
 }
 
-/// Microseconds since the epoch as an instant (also before the epoch).
-pub(crate) fn from_micros(micros: i64) -> SystemTime {
-    if micros >= 0 {
-        UNIX_EPOCH + Duration::from_micros(micros as u64)
-    } else {
-        UNIX_EPOCH - Duration::from_micros(micros.unsigned_abs())
-    }
-}
 
 #[cfg(test)]
 mod tests {
@@ -394,14 +387,5 @@ mod tests {
             "{sql}"
         );
         assert_eq!(format!("{:?}", params.params[1].0), "7");
-    }
-
-    #[test]
-    fn micros_convert_both_sides_of_the_epoch() {
-        assert_eq!(
-            from_micros(1_500_000),
-            UNIX_EPOCH + Duration::from_millis(1_500)
-        );
-        assert_eq!(from_micros(-1), UNIX_EPOCH - Duration::from_micros(1));
     }
 }

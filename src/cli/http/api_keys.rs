@@ -238,10 +238,7 @@ mod tests {
         // printf %s k3y-0123456789abcdef | sha256sum
         let hashed = format!(
             "sha256:{}",
-            sha256(b"another-key-0123456789")
-                .iter()
-                .map(|b| format!("{b:02x}"))
-                .collect::<String>()
+            crate::cli::hex::encode(&sha256(b"another-key-0123456789"))
         );
         let (keys, path) = keys(&format!("# ops team\n{KEY}\n\n  {hashed}  \n"));
         assert!(keys.accepts(KEY));

@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use crate::cli::Seconds;
+use crate::cli::seconds::{parse_seconds, Seconds};
 
 use super::api_keys::ApiKeys;
 use super::server::HttpLimits;
@@ -89,7 +89,7 @@ fn parse_connections(s: &str) -> Result<usize, String> {
 }
 
 fn parse_timeout(s: &str) -> Result<Seconds, String> {
-    crate::cli::parse_seconds(s, false, 3_600.0).map(Seconds)
+    parse_seconds(s, false, 3_600.0).map(Seconds)
 }
 
 impl HttpArgs {

@@ -61,17 +61,10 @@ mod tests {
     use axum::http::{header, StatusCode};
     use axum::response::Response;
     use http_body_util::BodyExt;
+    use crate::cli::test_fixtures::unreachable_sink as sink;
     use pglogsink::Logger;
     use std::time::Duration;
     use tower::ServiceExt;
-
-    /// A sink on a database that refuses connections: records queue up.
-    fn sink() -> (Logger, pglogsink::Worker) {
-        let config = pglogsink::parse_url("postgres://nobody@127.0.0.1:1/none").unwrap();
-        let pool = pglogsink::pool(config, 1).unwrap();
-        let config = pglogsink::SinkConfig::default();
-        pglogsink::spawn(pool, &config, pglogsink::CancellationToken::new()).unwrap()
-    }
 
     async fn post(logger: &Logger, uri: &str, content_type: &str, body: &[u8]) -> Response {
         let state = IngestState {

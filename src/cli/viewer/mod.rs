@@ -24,6 +24,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
 use deadpool_postgres::{Object, Pool};
+use pglogsink::admin::unix_micros;
 use pglogsink::query::{Filter, Histogram, LogRow, Reader, TimeFormat};
 use pglogsink::tokio_postgres::{self, error::SqlState};
 use pglogsink::{CancellationToken, Level, TableName};
@@ -240,14 +241,10 @@ impl<'a> From<&'a LogRow> for RowJson<'a> {
 }
 
 fn histogram_json(h: &Histogram, since: SystemTime, until: SystemTime) -> Value {
-    let micros = |t: SystemTime| {
-        t.duration_since(SystemTime::UNIX_EPOCH)
-            .map_or(0, |d| d.as_micros() as i64)
-    };
     let levels: Vec<&str> = Level::ALL.iter().map(|l| l.as_str()).collect();
     json!({
-        "since": micros(since),
-        "until": micros(until),
+        "since": unix_micros(since),
+        "until": unix_micros(until),
         "start": h.start_micros,
         "bucket": h.bucket_micros,
         "levels": levels,
@@ -312,9 +309,8 @@ mod tests {
 
     /// A viewer whose database refuses connections.
     fn viewer() -> Router {
-        let config = pglogsink::parse_url("postgres://nobody@127.0.0.1:1/none").unwrap();
         router(ViewerState {
-            pool: pglogsink::pool(config, 1).unwrap(),
+            pool: crate::cli::test_fixtures::unreachable_pool(),
             table: TableName::parse("log").unwrap(),
             statement_timeout: DEFAULT_STATEMENT_TIMEOUT,
             shutdown: CancellationToken::new(),

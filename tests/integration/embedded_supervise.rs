@@ -196,7 +196,7 @@ fn ready_postmaster(pgdata: &Path) -> Option<i32> {
 }
 
 /// The `N ok` of load's summary.
-fn ok_count(stdout: &str) -> Result<i64, Failed> {
+pub(crate) fn ok_count(stdout: &str) -> Result<i64, Failed> {
     stdout
         .split_whitespace()
         .collect::<Vec<_>>()

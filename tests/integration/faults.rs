@@ -108,14 +108,18 @@ async fn exactly_once(pool: &Pool, table: &TableName, expected: u64) -> Result<(
 /// COMMIT to the server but drops the connection instead of passing the
 /// server's "COMMIT" completion back: the server has committed, the client
 /// never hears so.
-struct CommitDropper {
-    port: u16,
-    dropped: Arc<AtomicU32>,
+///
+/// It reads the messages, so it offers no TLS: a client's TLS request is
+/// answered "no" (as a server without TLS answers it), so that a client
+/// with the default sslmode (`prefer`) goes on in plain text.
+pub(crate) struct CommitDropper {
+    pub(crate) port: u16,
+    pub(crate) dropped: Arc<AtomicU32>,
     stop: Arc<AtomicBool>,
 }
 
 impl CommitDropper {
-    fn start(upstream_port: u16, times: u32) -> Result<CommitDropper, Failed> {
+    pub(crate) fn start(upstream_port: u16, times: u32) -> Result<CommitDropper, Failed> {
         let listener = TcpListener::bind("127.0.0.1:0")?;
         listener.set_nonblocking(true)?;
         let port = listener.local_addr()?.port();
@@ -150,7 +154,23 @@ impl Drop for CommitDropper {
     }
 }
 
-fn proxy(client: TcpStream, mut server: TcpStream, dropped: Arc<AtomicU32>, times: u32) {
+/// The first eight bytes of a client's SSLRequest: its length and code.
+const SSL_REQUEST: [u8; 8] = [0, 0, 0, 8, 0x04, 0xd2, 0x16, 0x2f];
+
+fn proxy(mut client: TcpStream, mut server: TcpStream, dropped: Arc<AtomicU32>, times: u32) {
+    // A startup packet is at least eight bytes long, an SSLRequest exactly.
+    let mut first = [0u8; 8];
+    if client.read_exact(&mut first).is_err() {
+        return;
+    }
+    let passed_on = if first == SSL_REQUEST {
+        client.write_all(b"N")
+    } else {
+        server.write_all(&first)
+    };
+    if passed_on.is_err() {
+        return;
+    }
     let (Ok(mut client_read), Ok(mut server_write)) = (client.try_clone(), server.try_clone())
     else {
         return;
@@ -160,8 +180,7 @@ fn proxy(client: TcpStream, mut server: TcpStream, dropped: Arc<AtomicU32>, time
         let _ = server_write.shutdown(Shutdown::Write);
     });
     // Server to client, message by message (type byte, length, body). The
-    // server sends no untyped message when the client asks for no TLS.
-    let mut client = client;
+    // server sends no untyped message: TLS requests never reach it.
     loop {
         let mut header = [0u8; 5];
         if server.read_exact(&mut header).is_err() {

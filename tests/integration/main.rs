@@ -6,6 +6,7 @@
 //! `libtest-mimic` gives us a `main` around the tests, which is what makes
 //! stopping the shared cluster at the end possible.
 
+mod citus;
 mod common;
 mod embedded;
 mod embedded_supervise;
@@ -39,7 +40,9 @@ fn main() {
     trials.extend(ingest::trials());
     trials.extend(ingest_otel::trials());
     trials.extend(viewer::trials());
+    trials.extend(citus::trials());
     let conclusion = libtest_mimic::run(&args, trials);
+    citus::shutdown();
     common::shutdown();
     conclusion.exit();
 }

@@ -9,10 +9,8 @@
 //! fail when tools are required (CI): see [`ToolGate`].
 
 use std::collections::BTreeSet;
-use std::io::{BufRead, BufReader};
-use std::process::{Command, Stdio};
-use std::sync::atomic::Ordering;
-use std::sync::{mpsc, Mutex, OnceLock};
+use std::process::{Command, Output, Stdio};
+use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant, SystemTime};
 
 use libtest_mimic::{Failed, Trial};
@@ -22,8 +20,9 @@ use pglogsink::{CancellationToken, Level, Logger, Record, SinkConfig, TableName}
 use serde_json::Value;
 
 use crate::common::{block_on, check, fresh_table, ToolGate};
-use crate::embedded_supervise::ok_count;
+use crate::embedded_supervise::{ok_count, rows_of_run, run_id};
 use crate::faults::CommitDropper;
+use crate::logs::lines_of;
 use crate::service::{http_get, run, text, Serve, BIN};
 
 pub fn trials() -> Vec<Trial> {
@@ -135,19 +134,23 @@ async fn is_distributed(pool: &Pool, relation: &TableName) -> Result<bool, Faile
     Ok(row.get(0))
 }
 
+/// `pglogsink migrate --distribute` for `table` on `url`.
+fn migrate_distributed(url: &str, table: &str) -> Result<Output, Failed> {
+    run(&[
+        "migrate",
+        "--database-url",
+        url,
+        "--table",
+        table,
+        "--distribute",
+    ])
+}
+
 fn migrate_distribute() -> Result<(), Failed> {
     let url = coordinator_url()?;
     let table = fresh_table("citus_migrate");
     let name = table.to_string();
-    let args = [
-        "migrate",
-        "--database-url",
-        &url,
-        "--table",
-        &name,
-        "--distribute",
-    ];
-    let first = run(&args)?;
+    let first = migrate_distributed(&url, &name)?;
     check(
         first.status.success()
             && text(&first.stdout).contains(&format!(
@@ -161,7 +164,7 @@ fn migrate_distribute() -> Result<(), Failed> {
             )
         },
     )?;
-    let again = run(&args)?;
+    let again = migrate_distributed(&url, &name)?;
     check(
         again.status.success() && text(&again.stdout).contains("was distributed already by id"),
         || {
@@ -223,14 +226,7 @@ fn migrate_distribute() -> Result<(), Failed> {
     ] {
         let other = fresh_table("citus_refused");
         let name = other.to_string();
-        let out = run(&[
-            "migrate",
-            "--database-url",
-            url,
-            "--table",
-            &name,
-            "--distribute",
-        ])?;
+        let out = migrate_distributed(url, &name)?;
         check(
             !out.status.success() && text(&out.stderr).contains(said),
             || format!("expected {said:?}: {}", text(&out.stderr)),
@@ -279,17 +275,7 @@ async fn unheard_commit() -> Result<(), Failed> {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let report = worker.shutdown(Duration::from_secs(30)).await;
-    let dropped = proxy.dropped.load(Ordering::SeqCst);
-    check(dropped == 3, || {
-        format!("the proxy dropped {dropped} commits")
-    })?;
-    check(
-        report.is_complete() && report.written + report.already_written == 1000,
-        || format!("{report:?}"),
-    )?;
-    check(report.already_written > 0, || {
-        format!("no batch was recognised as already committed: {report:?}")
-    })?;
+    proxy.settled(&report, 3, 1000)?;
     let row = one_row(
         &direct,
         &format!(
@@ -504,15 +490,7 @@ fn follow(
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()?;
-    let stdout = child.stdout.take().ok_or("no stdout")?;
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            if tx.send(line).is_err() {
-                break;
-            }
-        }
-    });
+    let rx = lines_of(&mut child)?;
     let result = (|| {
         let next = |timeout: Duration| -> Result<u64, Failed> {
             let line = rx
@@ -608,14 +586,7 @@ fn killed_worker() -> Result<(), Failed> {
     let url = cluster.url();
     let table = fresh_table("citus_kill");
     let name = table.to_string();
-    let migrate = run(&[
-        "migrate",
-        "--database-url",
-        &url,
-        "--table",
-        &name,
-        "--distribute",
-    ])?;
+    let migrate = migrate_distributed(&url, &name)?;
     check(migrate.status.success(), || text(&migrate.stderr))?;
     let db = ["--database-url", url.as_str(), "--table", name.as_str()];
     let mut serve = Serve::start(&db, &[])?;
@@ -662,27 +633,9 @@ fn killed_worker() -> Result<(), Failed> {
     check(load.status.success() && stdout.contains(": OK"), || {
         format!("load --verify: {stdout}{}", text(&load.stderr))
     })?;
-    let run_id = stdout
-        .lines()
-        .find_map(|l| l.strip_prefix("run id:"))
-        .map(|id| id.trim().to_owned())
-        .ok_or_else(|| format!("no run id in:\n{stdout}"))?;
+    let run_id = run_id(&stdout)?;
     let acknowledged = ok_count(&stdout)?;
-    let (rows, distinct) = block_on_value(async {
-        let row = pool_for(&url, 1)?
-            .get()
-            .await?
-            .query_one(
-                &format!(
-                    "SELECT count(*), count(DISTINCT fields->>'request_id') FROM {} \
-                     WHERE fields->>'run_id' = $1",
-                    table.quoted()
-                ),
-                &[&run_id],
-            )
-            .await?;
-        Ok((row.get::<_, i64>(0), row.get::<_, i64>(1)))
-    })?;
+    let (rows, distinct) = rows_of_run(pglogsink::parse_url(&url)?, &table, &run_id)?;
     check(rows == acknowledged && distinct == rows, || {
         format!("{acknowledged} requests acknowledged, {rows} rows, {distinct} request ids")
     })?;

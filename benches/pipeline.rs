@@ -4,7 +4,16 @@
 //! ```sh
 //! cargo bench --bench pipeline -- --records 1000000 --json /tmp/pipeline.json
 //! cargo bench --bench pipeline -- --records 200000 --sweep      # batch sizes
+//! cargo bench --bench pipeline -- --records 1000000 --rounds 3 --citus
 //! ```
+//!
+//! `--citus` starts a Citus cluster on this machine (a coordinator and two
+//! workers, `pglogsink::embedded::CitusCluster`; Citus must be installed)
+//! and one plain server beside it, and runs `limit` and `pglogsink` into
+//! each, round by round, every table distributed on the coordinator; then
+//! diagnostics through the coordinator: batches of `--batch-size`, each a
+//! transaction with its ledger row, with Citus' default connections (one
+//! per shard) and with one connection per worker, as the sink sets.
 //!
 //! Uses `DATABASE_URL` when set, else starts a private throw-away cluster
 //! (`EmbeddedPostgres::temporary`), stopped at the end. Every table it
@@ -80,7 +89,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use bytes::{BufMut, Bytes, BytesMut};
 use futures_util::SinkExt;
 use pglogsink::deadpool_postgres::Pool;
-use pglogsink::embedded::EmbeddedPostgres;
+use pglogsink::embedded::{CitusCluster, EmbeddedPostgres};
 use pglogsink::tokio_postgres::types::{to_sql_checked, IsNull, ToSql, Type};
 use pglogsink::tokio_postgres::{self, Config};
 use pglogsink::{CancellationToken, Level, Record, SinkConfig, TableName};
@@ -129,11 +138,13 @@ struct Args {
     sinks: Vec<usize>,
     /// The sinks' `copies_in_flight`.
     copies: usize,
+    /// Through a Citus coordinator instead (see `run_citus`).
+    citus: bool,
 }
 
 const USAGE: &str = "usage: cargo bench --bench pipeline -- [--records N] [--json PATH] \
 [--sweep] [--batch-size N] [--producers N] [--rounds N] [--methods limit,pglogsink,...] \
-[--synchronous-commit-off] [--sinks 1,2,4] [--copies N]";
+[--synchronous-commit-off] [--sinks 1,2,4] [--copies N] [--citus]";
 
 fn parse_args() -> Result<Args, String> {
     let mut args = Args {
@@ -147,6 +158,7 @@ fn parse_args() -> Result<Args, String> {
         synchronous_commit_off: false,
         sinks: Vec::new(),
         copies: pglogsink::DEFAULT_COPIES_IN_FLIGHT,
+        citus: false,
     };
     let mut it = std::env::args().skip(1);
     while let Some(arg) = it.next() {
@@ -171,6 +183,7 @@ fn parse_args() -> Result<Args, String> {
                 }
             }
             "--synchronous-commit-off" => args.synchronous_commit_off = true,
+            "--citus" => args.citus = true,
             "--sinks" => {
                 args.sinks = value("--sinks")?
                     .split(',')
@@ -204,6 +217,9 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    if args.citus {
+        return citus::run(&runtime, &args);
+    }
     let mut bench = match Bench::connect(&runtime, &args) {
         Ok(bench) => bench,
         Err(e) => {
@@ -492,6 +508,8 @@ struct Bench<'rt> {
     info: Value,
     /// The sinks' `copies_in_flight`.
     copies: usize,
+    /// Distribute every fresh table (`--citus`).
+    distribute: bool,
 }
 
 fn pool_for(config: &Config, sync_off: bool) -> Result<Pool, Fail> {
@@ -513,6 +531,19 @@ impl<'rt> Bench<'rt> {
                 (Some(server), config)
             }
         };
+        Bench::on(rt, args, server, config, false)
+    }
+
+    /// A bench on the server `config` reaches. Commit timestamps are turned
+    /// on (and `server` restarted) when `server` is ours; with `distribute`,
+    /// every table is distributed over a Citus cluster first.
+    fn on(
+        rt: &'rt Runtime,
+        args: &Args,
+        server: Option<EmbeddedPostgres>,
+        config: pglogsink::ConnectConfig,
+        distribute: bool,
+    ) -> Result<Bench<'rt>, Fail> {
         let pool = pool_for(&config, args.synchronous_commit_off)?;
         let mut stamp = Stamp::WrittenAt;
         let tracked: String = rt.block_on(async {
@@ -567,6 +598,7 @@ impl<'rt> Bench<'rt> {
             tables: Vec::new(),
             info,
             copies: args.copies,
+            distribute,
         })
     }
 
@@ -580,8 +612,12 @@ impl<'rt> Bench<'rt> {
         self.drop_table(&table);
         self.tables.push(table.clone());
         let stamp = self.stamp;
+        let distribute = self.distribute;
         self.rt.block_on(async {
             match shape {
+                Shape::Partitioned if distribute => {
+                    pglogsink::distribute(&self.pool, &table, &Default::default()).await?;
+                }
                 Shape::Partitioned => pglogsink::migrate(&self.pool, &table).await?,
                 Shape::Old => {
                     self.pool
@@ -606,6 +642,11 @@ impl<'rt> Bench<'rt> {
             // Start every method from the same state; needs privileges.
             let client = self.pool.get().await?;
             let _ = client.batch_execute("CHECKPOINT").await;
+            if distribute {
+                let _ = client
+                    .batch_execute("SELECT run_command_on_workers('CHECKPOINT')")
+                    .await;
+            }
             Ok::<_, Fail>(())
         })?;
         Ok(table)
@@ -914,6 +955,18 @@ impl<'rt> Bench<'rt> {
         batch: usize,
         ledger: bool,
     ) -> Result<Duration, Fail> {
+        self.limit_batched_with(rows, batch, ledger, None)
+    }
+
+    /// [`limit_batched`](Self::limit_batched), each transaction beginning
+    /// with `settings` (`SET LOCAL ...`) when given (with the ledger only).
+    fn limit_batched_with(
+        &mut self,
+        rows: &[Row],
+        batch: usize,
+        ledger: bool,
+        settings: Option<&str>,
+    ) -> Result<Duration, Fail> {
         let name = if ledger {
             "copy_batches_ledger"
         } else {
@@ -940,6 +993,9 @@ impl<'rt> Bench<'rt> {
                 let copied = if ledger {
                     // What Client::transaction() sends, on the plain client.
                     client.batch_execute("BEGIN").await?;
+                    if let Some(settings) = settings {
+                        client.batch_execute(settings).await?;
+                    }
                     client
                         .execute(&claim, &[&1i64, &(seq as i64), &0i32, &(n as i32)])
                         .await?;
@@ -1432,4 +1488,168 @@ fn machine() -> Value {
         .map_or("unknown".to_owned(), |m| m.trim().to_owned());
     let cpus = std::thread::available_parallelism().map_or(0, |n| n.get());
     json!({"cpus": cpus, "cpu_model": model})
+}
+
+/// `--citus`: the same records through a Citus coordinator with two
+/// workers on this machine, and into one server beside it, in one run.
+mod citus {
+    use super::*;
+
+    /// What a batch's transaction sets through a coordinator
+    /// (`src/copy.rs`), for the diagnostics.
+    const ONE_CONNECTION_PER_WORKER: &str = "SET LOCAL citus.max_adaptive_executor_pool_size = 1";
+
+    pub(super) fn run(rt: &Runtime, args: &Args) -> ExitCode {
+        eprintln!("pipeline --citus: starting a coordinator and two workers, and one server...");
+        let started = CitusCluster::start(2)
+            .and_then(|cluster| EmbeddedPostgres::temporary().map(|single| (cluster, single)));
+        let (cluster, single) = match started {
+            Ok(both) => both,
+            Err(e) => {
+                eprintln!("pipeline --citus: {e}");
+                return ExitCode::FAILURE;
+            }
+        };
+        let result = compare(rt, args, &cluster, &single);
+        let code = match result {
+            Ok(summary) => match &args.json {
+                Some(path) => {
+                    let text = serde_json::to_string_pretty(&summary).unwrap_or_default();
+                    match std::fs::write(path, text + "\n") {
+                        Ok(()) => {
+                            println!("wrote {}", path.display());
+                            ExitCode::SUCCESS
+                        }
+                        Err(e) => {
+                            eprintln!("pipeline: cannot write {}: {e}", path.display());
+                            ExitCode::FAILURE
+                        }
+                    }
+                }
+                None => ExitCode::SUCCESS,
+            },
+            Err(e) => {
+                eprintln!("pipeline --citus: FAILED: {e}");
+                ExitCode::FAILURE
+            }
+        };
+        for stopped in [cluster.stop(), single.stop()] {
+            if let Err(e) = stopped {
+                eprintln!("pipeline --citus: stopping a cluster: {e}");
+                return ExitCode::FAILURE;
+            }
+        }
+        code
+    }
+
+    /// The runs, alternating between the coordinator and the one server
+    /// round by round, and the table of rates and ratios.
+    fn compare(
+        rt: &Runtime,
+        args: &Args,
+        cluster: &CitusCluster,
+        single: &EmbeddedPostgres,
+    ) -> Result<Value, Fail> {
+        let coordinator = pglogsink::parse_url(&cluster.url())?;
+        // Neither server is handed over: no restart for commit timestamps,
+        // so both measure latency the same way (written_at).
+        let mut through = Bench::on(rt, args, None, coordinator, true)?;
+        let mut one = Bench::on(rt, args, None, single.config(), false)?;
+        let result = measure(args, &mut through, &mut one);
+        through.drop_all_tables();
+        one.drop_all_tables();
+        result
+    }
+
+    fn measure(args: &Args, through: &mut Bench, one: &mut Bench) -> Result<Value, Fail> {
+        eprintln!("pipeline --citus: generating {} records...", args.records);
+        let rows = generate(args.records);
+        eprintln!("pipeline --citus: warm-up (an untimed COPY of all records into each)...");
+        through.limit(&rows, "warmup")?;
+        one.limit(&rows, "warmup")?;
+        let names = [
+            "limit through the coordinator",
+            "pglogsink through the coordinator",
+            "limit into one server",
+            "pglogsink into one server",
+        ];
+        let mut runs: [Vec<Duration>; 4] = Default::default();
+        for round in 1..=args.rounds {
+            eprintln!("pipeline --citus: round {round} of {}...", args.rounds);
+            runs[0].push(through.limit(&rows, "limit")?);
+            let (d, _) =
+                through.pglogsink(&rows, "pglogsink", args.batch_size, args.producers, None)?;
+            runs[1].push(d);
+            runs[2].push(one.limit(&rows, "limit")?);
+            let (d, _) =
+                one.pglogsink(&rows, "pglogsink", args.batch_size, args.producers, None)?;
+            runs[3].push(d);
+        }
+        let rates: Vec<f64> = runs
+            .iter_mut()
+            .map(|r| rows.len() as f64 / median_duration(r).as_secs_f64())
+            .collect();
+        println!(
+            "\npipeline --citus: {} records, {} producers, batch size {}, {} copies in flight, \
+             median of {} rounds; a coordinator and two workers (32 shards per partition) and \
+             one server, on this machine",
+            args.records, args.producers, args.batch_size, args.copies, args.rounds
+        );
+        println!("{:<36} {:>11} {:>9}", "method", "rows/s", "vs limit");
+        for (i, name) in names.iter().enumerate() {
+            let limit = rates[i - i % 2];
+            println!("{name:<36} {:>11.0} {:>9.2}", rates[i], rates[i] / limit);
+        }
+        let (vs_limit, vs_one) = (rates[1] / rates[0], rates[1] / rates[3]);
+        println!(
+            "pglogsink through the coordinator: {vs_limit:.2}x the coordinator's limit, \
+             {vs_one:.2}x pglogsink into one server"
+        );
+
+        // Why: the same batches, one COPY and one commit each with the
+        // ledger row, with Citus' defaults and with what pglogsink sets.
+        let mut diagnostics = serde_json::Map::new();
+        println!(
+            "\ndiagnostics through the coordinator: the records pre-encoded in batches of {}, \
+             one transaction each (ledger row, COPY, commit), one connection",
+            args.batch_size
+        );
+        for (name, settings) in [
+            ("citus_defaults", None),
+            ("one_connection_per_worker", Some(ONE_CONNECTION_PER_WORKER)),
+        ] {
+            eprintln!("pipeline --citus: diagnostics, {name}...");
+            let d = through.limit_batched_with(&rows, args.batch_size, true, settings)?;
+            let rate = rows.len() as f64 / d.as_secs_f64();
+            println!("{name:<36} {rate:>11.0} {:>9.2}", rate / rates[0]);
+            diagnostics.insert(
+                name.to_owned(),
+                json!({"rows_per_s": rate, "vs_limit": rate / rates[0]}),
+            );
+        }
+        let methods: serde_json::Map<String, Value> = names
+            .iter()
+            .zip(&rates)
+            .zip(&runs)
+            .map(|((name, rate), runs)| {
+                let seconds: Vec<f64> = runs.iter().map(Duration::as_secs_f64).collect();
+                (
+                    name.to_string(),
+                    json!({"rows_per_s": rate, "seconds": seconds}),
+                )
+            })
+            .collect();
+        Ok(json!({
+            "records": args.records,
+            "producers": args.producers,
+            "batch_size": args.batch_size,
+            "copies_in_flight": args.copies,
+            "rounds": args.rounds,
+            "machine": machine(),
+            "methods": methods,
+            "pglogsink_vs_coordinator_limit": vs_limit,
+            "pglogsink_vs_one_server": vs_one,
+            "diagnostics": diagnostics,
+        }))
+    }
 }

@@ -14,6 +14,16 @@
 //! statements missing (26000) or already there (42P05) when a statement made
 //! on one server connection is used on another. A retry on a fresh
 //! connection fixes those; a pooler refusing our credentials does not.
+//!
+//! A Citus coordinator passes most of its workers' troubles on with a
+//! SQLSTATE (08006 for a worker it cannot reach, 58030 for a COPY it could
+//! not finish, 57P01 from a worker shutting down), and those classify as
+//! above. Some it reports as internal_error (XX000) with a message only: a
+//! worker connection lost inside the transaction ("failure on connection
+//! marked as essential", or libpq's own words), and any error a worker
+//! raised during COPY, forwarded by its message without its code. For
+//! XX000 alone, the message decides (see [`CITUS_TRANSIENT`]); everything
+//! else with XX000 stays fatal.
 
 use std::error::Error as _;
 use std::fmt::Write as _;
@@ -166,10 +176,43 @@ const POOLER_FATAL: [&str; 6] = [
     "login rejected",
 ];
 
+/// What a Citus coordinator says with internal_error (XX000) when a worker
+/// went away, is restarting or has failed over, as captured from Citus
+/// 13.2 on a coordinator whose worker was killed, stopped and started under
+/// load (the table test below quotes them). A retry reconnects, or waits
+/// for the worker.
+pub(crate) const CITUS_TRANSIENT: [&str; 12] = [
+    // A connection to a worker failed inside the transaction (Citus'
+    // remote_transaction.c).
+    "failure on connection marked as essential",
+    // libpq's words for a worker connection lost, passed on by Citus.
+    "server closed the connection unexpectedly",
+    "SSL SYSCALL error",
+    "SSL connection has been closed unexpectedly",
+    "connection not open",
+    "no connection to the server",
+    "could not receive data from server",
+    "could not send data to server",
+    // A worker's own 57P01, 57P02 and 57P03 and its 25006 (a worker failed
+    // over to a standby), forwarded by Citus' COPY without their codes.
+    "terminating connection due to administrator command",
+    "terminating connection because of crash of another server process",
+    "the database system is",
+    "in a read-only transaction",
+];
+
 /// Classify a server (or pooler) error by SQLSTATE (five characters, class
-/// first) and, for 08P01, its message.
+/// first) and, for 08P01 and XX000, its message.
 pub(crate) fn classify_server(code: &str, message: &str) -> Class {
     match code {
+        "XX000" if CITUS_TRANSIENT.iter().any(|m| message.contains(m)) => {
+            Class::Transient("Citus worker unreachable")
+        }
+        // A worker refused a row during COPY: PostgreSQL's own words for a
+        // constraint violation (class 23), without the code.
+        "XX000" if message.contains(" violates ") && message.contains(" constraint ") => {
+            Class::Poison
+        }
         // A pooler speaks for the server with 08P01. Its own refusals (bad
         // password, unknown database) are as fatal as the server's 28P01 or
         // 3D000; everything else it says (query_wait_timeout, no more
@@ -424,6 +467,103 @@ mod tests {
             assert_eq!(classify_server("08P01", message), Class::Fatal, "{message}");
         }
         assert!(hint(Some("08P01"), "log").contains("password"));
+    }
+
+    /// What a Citus 13.2 coordinator said to a writer while one of its two
+    /// workers was killed (SIGKILL), stopped (`pg_ctl -m fast`) and started
+    /// again under load, verbatim, and a worker's CHECK constraint refusing
+    /// a row during COPY. Rows marked "source" were not seen here but read
+    /// in Citus' source (adaptive_executor.c; multi_copy.c's
+    /// ReportCopyError, which forwards a worker's message without its code).
+    #[test]
+    fn citus_errors_classify_as_documented() {
+        use Class::{Fatal, Poison, Transient};
+        let worker = Transient("Citus worker unreachable");
+        let lost = "server closed the connection unexpectedly\n\tThis probably means the \
+                    server terminated abnormally\n\tbefore or while processing the request.";
+        let table: &[(&str, &str, Class)] = &[
+            (
+                "08006",
+                "connection to the remote node pglogsink@127.0.0.1:34193 failed with the \
+                 following error: Connection refused\n\tIs the server running on that host \
+                 and accepting TCP/IP connections?",
+                Transient("connection failed"),
+            ),
+            (
+                "08006",
+                "connection to the remote node pglogsink@127.0.0.1:34193 failed with the \
+                 following error: FATAL:  the database system is starting up",
+                Transient("connection failed"),
+            ),
+            (
+                "08006",
+                "connection to the remote node pglogsink@127.0.0.1:34193 failed with the \
+                 following error: FATAL:  the database system is not yet accepting \
+                 connections\nDETAIL:  Consistent recovery state has not been yet reached.",
+                Transient("connection failed"),
+            ),
+            (
+                "08006",
+                "connection to the remote node pglogsink@127.0.0.1:35729 failed with the \
+                 following error: FATAL:  the database system is shutting down",
+                Transient("connection failed"),
+            ),
+            // source
+            (
+                "08006",
+                "could not establish any connections to the node 127.0.0.1:35729 after 30000 ms",
+                Transient("connection failed"),
+            ),
+            (
+                "58030",
+                "failed to COPY to shard 102030 on 127.0.0.1:34193",
+                Transient("server system error"),
+            ),
+            (
+                "57P01",
+                "terminating connection due to administrator command",
+                Transient("server restarting"),
+            ),
+            (
+                "XX000",
+                "failure on connection marked as essential: 127.0.0.1:35729",
+                worker,
+            ),
+            ("XX000", lost, worker),
+            // source: a worker's 57P01 and 25006 during COPY
+            (
+                "XX000",
+                "terminating connection due to administrator command",
+                worker,
+            ),
+            (
+                "XX000",
+                "cannot execute COPY FROM in a read-only transaction",
+                worker,
+            ),
+            // source: libpq over TLS
+            ("XX000", "SSL SYSCALL error: EOF detected", worker),
+            (
+                "XX000",
+                "new row for relation \"t2_p20261204_102233\" violates check constraint \
+                 \"no_poison\"",
+                Poison,
+            ),
+            // source: anything else Citus calls internal is still fatal.
+            (
+                "XX000",
+                "could not find any shards into which to copy",
+                Fatal,
+            ),
+            ("XX000", "cache lookup failed for type 16385", Fatal),
+        ];
+        for (code, message, expected) in table {
+            assert_eq!(
+                classify_server(code, message),
+                *expected,
+                "{code} {message}"
+            );
+        }
     }
 
     #[test]

@@ -116,7 +116,12 @@ impl<W: Writer> Consumer<W> {
             dead_letter: spool.as_ref().map(|s| DeadLetter::in_dir(s.dir())),
         };
         let intake = Intake {
-            reader: QueueReader::new(rx, shared.queue.clone(), config.batch_size),
+            reader: QueueReader::new(
+                rx,
+                shared.queue.clone(),
+                config.batch_size,
+                config.max_record_bytes,
+            ),
             stop: tokens.stop,
             encoder: BatchEncoder::new(
                 CopyEncoder::new(config.max_record_bytes),

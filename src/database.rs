@@ -319,6 +319,11 @@ fn percent_decode(s: &str) -> String {
 /// | `verify-ca` | always | the chain, up to the root certificate |
 /// | `verify-full` | always | the chain and the host name |
 ///
+/// "No" is libpq's no: any certificate is taken (self-signed, expired, X.509
+/// version 1 as Citus makes); only its public key is read, to check the
+/// handshake's signature. `verify-ca` and `verify-full` check version 3
+/// certificates only.
+///
 /// The root certificate file is read here: a missing or unreadable one is
 /// an error now rather than at every connection.
 ///

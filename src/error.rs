@@ -83,6 +83,12 @@ pub enum ErrorKind {
         /// A complete sentence, including what to do about it.
         message: String,
     },
+    /// The server lacks what was asked of it (an extension such as Citus,
+    /// a node it needs); retrying will not help until an operator adds it.
+    Unsupported {
+        /// A complete sentence: what is missing and how to add it.
+        message: String,
+    },
     /// A file-system operation failed.
     Io {
         /// What we were doing.
@@ -135,7 +141,10 @@ impl Error {
         match &*self.0 {
             ErrorKind::Database { source, .. } => crate::classify::retry_helps(source),
             ErrorKind::Pool { timed_out, .. } => *timed_out,
-            ErrorKind::Config { .. } | ErrorKind::Embedded { .. } | ErrorKind::Io { .. } => false,
+            ErrorKind::Config { .. }
+            | ErrorKind::Embedded { .. }
+            | ErrorKind::Unsupported { .. }
+            | ErrorKind::Io { .. } => false,
         }
     }
 
@@ -164,6 +173,12 @@ impl Error {
     }
 
     #[cfg(feature = "embedded")]
+    pub(crate) fn unsupported(message: impl Into<String>) -> Error {
+        Error(Box::new(ErrorKind::Unsupported {
+            message: message.into(),
+        }))
+    }
+
     pub(crate) fn embedded(message: impl Into<String>) -> Error {
         Error(Box::new(ErrorKind::Embedded {
             message: message.into(),
@@ -256,7 +271,9 @@ impl fmt::Display for Error {
                 context(f, c)?;
                 f.write_str(message)
             }
-            ErrorKind::Embedded { message } => f.write_str(message),
+            ErrorKind::Embedded { message } | ErrorKind::Unsupported { message } => {
+                f.write_str(message)
+            }
             ErrorKind::Io {
                 context,
                 path,

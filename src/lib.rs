@@ -87,7 +87,7 @@ pub use maintain::{
 pub use partitions::PartitionInterval;
 pub use record::{Fields, Record};
 pub use report::{FatalError, Report};
-pub use schema::{migrate, migrate_with, SCHEMA_SQL};
+pub use schema::{distribute, migrate, migrate_with, Distribution, DISTRIBUTE_SQL, SCHEMA_SQL};
 pub use sink::{spawn, Worker};
 pub use stats::{Lost, Stats};
 pub use table::TableName;

@@ -153,6 +153,9 @@ pub(crate) struct QueueReader {
     /// text each row is written with, so that a batch's COPY data stays
     /// bounded however many records share large fields.
     batch_bytes: u64,
+    /// Shared text longer than this is not written into rows (a note of
+    /// its size is), so it does not count towards a batch's bytes.
+    max_record_bytes: usize,
 }
 
 impl QueueReader {
@@ -160,6 +163,7 @@ impl QueueReader {
         rx: flume::Receiver<Record>,
         budget: Arc<QueueBudget>,
         batch_size: usize,
+        max_record_bytes: usize,
     ) -> QueueReader {
         let batch_bytes = (budget.budget() / 8).max(1 << 20);
         QueueReader {
@@ -167,6 +171,7 @@ impl QueueReader {
             budget,
             batch_size,
             batch_bytes,
+            max_record_bytes,
         }
     }
 
@@ -189,17 +194,26 @@ impl QueueReader {
     /// stop counting all of them against the budget.
     pub(crate) fn take_batch(&self, records: &mut Vec<Record>) {
         let mut bytes: u64 = records.iter().map(bytes_out).sum();
-        let mut size = bytes + records.iter().map(shared_text).sum::<u64>();
+        let mut size = bytes + records.iter().map(|r| self.shared_text(r)).sum::<u64>();
         while records.len() < self.batch_size && size < self.batch_bytes {
             let Ok(record) = self.rx.try_recv() else {
                 break;
             };
             let out = bytes_out(&record);
             bytes += out;
-            size += out + shared_text(&record);
+            size += out + self.shared_text(&record);
             records.push(record);
         }
         self.budget.taken(bytes);
+    }
+
+    /// The shared text a record's row will be written with (none past the
+    /// record size limit: the row gets a note of its size instead).
+    fn shared_text(&self, record: &Record) -> u64 {
+        match record.shared.as_ref().map(|s| s.members().len()) {
+            Some(len) if len <= self.max_record_bytes => len as u64,
+            _ => 0,
+        }
     }
 
     /// Close the queue, then hand every record still in it or on its way
@@ -233,13 +247,6 @@ impl QueueReader {
     }
 }
 
-/// The shared text a record's row will be written with.
-fn shared_text(record: &Record) -> u64 {
-    record
-        .shared
-        .as_ref()
-        .map_or(0, |s| s.members().len() as u64)
-}
 
 /// What a record adds to the queue's count as it enters: the memory it
 /// holds, and the bytes of its shared fields when no other queued record
@@ -357,6 +364,36 @@ mod tests {
         assert_eq!(ins, [own + heap, own, own]);
         let outs: Vec<u64> = records.iter().map(bytes_out).collect();
         assert_eq!(outs, [own, own, own + heap]);
+    }
+
+    /// Queue `n` records sharing `shared`, as a producer would.
+    fn queued(n: usize, shared: &SharedFields) -> QueueReader {
+        let budget = Arc::new(QueueBudget::new(64 << 20));
+        let (tx, rx) = flume::unbounded();
+        for _ in 0..n {
+            let record = Record::new(Level::Info, "m").shared_fields(shared.clone());
+            budget.admit(bytes_in(&record), 0).unwrap();
+            tx.send(record).unwrap();
+        }
+        QueueReader::new(rx, budget, 16_384, 1 << 20)
+    }
+
+    #[test]
+    fn a_batch_is_bounded_by_the_shared_text_its_rows_will_carry() {
+        // 300 KB of shared text each: a batch stops at 8 MiB of rows.
+        let shared = SharedFields::new(vec![("k".into(), "x".repeat(300_000).into())]);
+        let reader = queued(100, &shared);
+        let mut batch = Vec::new();
+        reader.take_batch(&mut batch);
+        assert_eq!(batch.len(), 28, "{} rows", batch.len());
+        // Over the record limit the text is not written into rows (a note
+        // of its size is): it does not count.
+        let huge = SharedFields::new(vec![("k".into(), "x".repeat(2 << 20).into())]);
+        let reader = queued(100, &huge);
+        let mut batch = Vec::new();
+        reader.take_batch(&mut batch);
+        assert_eq!(batch.len(), 100);
+        assert_eq!(reader.budget.bytes(), 0, "every record taken is uncounted");
     }
 
     #[test]

@@ -131,3 +131,178 @@ pub(crate) async fn drop_if_invalid(
     }
     Ok(())
 }
+
+/// The script that distributes the Log table on Citus, as shipped in
+/// `sql/distribute.sql`.
+pub const DISTRIBUTE_SQL: &str = include_str!("../sql/distribute.sql");
+
+/// How the Log table is spread over a Citus cluster, as [`distribute`]
+/// found or left it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Distribution {
+    /// The distribution column (`id` when pglogsink distributed it).
+    pub column: String,
+    /// Shards of the Log table (each of its partitions has as many).
+    pub shards: i64,
+    /// Nodes holding them.
+    pub nodes: i64,
+    /// False when the table was distributed already and nothing changed.
+    pub changed: bool,
+}
+
+/// Distribute the Log table over a Citus cluster: make it as [`migrate_with`]
+/// does when it is missing, then run `sql/distribute.sql` on the
+/// coordinator.
+///
+/// Safe to run again, and on a table distributed by hand: a distributed
+/// table is left as it is (`changed` is false). The ledger and the rejected
+/// rows stay plain tables on the coordinator, so a batch's rows and its
+/// ledger key still commit in one transaction (Citus commits the workers'
+/// parts with two-phase commit, decided by the coordinator's own commit).
+///
+/// A server that is not a Citus coordinator with workers is refused, before
+/// anything is made, with an
+/// [`ErrorKind::Unsupported`](crate::ErrorKind::Unsupported) that says what
+/// is missing. So is a table of pglogsink's earlier, unpartitioned shape:
+/// [`upgrade`](crate::upgrade) it first.
+///
+/// ```no_run
+/// # async fn demo(pool: deadpool_postgres::Pool) -> Result<(), pglogsink::Error> {
+/// let table = pglogsink::TableName::parse("log")?;
+/// let spread = pglogsink::distribute(&pool, &table, &pglogsink::Maintenance::default()).await?;
+/// println!("{} shards by {} on {} nodes", spread.shards, spread.column, spread.nodes);
+/// # Ok(()) }
+/// ```
+pub async fn distribute(
+    pool: &Pool,
+    table: &TableName,
+    maintenance: &Maintenance,
+) -> Result<Distribution, Error> {
+    let context = format!("distributing table {table}");
+    let mut client = connection(pool, &context).await?;
+    let db = |e| Error::database(context.as_str(), e);
+    citus_coordinator(&client).await?;
+    if let Some(found) = distribution(&client, table).await.map_err(db)? {
+        return Ok(found);
+    }
+    migrate_with(pool, table, maintenance).await?;
+    if table_shape(pool, table).await? != Shape::Partitioned {
+        return Err(Error::unsupported(format!(
+            "table {table} has pglogsink's earlier, unpartitioned shape: upgrade it first \
+             (`pglogsink migrate --table {table}` without --distribute), then distribute it"
+        )));
+    }
+    let tx = client.transaction().await.map_err(db)?;
+    tx.batch_execute(&format!(
+        "SELECT set_config('pglogsink.table', '{}', true);\n{DISTRIBUTE_SQL}",
+        table.to_string().replace('\'', "''")
+    ))
+    .await
+    .map_err(db)?;
+    tx.commit().await.map_err(db)?;
+    let made = distribution(&client, table).await.map_err(db)?;
+    made.map(|d| Distribution { changed: true, ..d })
+        .ok_or_else(|| Error::unsupported(format!("{table} is still not distributed")))
+}
+
+/// Refuse, saying what is missing, unless this is a Citus coordinator
+/// with at least one node that takes shards.
+async fn citus_coordinator(client: &Object) -> Result<(), Error> {
+    let context = "checking for Citus";
+    let row = client
+        .query_one(
+            "SELECT (SELECT extversion FROM pg_extension WHERE extname = 'citus'), \
+                    (SELECT default_version FROM pg_available_extensions WHERE name = 'citus'), \
+                    current_setting('shared_preload_libraries'), current_database()",
+            &[],
+        )
+        .await
+        .map_err(|e| Error::database(context, e))?;
+    let (created, available, preload, database): (Option<String>, Option<String>, String, String) =
+        (row.get(0), row.get(1), row.get(2), row.get(3));
+    if created.is_none() {
+        return Err(Error::unsupported(citus_missing(
+            available.is_some(),
+            preload.split(',').any(|l| l.trim() == "citus"),
+            &database,
+        )));
+    }
+    let row = client
+        .query_one(
+            "SELECT citus_is_coordinator(), \
+                    (SELECT count(*) FROM pg_dist_node \
+                     WHERE isactive AND noderole = 'primary' AND shouldhaveshards)",
+            &[],
+        )
+        .await
+        .map_err(|e| Error::database(context, e))?;
+    let (coordinator, nodes): (bool, i64) = (row.get(0), row.get(1));
+    if !coordinator {
+        return Err(Error::unsupported(
+            "this server is a Citus worker: distribute the Log table from the coordinator \
+             (its URL in --database-url)",
+        ));
+    }
+    if nodes == 0 {
+        return Err(Error::unsupported(
+            "the Citus coordinator has no node to place shards on: add the workers with \
+             SELECT citus_add_node('worker-host', 5432) (and SELECT \
+             citus_set_coordinator_host('coordinator-host', 5432) first), then run this again",
+        ));
+    }
+    Ok(())
+}
+
+/// What to tell an operator whose server has no `citus` extension in the
+/// database: install Citus, load it, or create the extension.
+fn citus_missing(available: bool, preloaded: bool, database: &str) -> String {
+    let steps = "add shared_preload_libraries = 'citus' to postgresql.conf and restart, \
+                 CREATE EXTENSION citus in this database, then add the workers with \
+                 citus_add_node";
+    match (available, preloaded) {
+        (false, _) => format!(
+            "distributing needs Citus, and this server has no citus extension installed: install \
+             Citus (https://docs.citusdata.com) on the coordinator and every worker, then {steps}"
+        ),
+        (true, false) => format!(
+            "distributing needs Citus: it is installed on this server but not loaded; {steps}"
+        ),
+        (true, true) => format!(
+            "distributing needs Citus: it is loaded but the extension is not created in database \
+             {database}: CREATE EXTENSION citus (as a superuser), then add the workers with \
+             citus_add_node"
+        ),
+    }
+}
+
+/// The table's distribution, or `None` when it is not distributed.
+async fn distribution(
+    client: &Object,
+    table: &TableName,
+) -> Result<Option<Distribution>, tokio_postgres::Error> {
+    let row = client
+        .query_typed(
+            "SELECT p.partmethod::text, column_to_column_name(p.logicalrelid, p.partkey), \
+                    (SELECT count(*) FROM pg_dist_shard s WHERE s.logicalrelid = p.logicalrelid), \
+                    (SELECT count(DISTINCT nodename || ':' || nodeport) \
+                     FROM pg_dist_shard s JOIN pg_dist_shard_placement USING (shardid) \
+                     WHERE s.logicalrelid = p.logicalrelid) \
+             FROM pg_dist_partition p WHERE p.logicalrelid = to_regclass($1)",
+            &[(&table.quoted(), Type::TEXT)],
+        )
+        .await?;
+    let Some(row) = row.first() else {
+        return Ok(None);
+    };
+    Ok(Some(Distribution {
+        // A reference table or a Citus local table has no column.
+        column: match (row.get::<_, String>(0).as_str(), row.get(1)) {
+            ("h", Some(column)) => column,
+            (method, _) => format!("(none: Citus partition method {method})"),
+        },
+        shards: row.get(2),
+        nodes: row.get(3),
+        changed: false,
+    }))
+}

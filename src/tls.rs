@@ -15,6 +15,11 @@
 //! | `verify-ca` | always | the chain, up to `sslrootcert` |
 //! | `verify-full` | always | the chain and the host name |
 //!
+//! "No" is libpq's no: any certificate is taken (self-signed, expired, X.509
+//! version 1 as Citus makes); only its public key is read, to check the
+//! handshake's signature. `verify-ca` and `verify-full` check version 3
+//! certificates only.
+//!
 //! The root certificate is `sslrootcert` (a PEM file, or `system` for the
 //! operating system's trusted CAs, which needs `verify-full` as in libpq), or
 //! else `~/.postgresql/root.crt` when that file exists, as in libpq.
@@ -27,9 +32,11 @@ use std::sync::Arc;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::crypto::WebPkiSupportedAlgorithms;
 use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+use rustls::pki_types::{CertificateDer, ServerName, SubjectPublicKeyInfoDer, UnixTime};
 use rustls::server::ParsedCertificate;
-use rustls::{CertificateError, DigitallySignedStruct, RootCertStore, SignatureScheme};
+use rustls::{
+    CertificateError, DigitallySignedStruct, PeerMisbehaved, RootCertStore, SignatureScheme,
+};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio_postgres::tls::MakeTlsConnect;
 use tokio_postgres_rustls::MakeRustlsConnect;
@@ -311,6 +318,12 @@ enum Check {
 /// Checks the server's certificate as the mode says. The handshake's
 /// signatures are always checked, so the server holds the key of the
 /// certificate it shows even when the certificate itself is not checked.
+///
+/// A certificate that is not checked is not parsed either, beyond finding
+/// its public key for the handshake's signature, as libpq (OpenSSL) does:
+/// rustls' parser takes only X.509 v3, and servers with a v1 certificate
+/// (the self-signed one Citus makes, or `openssl x509 -req` without
+/// extensions) must still be reachable with `prefer` and `require`.
 #[derive(Debug)]
 struct Verifier {
     check: Check,
@@ -351,7 +364,33 @@ impl ServerCertVerifier for Verifier {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.algorithms)
+        if !matches!(self.check, Check::Nothing) {
+            return rustls::crypto::verify_tls12_signature(message, cert, dss, &self.algorithms);
+        }
+        let key = SubjectPublicKey::of(cert)?;
+        let candidates = self
+            .algorithms
+            .mapping
+            .iter()
+            .find(|(scheme, _)| *scheme == dss.scheme)
+            .map(|(_, algorithms)| *algorithms)
+            .ok_or(PeerMisbehaved::SignedHandshakeWithUnadvertisedSigScheme)?;
+        let algorithm = candidates
+            .iter()
+            .find(|algorithm| algorithm.public_key_alg_id().as_ref() == key.algorithm)
+            .ok_or_else(
+                || CertificateError::UnsupportedSignatureAlgorithmForPublicKeyContext {
+                    signature_algorithm_id: candidates
+                        .first()
+                        .map(|algorithm| algorithm.signature_alg_id().as_ref().to_vec())
+                        .unwrap_or_default(),
+                    public_key_algorithm_id: key.algorithm.to_vec(),
+                },
+            )?;
+        algorithm
+            .verify_signature(key.bits, message, dss.signature())
+            .map_err(|_| CertificateError::BadSignature)?;
+        Ok(HandshakeSignatureValid::assertion())
     }
 
     fn verify_tls13_signature(
@@ -360,11 +399,118 @@ impl ServerCertVerifier for Verifier {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.algorithms)
+        if !matches!(self.check, Check::Nothing) {
+            return rustls::crypto::verify_tls13_signature(message, cert, dss, &self.algorithms);
+        }
+        let key = SubjectPublicKey::of(cert)?;
+        rustls::crypto::verify_tls13_signature_with_raw_key(
+            message,
+            &SubjectPublicKeyInfoDer::from(key.info),
+            dss,
+            &self.algorithms,
+        )
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
         self.algorithms.supported_schemes()
+    }
+}
+
+/// The public key of a certificate, found without checking anything else
+/// in it: the handshake's signature is checked with it when the
+/// certificate itself is not checked.
+#[derive(Debug, PartialEq)]
+struct SubjectPublicKey<'a> {
+    /// The whole `SubjectPublicKeyInfo` element (DER).
+    info: &'a [u8],
+    /// The contents of its `AlgorithmIdentifier` (what
+    /// `SignatureVerificationAlgorithm::public_key_alg_id` returns).
+    algorithm: &'a [u8],
+    /// The key itself: the `subjectPublicKey` bit string's bytes.
+    bits: &'a [u8],
+}
+
+impl<'a> SubjectPublicKey<'a> {
+    /// Walk `Certificate -> tbsCertificate -> subjectPublicKeyInfo` (RFC
+    /// 5280 4.1). Version 1 certificates have no `[0] version` field, and
+    /// nothing after the key (extensions) is looked at.
+    fn of(cert: &'a [u8]) -> Result<SubjectPublicKey<'a>, CertificateError> {
+        Self::find(cert).ok_or(CertificateError::BadEncoding)
+    }
+
+    fn find(cert: &'a [u8]) -> Option<SubjectPublicKey<'a>> {
+        const SEQUENCE: u8 = 0x30;
+        const BIT_STRING: u8 = 0x03;
+        const VERSION: u8 = 0xA0;
+        let (certificate, _) = Der::expect(cert, SEQUENCE)?;
+        let (mut fields, _) = Der::expect(certificate, SEQUENCE)?;
+        if fields.first() == Some(&VERSION) {
+            fields = Der::read(fields)?.rest;
+        }
+        // serialNumber, signature, issuer, validity, subject.
+        for _ in 0..5 {
+            fields = Der::read(fields)?.rest;
+        }
+        let info = Der::read(fields).filter(|info| info.tag == SEQUENCE)?;
+        let (algorithm, rest) = Der::expect(info.contents, SEQUENCE)?;
+        let (bits, _) = Der::expect(rest, BIT_STRING)?;
+        // A key is whole bytes: no unused bits.
+        let (0, bits) = bits.split_first()? else {
+            return None;
+        };
+        Some(SubjectPublicKey {
+            info: info.whole,
+            algorithm,
+            bits,
+        })
+    }
+}
+
+/// One DER element (tag, length, contents) at the start of a byte string.
+struct Der<'a> {
+    tag: u8,
+    contents: &'a [u8],
+    /// Tag, length and contents.
+    whole: &'a [u8],
+    /// The bytes after it.
+    rest: &'a [u8],
+}
+
+impl<'a> Der<'a> {
+    fn read(der: &'a [u8]) -> Option<Der<'a>> {
+        let (&tag, after_tag) = der.split_first()?;
+        let (&first, after_first) = after_tag.split_first()?;
+        let (len, after_len) = if first < 0x80 {
+            (usize::from(first), after_first)
+        } else {
+            // Long form: the low bits count the length's bytes.
+            let count = usize::from(first & 0x7f);
+            if count == 0 || count > 4 || after_first.len() < count {
+                return None;
+            }
+            let (len, after_len) = after_first.split_at(count);
+            let len = len
+                .iter()
+                .fold(0usize, |len, &byte| len << 8 | usize::from(byte));
+            (len, after_len)
+        };
+        if after_len.len() < len {
+            return None;
+        }
+        let header = der.len() - after_len.len();
+        Some(Der {
+            tag,
+            contents: &after_len[..len],
+            whole: &der[..header + len],
+            rest: &after_len[len..],
+        })
+    }
+
+    /// The contents of an element with `tag`, and the bytes after it.
+    fn expect(der: &'a [u8], tag: u8) -> Option<(&'a [u8], &'a [u8])> {
+        Der::read(der)
+            .filter(|element| element.tag == tag)
+            .map(|element| (element.contents, element.rest))
     }
 }
 
@@ -411,6 +557,17 @@ pub(crate) fn explain(e: &rustls::Error) -> Option<&'static str> {
         }
         CertificateError::InvalidPurpose | CertificateError::InvalidPurposeContext { .. } => {
             "the server's certificate is not meant for TLS servers"
+        }
+        CertificateError::Other(other)
+            if matches!(
+                other.0.downcast_ref::<webpki::Error>(),
+                Some(webpki::Error::UnsupportedCertVersion)
+            ) =>
+        {
+            "the server's certificate is X.509 version 1 (as the one Citus makes), which \
+             verify-ca and verify-full cannot check: give the server a version 3 certificate \
+             (with extensions, such as subjectAltName), or use sslmode=require to encrypt \
+             without checking"
         }
         _ => return None,
     })
@@ -478,6 +635,60 @@ mod tests {
     fn no_checking_modes_build_without_any_certificate() {
         assert!(connector(SslMode::Disable, None).unwrap().is_none());
         assert!(connector(SslMode::Prefer, None).unwrap().is_some());
+    }
+
+    /// `openssl x509 -req -signkey` without extensions: X.509 version 1,
+    /// which rustls' parser refuses.
+    const V1_CERT: &str = "-----BEGIN CERTIFICATE-----
+MIIBJTCBywIUaaDo5vJ3GVMEnFzo7G+0ojIPcB4wCgYIKoZIzj0EAwIwFDESMBAG
+A1UEAwwJbG9jYWxob3N0MCAXDTI2MTIwNDIyNTM1OVoYDzIxMjYxMTEwMjI1MzU5
+WjAUMRIwEAYDVQQDDAlsb2NhbGhvc3QwWTATBgcqhkjOPQIBBggqhkjOPQMBBwNC
+AAQjGBKSu6Rea7VdhXcnApSUnJ94mrvdUTDHYTaBSwQE0rB7sJ04gC5LNt44vAFF
+/zmOt+10Ko/S0bhQo0rRoV/iMAoGCCqGSM49BAMCA0kAMEYCIQDUsEr5i0Vw621H
+T6JY9eap+0t/s1vucQ6tWtDtbiJcPAIhAJ/nya6PreMkLg7yG210yf5/mBfJexLo
+msjk08Xhf1Ud
+-----END CERTIFICATE-----
+";
+    /// Its public key as `openssl x509 -pubkey | openssl pkey -pubin
+    /// -outform DER` writes it.
+    const V1_SPKI_HEX: &str =
+        "3059301306072a8648ce3d020106082a8648ce3d0301070342000423181292bba45e6bb55d\
+        8577270294949c9f789abbdd5130c76136814b0404d2b07bb09d38802e4b36de38bc0145ff398eb7ed742a8f\
+        d2d1b850a34ad1a15fe2";
+
+    #[test]
+    fn the_public_key_of_a_version_1_certificate_is_found() {
+        let cert = CertificateDer::from_pem_slice(V1_CERT.as_bytes()).unwrap();
+        assert!(
+            ParsedCertificate::try_from(&cert).is_err(),
+            "rustls parses v1 now"
+        );
+        let key = SubjectPublicKey::of(&cert).unwrap();
+        let hex: String = key.info.iter().map(|b| format!("{b:02x}")).collect();
+        assert_eq!(hex, V1_SPKI_HEX);
+        assert_eq!(
+            key.algorithm,
+            rustls::pki_types::alg_id::ECDSA_P256.as_ref(),
+            "id-ecPublicKey on prime256v1"
+        );
+        // An uncompressed P-256 point.
+        assert_eq!((key.bits.len(), key.bits[0]), (65, 4));
+        assert_eq!(key.info.len(), 0x59 + 2);
+    }
+
+    #[test]
+    fn a_certificate_that_is_not_der_is_a_bad_encoding() {
+        let cert = CertificateDer::from_pem_slice(V1_CERT.as_bytes()).unwrap();
+        for broken in [
+            &cert[..0],
+            &cert[..40],
+            &[0x30, 0x84, 0xff, 0xff, 0xff, 0xff][..],
+        ] {
+            assert_eq!(
+                SubjectPublicKey::of(broken),
+                Err(CertificateError::BadEncoding)
+            );
+        }
     }
 
     #[test]

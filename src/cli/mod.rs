@@ -125,6 +125,14 @@ pub(crate) struct MigrateArgs {
 
     #[command(flatten)]
     pub(crate) partitions: maintain::MaintenanceArgs,
+
+    /// On a Citus coordinator: also distribute the Log table over the workers (by id; the
+    /// ledger and rejected-rows tables stay on the coordinator, so every batch still commits
+    /// exactly once). Safe to repeat; a table distributed already is left as it is. Refused,
+    /// saying what is missing, on a server without Citus or without workers.
+    #[arg(long, env = "PGLOGSINK_DISTRIBUTE",
+          value_parser = clap::builder::BoolishValueParser::new())]
+    pub(crate) distribute: bool,
 }
 
 /// The error of a subcommand: printed as one line by `main`.
@@ -134,7 +142,21 @@ pub(crate) type Failure = Box<dyn std::error::Error + Send + Sync>;
 pub(crate) async fn migrate(args: MigrateArgs) -> Result<(), Failure> {
     let db = db::Database::open(&args.db, db::Mode::CreateIfMissing).await?;
     let table = &args.db.table;
-    let done = pglogsink::upgrade(&db.pool, table, &args.partitions.maintenance(None, false)).await;
+    let maintenance = args.partitions.maintenance(None, false);
+    // Distributing first: on a server without Citus it refuses before
+    // anything is made.
+    let spread = if args.distribute {
+        match pglogsink::distribute(&db.pool, table, &maintenance).await {
+            Ok(spread) => Some(spread),
+            Err(e) => {
+                db.close();
+                return Err(e.into());
+            }
+        }
+    } else {
+        None
+    };
+    let done = pglogsink::upgrade(&db.pool, table, &maintenance).await;
     let description = db.description.clone();
     db.close();
     match done? {
@@ -147,6 +169,19 @@ pub(crate) async fn migrate(args: MigrateArgs) -> Result<(), Failure> {
              partition {partition} (up to {bound}), dropped as a whole once retention passes it"
         ),
         _ => println!("table {table} is ready in {description}"),
+    }
+    if let Some(spread) = spread {
+        println!(
+            "table {table} {} by {} in {} shards on {} nodes",
+            if spread.changed {
+                "is distributed now"
+            } else {
+                "was distributed already"
+            },
+            spread.column,
+            spread.shards,
+            spread.nodes
+        );
     }
     Ok(())
 }

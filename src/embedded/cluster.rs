@@ -114,10 +114,40 @@ pub(super) fn create_database(handle: &EmbeddedPostgres) -> Result<(), Error> {
         "creating database `{dbname}` in the embedded PostgreSQL server ({})",
         handle.data_dir.display()
     );
-    let thread_context = context.clone();
+    on_private_runtime(&context, config, move |client, context| async move {
+        let exists = client
+            .query_opt("SELECT 1 FROM pg_database WHERE datname = $1", &[&dbname])
+            .await
+            .map_err(|e| Error::database(context.clone(), e))?
+            .is_some();
+        if !exists {
+            client
+                .batch_execute(&format!("CREATE DATABASE {}", quote_ident(&dbname)))
+                .await
+                .map_err(|e| Error::database(context, e))?;
+        }
+        Ok(())
+    })
+}
+
+/// Connect with `config` (no TLS) and run `work` on that connection, on a
+/// private thread with a current-thread runtime of its own, so that the
+/// blocking code of this module works from inside an async context too.
+/// `context` names what is done, for errors.
+pub(super) fn on_private_runtime<T, F, Fut>(
+    context: &str,
+    config: crate::ConnectConfig,
+    work: F,
+) -> Result<T, Error>
+where
+    T: Send + 'static,
+    F: FnOnce(tokio_postgres::Client, String) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = Result<T, Error>>,
+{
+    let thread_context = context.to_owned();
     let worker = std::thread::Builder::new()
-        .name("pglogsink-createdb".to_owned())
-        .spawn(move || -> Result<(), Error> {
+        .name("pglogsink-embedded-sql".to_owned())
+        .spawn(move || -> Result<T, Error> {
             let runtime = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()
@@ -128,25 +158,16 @@ pub(super) fn create_database(handle: &EmbeddedPostgres) -> Result<(), Error> {
                     ))
                 })?;
             runtime.block_on(async move {
-                let (client, connection) = config
-                    .connect(tokio_postgres::NoTls)
-                    .await
-                    .map_err(|e| Error::database(thread_context.clone(), e))?;
-                let connection = tokio::spawn(connection);
-                let exists = client
-                    .query_opt("SELECT 1 FROM pg_database WHERE datname = $1", &[&dbname])
-                    .await
-                    .map_err(|e| Error::database(thread_context.clone(), e))?
-                    .is_some();
-                if !exists {
-                    client
-                        .batch_execute(&format!("CREATE DATABASE {}", quote_ident(&dbname)))
+                let (client, connection) =
+                    config
+                        .postgres()
+                        .connect(tokio_postgres::NoTls)
                         .await
                         .map_err(|e| Error::database(thread_context.clone(), e))?;
-                }
-                drop(client);
+                let connection = tokio::spawn(connection);
+                let result = work(client, thread_context).await;
                 let _ = connection.await;
-                Ok(())
+                result
             })
         })
         .map_err(|e| {

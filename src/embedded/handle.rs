@@ -192,8 +192,13 @@ impl EmbeddedPostgres {
     /// their environment, never print it. `sslmode=disable` keeps a
     /// `PGSSLMODE` in the environment from asking this server for TLS.
     pub fn url(&self) -> String {
+        self.url_with_query("?sslmode=disable")
+    }
+
+    /// `postgres://user:password@127.0.0.1:port/dbname` and `query`.
+    pub(super) fn url_with_query(&self, query: &str) -> String {
         format!(
-            "postgres://{}:{}@127.0.0.1:{}/{}?sslmode=disable",
+            "postgres://{}:{}@127.0.0.1:{}/{}{query}",
             percent_encode(&self.user),
             percent_encode(&self.password),
             self.port,

@@ -71,6 +71,7 @@
 //! first), `/usr/local/pgsql/bin`.
 
 mod binaries;
+mod citus;
 mod cluster;
 mod connection_file;
 mod files;
@@ -82,6 +83,8 @@ mod runner;
 mod start_lock;
 mod supervise;
 
+#[doc(hidden)]
+pub use citus::CitusCluster;
 pub use handle::EmbeddedPostgres;
 pub use os_user::server_user_can_reach;
 pub use supervise::{RestartPolicy, Supervisor};

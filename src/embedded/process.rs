@@ -139,6 +139,21 @@ pub(super) fn serves(pid: i32, pgdata: &Path) -> bool {
     cmdline.split(|&b| b == 0).any(|arg| arg == want)
 }
 
+/// The live processes whose parent is `pid` (a postmaster's backends and
+/// auxiliary processes), read from `/proc`.
+pub(super) fn children(pid: i32) -> Vec<i32> {
+    let Ok(entries) = fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .filter_map(|entry| entry.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|&child| {
+            ProcStat::read(child).is_some_and(|stat| stat.ppid == pid && !stat.is_dead())
+        })
+        .collect()
+}
+
 /// The fields of `/proc/<pid>/stat` we use.
 struct ProcStat {
     state: char,

@@ -86,13 +86,14 @@ fn killed_postmaster_in(dir: &Path) -> Result<(), Failed> {
     check(load.status.success() && stdout.contains(": OK"), || {
         format!("load --verify failed:\n{stdout}{}", text(&load.stderr))
     })?;
-    let run_id = stdout
-        .lines()
-        .find_map(|l| l.strip_prefix("run id:"))
-        .map(|id| id.trim().to_owned())
-        .ok_or_else(|| format!("no run id in:\n{stdout}"))?;
+    let run_id = run_id(&stdout)?;
     let acknowledged = ok_count(&stdout)?;
-    let (rows, distinct) = rows_of_run(dir, &run_id)?;
+    let server = EmbeddedPostgres::attach(dir)?.ok_or("the cluster is not running")?;
+    let (rows, distinct) = rows_of_run(
+        server.config(),
+        &pglogsink::TableName::parse(pglogsink::DEFAULT_TABLE)?,
+        &run_id,
+    )?;
     check(rows == acknowledged && distinct == rows, || {
         format!(
             "run {run_id}: {acknowledged} requests acknowledged, {rows} rows, {distinct} \
@@ -196,7 +197,7 @@ fn ready_postmaster(pgdata: &Path) -> Option<i32> {
 }
 
 /// The `N ok` of load's summary.
-fn ok_count(stdout: &str) -> Result<i64, Failed> {
+pub(crate) fn ok_count(stdout: &str) -> Result<i64, Failed> {
     stdout
         .split_whitespace()
         .collect::<Vec<_>>()
@@ -206,11 +207,23 @@ fn ok_count(stdout: &str) -> Result<i64, Failed> {
         .ok_or_else(|| format!("no request count in:\n{stdout}").into())
 }
 
-/// Rows tagged with `run_id`, and how many distinct request ids they carry
-/// (each request has its own, so a duplicate shows as fewer ids than rows).
-fn rows_of_run(dir: &Path, run_id: &str) -> Result<(i64, i64), Failed> {
-    let server = EmbeddedPostgres::attach(dir)?.ok_or("the cluster is not running")?;
-    let config = server.config();
+/// The `run id:` of load's summary.
+pub(crate) fn run_id(stdout: &str) -> Result<String, Failed> {
+    stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("run id:"))
+        .map(|id| id.trim().to_owned())
+        .ok_or_else(|| format!("no run id in:\n{stdout}").into())
+}
+
+/// Rows of `table` tagged with `run_id`, and how many distinct request ids
+/// they carry (each request has its own, so a duplicate shows as fewer ids
+/// than rows).
+pub(crate) fn rows_of_run(
+    config: pglogsink::ConnectConfig,
+    table: &pglogsink::TableName,
+    run_id: &str,
+) -> Result<(i64, i64), Failed> {
     let mut counts = (0, 0);
     block_on(async {
         let pool = pglogsink::pool(config, 1)?;
@@ -221,7 +234,7 @@ fn rows_of_run(dir: &Path, run_id: &str) -> Result<(i64, i64), Failed> {
                 &format!(
                     "SELECT count(*), count(DISTINCT fields->>'request_id') FROM {} \
                      WHERE fields->>'run_id' = $1",
-                    pglogsink::DEFAULT_TABLE
+                    table.quoted()
                 ),
                 &[&run_id],
             )

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use libtest_mimic::{Failed, Trial};
 use pglogsink::deadpool_postgres::Pool;
 use pglogsink::embedded::EmbeddedPostgres;
-use pglogsink::{CancellationToken, Level, Logger, Record, SinkConfig, TableName};
+use pglogsink::{CancellationToken, Level, Logger, Record, Report, SinkConfig, TableName};
 use serde_json::json;
 
 use crate::common::{async_trial, block_on, check, count, fresh_table, pool};
@@ -108,14 +108,18 @@ async fn exactly_once(pool: &Pool, table: &TableName, expected: u64) -> Result<(
 /// COMMIT to the server but drops the connection instead of passing the
 /// server's "COMMIT" completion back: the server has committed, the client
 /// never hears so.
-struct CommitDropper {
-    port: u16,
-    dropped: Arc<AtomicU32>,
+///
+/// It reads the messages, so it offers no TLS: a client's TLS request is
+/// answered "no" (as a server without TLS answers it), so that a client
+/// with the default sslmode (`prefer`) goes on in plain text.
+pub(crate) struct CommitDropper {
+    pub(crate) port: u16,
+    pub(crate) dropped: Arc<AtomicU32>,
     stop: Arc<AtomicBool>,
 }
 
 impl CommitDropper {
-    fn start(upstream_port: u16, times: u32) -> Result<CommitDropper, Failed> {
+    pub(crate) fn start(upstream_port: u16, times: u32) -> Result<CommitDropper, Failed> {
         let listener = TcpListener::bind("127.0.0.1:0")?;
         listener.set_nonblocking(true)?;
         let port = listener.local_addr()?.port();
@@ -144,13 +148,47 @@ impl CommitDropper {
     }
 }
 
+impl CommitDropper {
+    /// The proxy dropped `times` COMMIT replies, and the sink's `report`
+    /// accounts for all `records`, some as found already committed.
+    pub(crate) fn settled(&self, report: &Report, times: u32, records: u64) -> Result<(), Failed> {
+        let dropped = self.dropped.load(Ordering::SeqCst);
+        check(dropped == times, || {
+            format!("the proxy dropped {dropped} commits, not {times}")
+        })?;
+        check(
+            report.is_complete() && report.written + report.already_written == records,
+            || format!("{report:?}"),
+        )?;
+        check(report.already_written > 0, || {
+            format!("no batch was recognised as already committed: {report:?}")
+        })
+    }
+}
+
 impl Drop for CommitDropper {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::Relaxed);
     }
 }
 
-fn proxy(client: TcpStream, mut server: TcpStream, dropped: Arc<AtomicU32>, times: u32) {
+/// The first eight bytes of a client's SSLRequest: its length and code.
+const SSL_REQUEST: [u8; 8] = [0, 0, 0, 8, 0x04, 0xd2, 0x16, 0x2f];
+
+fn proxy(mut client: TcpStream, mut server: TcpStream, dropped: Arc<AtomicU32>, times: u32) {
+    // A startup packet is at least eight bytes long, an SSLRequest exactly.
+    let mut first = [0u8; 8];
+    if client.read_exact(&mut first).is_err() {
+        return;
+    }
+    let passed_on = if first == SSL_REQUEST {
+        client.write_all(b"N")
+    } else {
+        server.write_all(&first)
+    };
+    if passed_on.is_err() {
+        return;
+    }
     let (Ok(mut client_read), Ok(mut server_write)) = (client.try_clone(), server.try_clone())
     else {
         return;
@@ -160,8 +198,7 @@ fn proxy(client: TcpStream, mut server: TcpStream, dropped: Arc<AtomicU32>, time
         let _ = server_write.shutdown(Shutdown::Write);
     });
     // Server to client, message by message (type byte, length, body). The
-    // server sends no untyped message when the client asks for no TLS.
-    let mut client = client;
+    // server sends no untyped message: TLS requests never reach it.
     loop {
         let mut header = [0u8; 5];
         if server.read_exact(&mut header).is_err() {
@@ -216,19 +253,7 @@ async fn ambiguous_commit() -> Result<(), Failed> {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let report = worker.shutdown(Duration::from_secs(20)).await;
-    check(proxy.dropped.load(Ordering::SeqCst) == 3, || {
-        format!(
-            "the proxy dropped {} commits",
-            proxy.dropped.load(Ordering::SeqCst)
-        )
-    })?;
-    check(
-        report.is_complete() && report.written + report.already_written == 1000,
-        || format!("{report:?}"),
-    )?;
-    check(report.already_written > 0, || {
-        format!("no batch was recognised as already committed: {report:?}")
-    })?;
+    proxy.settled(&report, 3, 1000)?;
     exactly_once(&direct, &table, 1000).await
 }
 

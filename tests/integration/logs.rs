@@ -275,22 +275,27 @@ fn invalid_values() -> Result<(), Failed> {
     )
 }
 
+/// The lines `child` prints on its (piped) stdout, as they come.
+pub(crate) fn lines_of(child: &mut std::process::Child) -> Result<mpsc::Receiver<String>, Failed> {
+    let stdout = child.stdout.take().ok_or("no stdout")?;
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    Ok(rx)
+}
+
 fn follow_prints_new_rows() -> Result<(), Failed> {
     let table = filled_table()?;
     let mut child = command(&table, &["--follow", "--json", "--level", "warn"], &[])?
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()?;
-    let stdout = child.stdout.take().ok_or("no stdout")?;
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines() {
-            let Ok(line) = line else { break };
-            if tx.send(line).is_err() {
-                break;
-            }
-        }
-    });
+    let rx = lines_of(&mut child)?;
     let result = (|| {
         let next_id = |timeout: Duration| -> Result<i64, Failed> {
             let line = rx

@@ -6,6 +6,7 @@
 //! `libtest-mimic` gives us a `main` around the tests, which is what makes
 //! stopping the shared cluster at the end possible.
 
+mod citus;
 mod columnar;
 mod common;
 mod embedded;
@@ -47,7 +48,9 @@ fn main() {
     trials.extend(ingest_otlp_json::trials());
     trials.extend(viewer::trials());
     trials.extend(columnar::trials());
+    trials.extend(citus::trials());
     let conclusion = libtest_mimic::run(&args, trials);
+    citus::shutdown();
     common::shutdown();
     columnar::shutdown();
     conclusion.exit();

@@ -30,6 +30,10 @@ pub fn trials() -> Vec<Trial> {
             "tls::the_binary_migrates_serves_and_verifies_over_verified_tls",
             the_binary,
         ),
+        Trial::test(
+            "tls::prefer_and_require_reach_a_server_with_a_version_1_certificate",
+            version_1_certificates,
+        ),
     ]
 }
 
@@ -46,7 +50,14 @@ struct TlsServer {
 }
 
 impl TlsServer {
+    /// A server whose certificate is signed by the test's CA.
     fn start() -> Result<TlsServer, Failed> {
+        TlsServer::start_with(make_certificates)
+    }
+
+    /// A server with certificates made in its directory by `make`, which
+    /// writes at least server.crt and server.key.
+    fn start_with(make: impl FnOnce(&Path) -> Result<(), Failed>) -> Result<TlsServer, Failed> {
         static NEXT: AtomicU32 = AtomicU32::new(0);
         let dir = std::env::temp_dir().join(format!(
             "pglogsink-tls-{}-{}",
@@ -55,27 +66,21 @@ impl TlsServer {
         ));
         let _ = fs::remove_dir_all(&dir);
         fs::create_dir_all(&dir)?;
-        let started = TlsServer::start_in(&dir);
+        let started = make(&dir).and_then(|()| TlsServer::start_in(&dir));
         if started.is_err() {
             let _ = fs::remove_dir_all(&dir);
         }
         started
     }
 
-    /// Make the certificates in `dir`, and the cluster.
+    /// The cluster, with the certificate in `dir`.
     fn start_in(dir: &Path) -> Result<TlsServer, Failed> {
-        make_certificates(dir)?;
         let cluster = EmbeddedPostgres::temporary()?;
         let config = cluster.config();
         let password = String::from_utf8(config.get_password().ok_or("no password")?.to_vec())?;
         let port = *config.get_ports().first().ok_or("no port")?;
         let pgdata = cluster.data_dir().join("pgdata");
-        for name in ["server.crt", "server.key"] {
-            let to = pgdata.join(name);
-            fs::copy(dir.join(name), &to)?;
-            fs::set_permissions(&to, fs::Permissions::from_mode(0o600))?;
-            give_to_server_user(&to)?;
-        }
+        install_certificate(dir, &pgdata)?;
         // TLS only, for TCP: a plain connection finds no pg_hba.conf line.
         fs::write(
             pgdata.join("pg_hba.conf"),
@@ -131,19 +136,79 @@ impl Drop for TlsServer {
     }
 }
 
+/// Copy `dir`'s server.crt and server.key into the data directory, for the
+/// server's OS user alone (PostgreSQL refuses a key others can read).
+fn install_certificate(dir: &Path, pgdata: &Path) -> Result<(), Failed> {
+    for name in ["server.crt", "server.key"] {
+        let to = pgdata.join(name);
+        fs::copy(dir.join(name), &to)?;
+        fs::set_permissions(&to, fs::Permissions::from_mode(0o600))?;
+        give_to_server_user(&to)?;
+    }
+    Ok(())
+}
+
+/// Run the openssl CLI in `dir`.
+fn openssl(dir: &Path, args: &[&str]) -> Result<(), Failed> {
+    let out = Command::new("openssl")
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .map_err(|e| format!("running openssl (apt-get install openssl): {e}"))?;
+    check(out.status.success(), || {
+        format!("openssl {args:?}: {}", text(&out.stderr))
+    })
+}
+
+/// A self-signed X.509 version 1 certificate, as Citus makes for its
+/// nodes: `openssl x509 -req` without extensions. `key` is openssl's
+/// `-newkey` argument (`rsa:2048`, `ec`...), `options` its `-pkeyopt`s.
+fn make_version_1_certificate(dir: &Path, key: &str, options: &[&str]) -> Result<(), Failed> {
+    let mut request = vec!["req", "-newkey", key];
+    for option in options {
+        request.extend(["-pkeyopt", option]);
+    }
+    request.extend([
+        "-nodes",
+        "-keyout",
+        "server.key",
+        "-out",
+        "server.csr",
+        "-subj",
+        "/CN=localhost",
+    ]);
+    openssl(dir, &request)?;
+    openssl(
+        dir,
+        &[
+            "x509",
+            "-req",
+            "-in",
+            "server.csr",
+            "-signkey",
+            "server.key",
+            "-out",
+            "server.crt",
+            "-days",
+            "2",
+        ],
+    )?;
+    let out = Command::new("openssl")
+        .args(["x509", "-in", "server.crt", "-noout", "-text"])
+        .current_dir(dir)
+        .output()?;
+    check(text(&out.stdout).contains("Version: 1 (0x0)"), || {
+        format!(
+            "openssl made no version 1 certificate: {}",
+            text(&out.stdout)
+        )
+    })
+}
+
 /// ca.crt signs server.crt (for DNS name `localhost` only, so that
 /// 127.0.0.1 does not match it); other-ca.crt signs nothing we use.
 pub(crate) fn make_certificates(dir: &Path) -> Result<(), Failed> {
-    let openssl = |args: &[&str]| -> Result<(), Failed> {
-        let out = Command::new("openssl")
-            .args(args)
-            .current_dir(dir)
-            .output()
-            .map_err(|e| format!("running openssl (apt-get install openssl): {e}"))?;
-        check(out.status.success(), || {
-            format!("openssl {args:?}: {}", text(&out.stderr))
-        })
-    };
+    let openssl = |args: &[&str]| openssl(dir, args);
     let ec = [
         "-newkey",
         "ec",
@@ -457,4 +522,80 @@ fn the_binary() -> Result<(), Failed> {
         format!("serve over TLS: {}", text(&served.stderr))
     })?;
     server.stop()
+}
+
+/// libpq's `prefer` (the default) and `require` encrypt without checking the
+/// certificate, so a server with a self-signed version 1 certificate (as
+/// Citus makes) is reachable; verify-ca cannot check such a certificate and
+/// says so. With an EC key and with an RSA key (Citus uses RSA).
+fn version_1_certificates() -> Result<(), Failed> {
+    for (key, options) in [
+        ("ec", &["ec_paramgen_curve:prime256v1"][..]),
+        ("rsa:2048", &[][..]),
+    ] {
+        let server = TlsServer::start_with(|dir| make_version_1_certificate(dir, key, options))?;
+        block_on(version_1_modes(&server))
+            .map_err(|e| format!("{key} key: {}", e.message().unwrap_or_default()))?;
+        // The binary with no sslmode at all, as the issue found it.
+        let out = run(&[
+            "migrate",
+            "--database-url",
+            &server.url("127.0.0.1", ""),
+            "--table",
+            &fresh_table("tlsv1bin").to_string(),
+        ])?;
+        check(out.status.success(), || {
+            format!(
+                "{key} key: migrate with the default sslmode: {}",
+                text(&out.stderr)
+            )
+        })?;
+        server.stop()?;
+    }
+    Ok(())
+}
+
+async fn version_1_modes(server: &TlsServer) -> Result<(), Failed> {
+    let table = fresh_table("tlsv1");
+    for query in ["", "?sslmode=prefer", "?sslmode=require"] {
+        let encrypted = migrate_over(&server.url("127.0.0.1", query), &table).await;
+        check(encrypted == Ok(true), || {
+            format!("{query:?} to a v1 certificate: {encrypted:?}")
+        })?;
+    }
+    let verify = format!(
+        "?sslmode=verify-ca&sslrootcert={}",
+        server.dir.join("server.crt").display()
+    );
+    let refused = migrate_over(&server.url("127.0.0.1", &verify), &table).await;
+    check(
+        refused
+            .as_ref()
+            .is_err_and(|e| e.contains("X.509 version 1") && e.contains("sslmode=require")),
+        || format!("verify-ca against a v1 certificate: {refused:?}"),
+    )?;
+
+    // TLS 1.2 signs the handshake differently (rustls has no raw-key check
+    // for it): the server offers nothing newer.
+    let url = server.url("127.0.0.1", "?sslmode=require");
+    let pool = pglogsink::pool(pglogsink::parse_url(&url)?, 1)?;
+    let client = pool.get().await?;
+    client
+        .batch_execute("ALTER SYSTEM SET ssl_max_protocol_version = 'TLSv1.2'")
+        .await?;
+    client.batch_execute("SELECT pg_reload_conf()").await?;
+    drop(client);
+    drop(pool);
+    let version = "SELECT version FROM pg_stat_ssl WHERE pid = pg_backend_pid()";
+    let mut seen = String::new();
+    // The postmaster applies the reload shortly after the call returns.
+    for _ in 0..100 {
+        let pool = pglogsink::pool(pglogsink::parse_url(&url)?, 1)?;
+        seen = pool.get().await?.query_one(version, &[]).await?.get(0);
+        if seen == "TLSv1.2" {
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    Err(format!("the server still speaks {seen} after ssl_max_protocol_version = 'TLSv1.2'").into())
 }

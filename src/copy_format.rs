@@ -187,7 +187,6 @@ fn pg_timestamp(t: SystemTime) -> i64 {
     unix_micros(t).saturating_sub(PG_EPOCH_OFFSET_MICROS)
 }
 
-
 /// Write one text field; returns true if NULs had to be replaced.
 fn put_text(buf: &mut BytesMut, s: &str) -> bool {
     if !s.as_bytes().contains(&0) {

@@ -164,7 +164,6 @@ pub(crate) fn utc_text(micros: i64) -> String {
     )
 }
 
-
 /// One partition of the Log table.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Partition {

@@ -155,7 +155,6 @@ impl Record {
     }
 }
 
-
 thread_local! {
     static THREAD_ID: Cell<i64> = const { Cell::new(0) };
 }

@@ -4,8 +4,8 @@ use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use crate::queue_budget::{QueueBudget, Refusal};
 use crate::micros::now_unix_micros;
+use crate::queue_budget::{QueueBudget, Refusal};
 use crate::report::FatalError;
 
 /// State shared between the loggers, the consumer and the worker handle.

@@ -442,12 +442,7 @@ async fn follow(
     tokio::pin!(signal);
     let mut client = Some(client);
     loop {
-        // A burst is read page after page, without the pause.
-        let pause = if follower.caught_up() {
-            POLL_INTERVAL
-        } else {
-            Duration::ZERO
-        };
+        let pause = follower.pause(POLL_INTERVAL);
         tokio::select! {
             () = &mut signal => return Ok(()),
             () = tokio::time::sleep(pause) => {}

@@ -18,11 +18,7 @@ impl std::fmt::Display for Seconds {
 
 /// Seconds, whole or fractional, up to `max`; zero only when `zero_ok`.
 /// The error says the accepted range.
-pub(crate) fn parse_seconds(
-    s: &str,
-    zero_ok: bool,
-    max: f64,
-) -> Result<Duration, String> {
+pub(crate) fn parse_seconds(s: &str, zero_ok: bool, max: f64) -> Result<Duration, String> {
     let min_ok = |secs: f64| if zero_ok { secs >= 0.0 } else { secs > 0.0 };
     match s.trim().parse::<f64>() {
         Ok(secs) if min_ok(secs) && secs <= max => Ok(Duration::from_secs_f64(secs)),
@@ -34,4 +30,3 @@ pub(crate) fn parse_seconds(
         )),
     }
 }
-

@@ -29,10 +29,10 @@ use super::http::{HttpArgs, Rejection};
 use super::ingest::{BodyLimits, IngestArgs, IngestState};
 use super::maintain::{parse_retention, MaintenanceArgs, RewriteArgs};
 use super::request_span::{trace_request, RequestId};
+use super::seconds::{parse_seconds, Seconds};
 use super::signal::shutdown_signal;
 use super::sink_args::SinkArgs;
 use super::viewer::ViewerState;
-use super::seconds::{parse_seconds, Seconds};
 use super::{DatabaseArgs, Failure};
 
 #[derive(Debug, clap::Args)]
@@ -359,16 +359,7 @@ mod tests {
 
     fn test_state(logger: Logger) -> AppState {
         AppState {
-            ingest: IngestState {
-                logger: logger.clone(),
-                body: BodyLimits {
-                    max_bytes: 1 << 20,
-                    read_timeout: Duration::from_secs(5),
-                },
-                max_records: 1000,
-                queue_budget: pglogsink::DEFAULT_MAX_QUEUE_BYTES as u64,
-                keys: None,
-            },
+            ingest: IngestState::for_tests(logger.clone()),
             logger,
             log_requests: true,
             pool: unreachable_pool(),

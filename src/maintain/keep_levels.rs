@@ -97,7 +97,6 @@ pub(crate) fn lowest_kept(rules: &[KeepLevels], end: i64, now: i64) -> Option<Le
         .max()
 }
 
-
 #[cfg(test)]
 mod tests {
     use super::*;

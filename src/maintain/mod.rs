@@ -24,8 +24,8 @@ use tokio_postgres::SimpleQueryMessage;
 use crate::database::connection;
 use crate::micros::{duration_micros, now_unix_micros};
 use crate::partitions::{
-    self, default_partition, sql_origin, sql_timestamp, utc_text, Partition,
-    PartitionInterval, Shape,
+    self, default_partition, sql_origin, sql_timestamp, utc_text, Partition, PartitionInterval,
+    Shape,
 };
 use crate::table::TableName;
 use crate::Error;
@@ -183,7 +183,9 @@ impl Maintenance {
         let existing = partitions::list(client, table).await.map_err(db)?;
         let default = existing.iter().any(|p| p.is_default);
         let now = now_unix_micros();
-        let cutoff = self.retention.map(|r| now.saturating_sub(duration_micros(r)));
+        let cutoff = self
+            .retention
+            .map(|r| now.saturating_sub(duration_micros(r)));
         let window = self.window(now, duration_micros(self.max_age), cutoff);
         let in_default = if default {
             self.default_rows_by_bin(client, table).await.map_err(db)?

@@ -143,7 +143,6 @@ impl FromStr for When {
     }
 }
 
-
 /// `YYYY-MM-DD`, optionally followed by `T` or a space, `HH:MM[:SS[.frac]]`
 /// and an offset (`Z`, `+HH`, `+HHMM`, `+HH:MM`). Only the shape and the
 /// field ranges are checked here; PostgreSQL checks the rest (February 30).

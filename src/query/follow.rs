@@ -35,6 +35,8 @@
 //! id just before the snapshot and gone just after (it ended meanwhile,
 //! before or after the snapshot); the next try knows which.
 
+use std::time::Duration;
+
 use tokio_postgres::types::Type;
 use tokio_postgres::{Client, GenericClient, Transaction};
 
@@ -223,6 +225,16 @@ impl Follower {
     /// poll reads): poll again at once rather than after the usual pause.
     pub fn caught_up(&self) -> bool {
         !self.behind
+    }
+
+    /// How long to wait before the next poll: `idle` once caught up, none
+    /// while a burst is being read page after page.
+    pub fn pause(&self, idle: Duration) -> Duration {
+        if self.behind {
+            Duration::ZERO
+        } else {
+            idle
+        }
     }
 
     /// The new ids a poll reads: above the cursor, up to `last_id` or

@@ -170,7 +170,6 @@ fn round_up(n: i64, unit: i64) -> i64 {
     (n + unit - 1) / unit * unit
 }
 
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -350,7 +350,6 @@ impl Reader {
     }
 }
 
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use libtest_mimic::{Failed, Trial};
 use pglogsink::TableName;
 
-use crate::common::{async_trial, check, copy_lines, fresh_table, pool, url};
+use crate::common::{async_trial, check, copy_lines, exit_within, fresh_table, pool, signal, url};
 use crate::service::{Serve, BIN};
 
 /// Rows written behind the open transaction.
@@ -208,13 +208,8 @@ async fn copy_rows(
 }
 
 fn stop(child: &mut Child) {
-    let _ = Command::new("kill")
-        .args(["-INT", &child.id().to_string()])
-        .status();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while child.try_wait().ok().flatten().is_none() && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    let _ = signal(child.id(), "-INT");
+    let _ = exit_within(child, Duration::from_secs(10));
     let _ = child.kill();
     let _ = child.wait();
 }

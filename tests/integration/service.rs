@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use libtest_mimic::{Failed, Trial};
 use pglogsink::TableName;
 
-use crate::common::{check, fresh_table, url};
+use crate::common::{check, exit_within, fresh_table, signal, url, Captured};
 
 pub(crate) const BIN: &str = env!("CARGO_BIN_EXE_pglogsink");
 
@@ -81,37 +81,6 @@ pub(crate) struct Serve {
     spool: std::path::PathBuf,
 }
 
-/// A child's stdout and stderr, each read to its end by a thread.
-struct Captured {
-    stdout: std::thread::JoinHandle<Vec<u8>>,
-    stderr: std::thread::JoinHandle<Vec<u8>>,
-}
-
-impl Captured {
-    fn of(child: &mut Child) -> Captured {
-        fn drain(mut from: impl Read + Send + 'static) -> std::thread::JoinHandle<Vec<u8>> {
-            std::thread::spawn(move || {
-                let mut all = Vec::new();
-                let _ = from.read_to_end(&mut all);
-                all
-            })
-        }
-        Captured {
-            stdout: drain(child.stdout.take().expect("piped")),
-            stderr: drain(child.stderr.take().expect("piped")),
-        }
-    }
-
-    /// The whole output, once the child has exited.
-    fn collect(self, status: std::process::ExitStatus) -> Output {
-        Output {
-            status,
-            stdout: self.stdout.join().unwrap_or_default(),
-            stderr: self.stderr.join().unwrap_or_default(),
-        }
-    }
-}
-
 impl Serve {
     pub(crate) fn start(db_args: &[&str], extra: &[&str]) -> Result<Serve, Failed> {
         Serve::start_with_env(db_args, extra, &[])
@@ -178,42 +147,30 @@ impl Serve {
     }
 
     pub(crate) fn signal(&self, sig: &str) -> Result<(), Failed> {
-        let pid = self.child.as_ref().ok_or("not running")?.id();
-        let status = Command::new("kill")
-            .args([sig, &pid.to_string()])
-            .status()?;
-        check(status.success(), || format!("kill {sig} failed"))
+        signal(self.pid()?, sig)
     }
 
     /// Wait (at most 30 s) for the process to exit and collect its output.
     pub(crate) fn wait(&mut self) -> Result<Output, Failed> {
         let mut child = self.child.take().ok_or("not running")?;
         let output = self.output.take().ok_or("not running")?;
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            if let Some(status) = child.try_wait()? {
-                return Ok(output.collect(status));
-            }
-            if Instant::now() > deadline {
-                let _ = child.kill();
-                let out = output.collect(child.wait()?);
-                return Err(format!(
-                    "serve did not exit within 30 s: {}",
-                    String::from_utf8_lossy(&out.stderr)
-                )
-                .into());
-            }
-            std::thread::sleep(Duration::from_millis(50));
+        if let Some(status) = exit_within(&mut child, Duration::from_secs(30))? {
+            return Ok(output.collect(status));
         }
+        let _ = child.kill();
+        let out = output.collect(child.wait()?);
+        Err(format!(
+            "serve did not exit within 30 s: {}",
+            String::from_utf8_lossy(&out.stderr)
+        )
+        .into())
     }
 }
 
 impl Drop for Serve {
     fn drop(&mut self) {
         if let Some(mut child) = self.child.take() {
-            let _ = Command::new("kill")
-                .args(["-INT", &child.id().to_string()])
-                .status();
+            let _ = signal(child.id(), "-INT");
             let _ = child.wait();
         }
         let _ = std::fs::remove_dir_all(&self.spool);

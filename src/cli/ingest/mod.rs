@@ -57,26 +57,17 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::cli::test_fixtures::unreachable_sink as sink;
     use axum::body::Body;
     use axum::http::{header, StatusCode};
     use axum::response::Response;
     use http_body_util::BodyExt;
-    use crate::cli::test_fixtures::unreachable_sink as sink;
     use pglogsink::Logger;
     use std::time::Duration;
     use tower::ServiceExt;
 
     async fn post(logger: &Logger, uri: &str, content_type: &str, body: &[u8]) -> Response {
-        let state = IngestState {
-            logger: logger.clone(),
-            body: BodyLimits {
-                max_bytes: 1 << 20,
-                read_timeout: Duration::from_secs(5),
-            },
-            max_records: 1000,
-            queue_budget: pglogsink::DEFAULT_MAX_QUEUE_BYTES as u64,
-            keys: None,
-        };
+        let state = IngestState::for_tests(logger.clone());
         let request = axum::http::Request::post(uri)
             .header(header::CONTENT_TYPE, content_type)
             .body(Body::from(body.to_vec()))

@@ -53,3 +53,21 @@ pub(crate) struct IngestState {
     /// `None`: no key is asked for (only allowed on a loopback address).
     pub(crate) keys: Option<ApiKeys>,
 }
+
+#[cfg(test)]
+impl IngestState {
+    /// For unit tests: `logger`'s sink, 1 MiB bodies within 5 s, 1,000
+    /// records per request, the default queue budget, no keys.
+    pub(crate) fn for_tests(logger: Logger) -> IngestState {
+        IngestState {
+            logger,
+            body: BodyLimits {
+                max_bytes: 1 << 20,
+                read_timeout: std::time::Duration::from_secs(5),
+            },
+            max_records: 1000,
+            queue_budget: pglogsink::DEFAULT_MAX_QUEUE_BYTES as u64,
+            keys: None,
+        }
+    }
+}

@@ -70,12 +70,7 @@ fn polls(
     };
     stream::unfold(tail, |mut tail| async move {
         loop {
-            // A burst is read page after page, without the pause.
-            let pause = if tail.follower.caught_up() {
-                POLL_INTERVAL
-            } else {
-                Duration::ZERO
-            };
+            let pause = tail.follower.pause(POLL_INTERVAL);
             tokio::select! {
                 () = tail.shutdown.cancelled() => return None,
                 () = tokio::time::sleep(pause) => {}

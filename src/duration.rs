@@ -40,9 +40,45 @@ pub fn parse_duration(s: &str) -> Option<Duration> {
     (total <= MAX_DURATION_SECS).then(|| Duration::from_secs(total))
 }
 
+/// `d` as [`parse_duration`] reads it back: days, hours, minutes and
+/// seconds, each only when not zero (`30d`, `10m`, `1h30m`; `0s`). Parts of
+/// a second are dropped.
+///
+/// ```
+/// use std::time::Duration;
+/// use pglogsink::admin::format_duration;
+///
+/// assert_eq!(format_duration(Duration::from_secs(30 * 86_400)), "30d");
+/// assert_eq!(format_duration(Duration::from_secs(5_400)), "1h30m");
+/// ```
+pub fn format_duration(d: Duration) -> String {
+    let mut secs = d.as_secs();
+    if secs == 0 {
+        return "0s".to_owned();
+    }
+    let mut text = String::new();
+    for (unit, name) in [(86_400, 'd'), (3_600, 'h'), (60, 'm'), (1, 's')] {
+        if secs >= unit {
+            text.push_str(&format!("{}{name}", secs / unit));
+            secs %= unit;
+        }
+    }
+    text
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn formatted_durations_read_back() {
+        for secs in [0, 1, 59, 60, 90, 3_600, 5_400, 86_400, 93_784, 30 * 86_400] {
+            let d = Duration::from_secs(secs);
+            assert_eq!(parse_duration(&format_duration(d)), Some(d), "{secs}");
+        }
+        assert_eq!(format_duration(Duration::from_secs(600)), "10m");
+        assert_eq!(format_duration(Duration::from_secs(93_784)), "1d2h3m4s");
+    }
 
     #[test]
     fn durations_take_s_m_h_d_and_combinations() {

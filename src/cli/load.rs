@@ -25,8 +25,8 @@ use pglogsink::{describe, CancellationToken};
 use tokio::net::TcpStream;
 use tokio_util::task::TaskTracker;
 
+use super::flag_values::parse_seconds;
 use super::load_body::{LoadMode, Payload};
-use super::seconds::parse_seconds;
 use super::Failure;
 
 const DEFAULT_REQUESTS: u64 = 1000;

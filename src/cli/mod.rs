@@ -3,6 +3,7 @@
 
 pub(crate) mod db;
 pub(crate) mod diagnostics;
+pub(crate) mod flag_values;
 pub(crate) mod health;
 pub(crate) mod hex;
 pub(crate) mod http;
@@ -14,7 +15,6 @@ pub(crate) mod logs;
 pub(crate) mod maintain;
 pub(crate) mod metrics;
 pub(crate) mod request_span;
-pub(crate) mod seconds;
 pub(crate) mod serve;
 pub(crate) mod signal;
 pub(crate) mod sink_args;
@@ -142,7 +142,7 @@ pub(crate) type Failure = Box<dyn std::error::Error + Send + Sync>;
 pub(crate) async fn migrate(args: MigrateArgs) -> Result<(), Failure> {
     let db = db::Database::open(&args.db, db::Mode::CreateIfMissing).await?;
     let table = &args.db.table;
-    let maintenance = args.partitions.maintenance(None, false);
+    let maintenance = args.partitions.maintenance();
     // Distributing first: on a server without Citus it refuses before
     // anything is made.
     let spread = if args.distribute {

@@ -25,11 +25,12 @@ use tokio::net::TcpListener;
 use tokio_util::task::TaskTracker;
 
 use super::db::{Database, Mode};
+use super::flag_values::Age;
+use super::flag_values::{parse_seconds, Seconds};
 use super::http::{HttpArgs, Rejection};
 use super::ingest::{BodyLimits, IngestArgs, IngestState};
-use super::maintain::{parse_retention, MaintenanceArgs, RewriteArgs};
+use super::maintain::{ClosedPartitionsArgs, MaintenanceArgs};
 use super::request_span::{trace_request, RequestId};
-use super::seconds::{parse_seconds, Seconds};
 use super::signal::shutdown_signal;
 use super::sink_args::SinkArgs;
 use super::viewer::ViewerState;
@@ -61,26 +62,16 @@ pub(crate) struct ServeArgs {
     #[command(flatten)]
     pub(crate) http: HttpArgs,
 
-    /// Drop partitions of the Log table whose whole time range is older than this (30d, 12h,
-    /// 2d12h), on the maintenance timer. Without it nothing is dropped.
-    #[arg(long, env = "PGLOGSINK_RETENTION", value_parser = parse_retention, value_name = "AGE")]
-    pub(crate) retention: Option<Duration>,
-
     /// How often to run maintenance (partitions ahead, retention): 10m, 1h... Instances sharing a
     /// table take turns (an advisory lock); a role that may not create or drop partitions gets
     /// one warning and ingest goes on.
-    #[arg(long, env = "PGLOGSINK_MAINTENANCE_INTERVAL", default_value = "10m",
+    #[arg(long, env = "PGLOGSINK_MAINTENANCE_INTERVAL",
+          default_value_t = Age(DEFAULT_MAINTENANCE_INTERVAL),
           value_parser = parse_every, value_name = "EVERY")]
-    pub(crate) maintenance_interval: Duration,
-
-    /// On the maintenance timer, give each partition whose interval has ended a trigram index on
-    /// message (see `pglogsink maintain --help`).
-    #[arg(long, env = "PGLOGSINK_SEARCH_INDEX",
-          value_parser = clap::builder::BoolishValueParser::new())]
-    pub(crate) search_index: bool,
+    pub(crate) maintenance_interval: Age,
 
     #[command(flatten)]
-    pub(crate) rewrite: RewriteArgs,
+    pub(crate) closed: ClosedPartitionsArgs,
 
     /// Seconds from a shutdown signal to exit: in-flight requests finish, then the queue is
     /// written with the time left; what is not written by then is spooled (and reported).
@@ -102,10 +93,13 @@ pub(crate) struct ServeArgs {
     pub(crate) no_log: bool,
 }
 
+/// Default `--maintenance-interval`.
+const DEFAULT_MAINTENANCE_INTERVAL: Duration = Duration::from_secs(600);
+
 /// The maintenance period: at least a second.
-fn parse_every(s: &str) -> Result<Duration, String> {
+fn parse_every(s: &str) -> Result<Age, String> {
     match pglogsink::admin::parse_duration(s) {
-        Some(d) if d >= Duration::from_secs(1) => Ok(d),
+        Some(d) if d >= Duration::from_secs(1) => Ok(Age(d)),
         _ => Err("expected a period of at least 1s, such as 10m, 1h or 30s".to_owned()),
     }
 }
@@ -218,10 +212,7 @@ pub(crate) async fn run(args: ServeArgs) -> Result<ExitCode, Failure> {
     let metrics = super::metrics::install()?;
     let db = Database::open(&args.db, Mode::CreateIfMissing).await?;
     let viewer_pool = db.separate_pool(super::viewer::POOL_SIZE)?;
-    let maintenance = args.rewrite.apply(
-        args.partitions
-            .maintenance(args.retention, args.search_index),
-    )?;
+    let maintenance = args.closed.apply(args.partitions.maintenance())?;
     pglogsink::migrate_with(&db.pool, &args.db.table, &maintenance).await?;
     let config = args.sink.config(&args.db, &db.state_dir);
 
@@ -252,7 +243,7 @@ pub(crate) async fn run(args: ServeArgs) -> Result<ExitCode, Failure> {
         db.pool.clone(),
         args.db.table.clone(),
         maintenance,
-        args.maintenance_interval,
+        args.maintenance_interval.0,
         token.clone(),
     ));
     tasks.spawn(super::metrics::upkeep(metrics.clone(), token.clone()));
@@ -277,7 +268,7 @@ pub(crate) async fn run(args: ServeArgs) -> Result<ExitCode, Failure> {
         ingest: IngestState {
             logger: logger.clone(),
             body: BodyLimits {
-                max_bytes: args.ingest.max_body_bytes,
+                max_bytes: usize::try_from(args.ingest.max_body_bytes.0).unwrap_or(usize::MAX),
                 read_timeout: args.http.body_read_timeout.0,
             },
             max_records: args.ingest.max_records_per_request,

@@ -30,12 +30,14 @@ use crate::partitions::{
 use crate::table::TableName;
 use crate::Error;
 
+mod age;
 mod columnar;
 mod distributed;
 mod keep_levels;
 mod report;
 mod rewrite;
 
+pub use age::check_age;
 pub use keep_levels::KeepLevels;
 pub use report::{DroppedPartition, MaintenanceReport, RewrittenPartition};
 
@@ -44,6 +46,8 @@ pub const DEFAULT_PREMAKE: u32 = 3;
 /// How old rows may be and still get partitions made for them, by default:
 /// 30 days (see [`Maintenance::max_age`]).
 pub const DEFAULT_MAX_AGE: Duration = Duration::from_secs(30 * 86_400);
+/// Most partitions made ahead of the current one.
+const MAX_PREMAKE: u32 = 1_000;
 /// How long one DDL statement may wait for its lock before it is retried.
 const LOCK_TIMEOUT: &str = "200ms";
 /// Attempts at one change before it is left for the next run.
@@ -126,10 +130,19 @@ impl Maintenance {
         }
     }
 
-    /// Check the settings: per-level rules that contradict each other are
-    /// refused (an older partition cannot keep a level a younger one has
-    /// lost).
+    /// Check the settings: every age at least an hour ([`check_age`]), at
+    /// most 1,000 partitions ahead, and no per-level rules that contradict
+    /// each other (an older partition cannot keep a level a younger one
+    /// has lost).
     pub fn validate(&self) -> Result<(), Error> {
+        let age = |option: &'static str, age: Option<Duration>| {
+            age.map_or(Ok(()), check_age)
+                .map_err(|message| Error::config(option, message))
+        };
+        age("retention", self.retention)?;
+        age("max age", Some(self.max_age))?;
+        age("columnar after", self.columnar_after)?;
+        check_premake(self.premake).map_err(|message| Error::config("premake", message))?;
         keep_levels::check(&self.keep_levels)
     }
 
@@ -654,6 +667,17 @@ fn lock_key(table: &TableName) -> i64 {
     name.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
         (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
     }) as i64
+}
+
+/// The rule of [`Maintenance::premake`]: at most 1,000.
+pub fn check_premake(n: u32) -> Result<(), String> {
+    if n <= MAX_PREMAKE {
+        Ok(())
+    } else {
+        Err(format!(
+            "{n} is out of range: use a whole number from 0 to {MAX_PREMAKE}"
+        ))
+    }
 }
 
 #[cfg(test)]

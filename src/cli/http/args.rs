@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use crate::cli::seconds::{parse_seconds, Seconds};
+use crate::cli::flag_values::{parse_seconds, Seconds};
 
 use super::api_keys::ApiKeys;
 use super::server::HttpLimits;

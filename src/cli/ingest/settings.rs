@@ -2,10 +2,11 @@
 
 use pglogsink::Logger;
 
+use crate::cli::flag_values::{parse_bytes, ByteSize};
 use crate::cli::http::ApiKeys;
 
 /// Default `--max-body-bytes`: 16 MiB, after decompression.
-pub(crate) const DEFAULT_MAX_BODY: &str = "16MiB";
+pub(crate) const DEFAULT_MAX_BODY: ByteSize = ByteSize(16 << 20);
 /// Default `--max-records-per-request`.
 pub(crate) const DEFAULT_MAX_RECORDS: usize = 100_000;
 
@@ -13,9 +14,9 @@ pub(crate) const DEFAULT_MAX_RECORDS: usize = 100_000;
 pub(crate) struct IngestArgs {
     /// Largest ingest request body, in bytes, both as sent and after gzip decompression
     /// (suffixes K, M, G accepted); a larger one is refused with 413.
-    #[arg(long, env = "PGLOGSINK_MAX_BODY_BYTES", default_value = DEFAULT_MAX_BODY,
-          value_parser = crate::cli::sink_args::parse_bytes, value_name = "BYTES")]
-    pub(crate) max_body_bytes: usize,
+    #[arg(long, env = "PGLOGSINK_MAX_BODY_BYTES", default_value_t = DEFAULT_MAX_BODY,
+          value_parser = parse_bytes, value_name = "BYTES")]
+    pub(crate) max_body_bytes: ByteSize,
 
     /// Most log records one ingest request may carry (NDJSON lines, OTLP log records); a request
     /// with more is refused with 413, before it is decoded where the format allows.

@@ -17,7 +17,7 @@ use std::time::SystemTime;
 use bytes::{BufMut, Bytes, BytesMut};
 use serde_json::Value;
 
-use crate::fields_json::{write_json, write_members, REPLACEMENT};
+use crate::fields::{write_json, write_members, REPLACEMENT};
 use crate::micros::unix_micros;
 use crate::record::Record;
 

@@ -43,7 +43,7 @@ mod duration;
 #[cfg(feature = "embedded")]
 pub mod embedded;
 mod error;
-mod fields_json;
+mod fields;
 #[cfg(feature = "tracing-layer")]
 mod layer;
 mod ledger;
@@ -51,6 +51,7 @@ mod level;
 mod logger;
 mod maintain;
 mod micros;
+mod overflow;
 mod partitions;
 pub mod query;
 mod queue_budget;
@@ -59,7 +60,7 @@ mod rejected;
 mod report;
 mod schema;
 mod sink;
-mod spill;
+mod sink_state;
 mod spool;
 mod stats;
 mod table;
@@ -75,7 +76,7 @@ pub use config::{
 };
 pub use database::{parse_url, pool, ConnectConfig, DEFAULT_POOL_SIZE};
 pub use error::{describe, Error, ErrorKind};
-pub use fields_json::SharedFields;
+pub use fields::{Fields, SharedFields};
 #[cfg(feature = "tracing-layer")]
 pub use layer::PgLogLayer;
 pub use level::{Level, ParseLevelError};
@@ -85,7 +86,7 @@ pub use maintain::{
     DEFAULT_MAX_AGE, DEFAULT_PREMAKE,
 };
 pub use partitions::PartitionInterval;
-pub use record::{Fields, Record};
+pub use record::Record;
 pub use report::{FatalError, Report};
 pub use schema::{distribute, migrate, migrate_with, Distribution, DISTRIBUTE_SQL, SCHEMA_SQL};
 pub use sink::{spawn, Worker};

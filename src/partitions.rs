@@ -176,6 +176,13 @@ pub(crate) struct Partition {
 }
 
 impl Partition {
+    /// Whether the whole of this partition's range is before `cutoff`
+    /// (microseconds since the epoch): what retention has passed. Never the
+    /// DEFAULT partition.
+    pub(crate) fn ended_by(&self, cutoff: i64) -> bool {
+        !self.is_default && self.to.is_some_and(|to| to <= cutoff)
+    }
+
     /// Whether this partition's range overlaps `[from, to)`.
     pub(crate) fn overlaps(&self, from: i64, to: i64) -> bool {
         !self.is_default && self.from.map_or(true, |f| f < to) && self.to.map_or(true, |t| t > from)

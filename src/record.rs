@@ -7,15 +7,10 @@ use std::borrow::Cow;
 use std::cell::Cell;
 use std::time::SystemTime;
 
-use crate::fields_json::SharedFields;
+use crate::fields::{Fields, SharedFields};
 use crate::level::Level;
 // The ledger (src/ledger.rs) still imports the conversion from here.
 pub(crate) use crate::micros::unix_micros;
-
-/// Structured fields of a record: key and JSON value, in the order added.
-///
-/// Stored as one jsonb object; when a key repeats, the last value wins.
-pub type Fields = Vec<(Cow<'static, str>, serde_json::Value)>;
 
 /// A log record on its way to the Log table.
 ///
@@ -55,7 +50,7 @@ impl Record {
             level,
             target: None,
             message: message.into(),
-            fields: Vec::new(),
+            fields: Fields::new(),
             shared: None,
         }
     }
@@ -89,7 +84,7 @@ impl Record {
         key: impl Into<Cow<'static, str>>,
         value: impl Into<serde_json::Value>,
     ) -> Record {
-        self.fields.push((key.into(), value.into()));
+        self.fields.push(key, value);
         self
     }
 

@@ -9,9 +9,10 @@ use pglogsink::admin::settings;
 use pglogsink::{KeepLevels, Maintenance, PartitionInterval, TableName};
 use tokio_util::sync::CancellationToken;
 
+use super::db::DatabaseArgs;
 use super::db::{Database, Mode};
+use super::failure::Failure;
 use super::flag_values::{parse_age, whole_number, Age};
-use super::{DatabaseArgs, Failure};
 
 /// The maintenance settings, shared by `maintain`, `migrate` and `serve`.
 #[derive(Debug, Clone, clap::Args)]

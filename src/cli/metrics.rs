@@ -24,7 +24,7 @@ use pglogsink::{CancellationToken, Logger};
 const UPKEEP_INTERVAL: Duration = Duration::from_secs(5);
 
 /// Install the process-wide recorder. Call once, before serving.
-pub(crate) fn install() -> Result<PrometheusHandle, super::Failure> {
+pub(crate) fn install() -> Result<PrometheusHandle, super::failure::Failure> {
     let seconds = &[
         0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
     ];

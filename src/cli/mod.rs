@@ -3,6 +3,7 @@
 
 pub(crate) mod db;
 pub(crate) mod diagnostics;
+pub(crate) mod failure;
 pub(crate) mod flag_values;
 pub(crate) mod health;
 pub(crate) mod hex;
@@ -10,6 +11,7 @@ pub(crate) mod http;
 pub(crate) mod ingest;
 pub(crate) mod load;
 pub(crate) mod load_body;
+pub(crate) mod load_progress;
 pub(crate) mod load_verify;
 pub(crate) mod logs;
 pub(crate) mod maintain;
@@ -20,12 +22,13 @@ pub(crate) mod signal;
 pub(crate) mod sink_args;
 #[cfg(test)]
 pub(crate) mod test_fixtures;
+pub(crate) mod trace_ids;
 pub(crate) mod viewer;
 
-use std::path::PathBuf;
-
 use clap::{Args, Parser, Subcommand};
-use pglogsink::TableName;
+
+use db::DatabaseArgs;
+use failure::Failure;
 
 const ABOUT: &str = "Application logs into PostgreSQL, fast, without slowing the code that logs.";
 const LONG_ABOUT: &str = "\
@@ -59,43 +62,6 @@ pub(crate) enum Command {
     /// Keep the Log table in shape once: make partitions ahead, move rows out of the DEFAULT
     /// partition, drop partitions past --retention. `serve` does the same on a timer.
     Maintain(maintain::MaintainArgs),
-}
-
-/// Where the Log table lives. Shared by every subcommand.
-#[derive(Clone, Args)]
-pub(crate) struct DatabaseArgs {
-    /// PostgreSQL to use, e.g. postgres://user:password@127.0.0.1:5432/db. Without it, a private
-    /// cluster in --data-dir is used.
-    #[arg(long, env = "DATABASE_URL", hide_env_values = true, value_name = "URL")]
-    pub(crate) database_url: Option<String>,
-
-    /// Directory of the private PostgreSQL cluster used when no database URL is given
-    /// [default: ./.pglogsink]. When run as root, the server runs as the `postgres` OS user, which
-    /// must be able to reach this directory.
-    #[arg(long, env = "PGLOGSINK_DATA_DIR", value_name = "DIR")]
-    pub(crate) data_dir: Option<PathBuf>,
-
-    /// The Log table, optionally schema-qualified (lowercase letters, digits, underscores).
-    #[arg(long, env = "PGLOGSINK_TABLE", default_value = pglogsink::DEFAULT_TABLE, value_name = "NAME")]
-    pub(crate) table: TableName,
-}
-
-// Written by hand so that the URL's password can never reach a log line.
-impl std::fmt::Debug for DatabaseArgs {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("DatabaseArgs")
-            .field(
-                "database_url",
-                &self
-                    .database_url
-                    .as_deref()
-                    .and_then(|url| pglogsink::parse_url(url).ok())
-                    .map(|config| db::describe_config(&config)),
-            )
-            .field("data_dir", &self.data_dir)
-            .field("table", &self.table)
-            .finish()
-    }
 }
 
 #[cfg(test)]
@@ -134,9 +100,6 @@ pub(crate) struct MigrateArgs {
           value_parser = clap::builder::BoolishValueParser::new())]
     pub(crate) distribute: bool,
 }
-
-/// The error of a subcommand: printed as one line by `main`.
-pub(crate) type Failure = Box<dyn std::error::Error + Send + Sync>;
 
 /// `pglogsink migrate`: create, or upgrade in place.
 pub(crate) async fn migrate(args: MigrateArgs) -> Result<(), Failure> {

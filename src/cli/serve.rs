@@ -24,7 +24,9 @@ use pglogsink::{CancellationToken, Level, Logger, Record, Report};
 use tokio::net::TcpListener;
 use tokio_util::task::TaskTracker;
 
+use super::db::DatabaseArgs;
 use super::db::{Database, Mode};
+use super::failure::Failure;
 use super::flag_values::Age;
 use super::flag_values::{parse_seconds, Seconds};
 use super::http::{HttpArgs, Rejection};
@@ -34,7 +36,6 @@ use super::request_span::{trace_request, RequestId};
 use super::signal::shutdown_signal;
 use super::sink_args::SinkArgs;
 use super::viewer::ViewerState;
-use super::{DatabaseArgs, Failure};
 
 #[derive(Debug, clap::Args)]
 pub(crate) struct ServeArgs {

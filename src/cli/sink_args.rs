@@ -5,10 +5,10 @@ use std::path::{Path, PathBuf};
 use pglogsink::admin::settings;
 use pglogsink::SinkConfig;
 
+use super::db::DatabaseArgs;
 use super::flag_values::{
     parse_bytes, parse_bytes_or_zero, parse_seconds, whole_number, ByteSize, Seconds,
 };
-use super::DatabaseArgs;
 
 #[derive(Debug, Clone, clap::Args)]
 pub(crate) struct SinkArgs {

@@ -39,9 +39,11 @@ use tokio_postgres::error::SqlState;
 use tokio_postgres::types::Type;
 use tokio_postgres::Transaction;
 
+use super::changes::{ChangeApplier, ATTEMPTS, LOCK_TIMEOUT};
 use super::distributed::Placement;
 use super::report::RewrittenPartition;
-use super::{columnar, expired, keep_levels, Changes, Maintenance, ATTEMPTS, LOCK_TIMEOUT};
+use super::settings::Maintenance;
+use super::{columnar, keep_levels};
 use crate::micros::duration_micros;
 use crate::partitions::{self, sql_timestamp, Partition};
 use crate::table::TableName;
@@ -66,7 +68,7 @@ pub(super) struct Storage {
 /// Rewrite the closed partitions the rules ask for, oldest first. False
 /// when another instance turned out to be maintaining the table.
 pub(super) async fn closed_partitions(
-    changes: &mut Changes<'_>,
+    changes: &mut ChangeApplier<'_>,
     maintenance: &Maintenance,
     table: &TableName,
     now: i64,
@@ -162,7 +164,7 @@ fn plan(
         let Some(end) = partition.to.filter(|_| !partition.is_default) else {
             continue;
         };
-        if cutoff.is_some_and(|c| expired(partition, c)) {
+        if cutoff.is_some_and(|c| partition.ended_by(c)) {
             continue;
         }
         let now_stored = stored
@@ -189,7 +191,7 @@ fn plan(
 /// another instance holds the maintenance lock (`report.skipped`), a lock
 /// stayed busy (postponed), or the partition is gone.
 async fn rewrite_one(
-    changes: &mut Changes<'_>,
+    changes: &mut ChangeApplier<'_>,
     table: &TableName,
     old: &Partition,
     target: Storage,

@@ -10,8 +10,8 @@ use std::time::SystemTime;
 use tokio_postgres::types::Type;
 use tokio_postgres::Client;
 
-use super::filter::{where_clause, Sql};
-use super::{Filter, Reader};
+use super::filter::{where_clause, Filter, Sql};
+use super::reader::Reader;
 use crate::level::Level;
 use crate::micros::unix_micros;
 
@@ -133,7 +133,7 @@ impl Reader {
         let text = format!(
             "SELECT ((extract(epoch FROM \"timestamp\") * 1000000)::int8 - {start}) / {width}, \
              level::text, count(*) FROM {}{} GROUP BY 1, 2",
-            self.table.quoted(),
+            self.table().quoted(),
             where_clause(&conditions)
         );
         (text, sql)

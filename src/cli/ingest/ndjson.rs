@@ -318,7 +318,7 @@ fn time(raw: &str) -> Result<std::time::SystemTime, String> {
 }
 
 fn fields(object: Map<String, Value>) -> pglogsink::Fields {
-    object.into_iter().map(|(k, v)| (k.into(), v)).collect()
+    object.into_iter().collect()
 }
 
 /// A level name, or a pino/bunyan number (10 trace ... 60 fatal).

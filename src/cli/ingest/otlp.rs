@@ -39,6 +39,7 @@ use super::handover::{check_records, Destination, Handover};
 use super::settings::IngestState;
 use super::{body, decode_cost, otlp_json};
 use crate::cli::http::Rejection;
+use crate::cli::trace_ids::{id_text, SPAN_ID_BYTES, TRACE_ID_BYTES};
 
 const PROTOBUF: &str = "application/x-protobuf";
 const JSON: &str = "application/json";
@@ -252,7 +253,7 @@ fn map_records(
                     ("otel.scope.version", scope.version),
                 ] {
                     if !value.is_empty() {
-                        shared.push((key.into(), value.into()));
+                        shared.push(key, value);
                     }
                 }
             }
@@ -270,16 +271,16 @@ fn record(log: LogRecord, target: &str, shared: &SharedFields) -> Record {
     let (level, unmapped_text) = level(log.severity_number, log.severity_text);
     fields.extend(attributes(log.attributes));
     if !log.event_name.is_empty() {
-        fields.push(("otel.event_name".into(), log.event_name.into()));
+        fields.push("otel.event_name", log.event_name);
     }
     if let Some(text) = unmapped_text {
-        fields.push(("severity_text".into(), text.into()));
+        fields.push("severity_text", text);
     }
-    if let Some(id) = valid_id(&log.trace_id, 16) {
-        fields.push(("trace_id".into(), id.into()));
+    if let Some(id) = id_text(&log.trace_id, TRACE_ID_BYTES) {
+        fields.push("trace_id", id);
     }
-    if let Some(id) = valid_id(&log.span_id, 8) {
-        fields.push(("span_id".into(), id.into()));
+    if let Some(id) = id_text(&log.span_id, SPAN_ID_BYTES) {
+        fields.push("span_id", id);
     }
     let message = match log.body.and_then(|b| b.value) {
         None => String::new(),
@@ -323,18 +324,9 @@ fn level(number: i32, text: String) -> (Level, Option<String>) {
     }
 }
 
-/// Lowercase hex of an id of the right length that is not all zeros (the
-/// OTLP rule for a valid id); `None` otherwise.
-fn valid_id(bytes: &[u8], len: usize) -> Option<String> {
-    if bytes.len() != len || bytes.iter().all(|&b| b == 0) {
-        return None;
-    }
-    Some(crate::cli::hex::encode(bytes))
-}
-
 fn attributes(list: Vec<KeyValue>) -> Fields {
     list.into_iter()
-        .map(|kv| (kv.key.into(), value_to_json(kv.value)))
+        .map(|kv| (kv.key, value_to_json(kv.value)))
         .collect()
 }
 

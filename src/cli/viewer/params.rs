@@ -88,7 +88,7 @@ pub(crate) fn parse(query: &str) -> Result<Params, BadParam> {
             "request_id" => p.request_id = text(),
             "trace_id" => {
                 p.trace_id = Some(
-                    crate::cli::logs::parse_trace_id(value)
+                    crate::cli::trace_ids::parse_trace_id(value)
                         .map_err(|e| BadParam::new("trace_id", e))?,
                 )
             }

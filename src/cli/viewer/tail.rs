@@ -19,8 +19,8 @@ use futures_util::stream::{self, Stream};
 use pglogsink::query::{Follower, LogRow};
 use pglogsink::CancellationToken;
 
+use super::api::{bad_request, prepare, query_failed, RowJson, ViewerState};
 use super::params::BadParam;
-use super::{bad_request, prepare, query_failed, RowJson, ViewerState};
 
 /// How often a tail asks for new rows.
 const POLL_INTERVAL: Duration = Duration::from_millis(250);

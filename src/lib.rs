@@ -53,7 +53,6 @@ mod maintain;
 mod micros;
 mod overflow;
 mod partitions;
-pub mod query;
 mod queue_budget;
 mod record;
 mod rejected;
@@ -75,7 +74,7 @@ pub use config::{
     DEFAULT_WRITE_TIMEOUT, MAX_BATCH_SIZE, MAX_COPIES_IN_FLIGHT,
 };
 pub use database::{parse_url, pool, ConnectConfig, DEFAULT_POOL_SIZE};
-pub use error::{describe, Error, ErrorKind};
+pub use error::{Error, ErrorKind};
 pub use fields::{Fields, SharedFields};
 #[cfg(feature = "tracing-layer")]
 pub use layer::PgLogLayer;

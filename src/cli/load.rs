@@ -19,7 +19,8 @@ use http_body_util::{BodyExt, Full};
 use hyper::client::conn::http1::{self, SendRequest};
 use hyper::{StatusCode, Uri};
 use hyper_util::rt::TokioIo;
-use pglogsink::{describe, CancellationToken};
+use pglogsink::admin::describe;
+use pglogsink::CancellationToken;
 use tokio::net::TcpStream;
 use tokio_util::task::TaskTracker;
 

@@ -3,8 +3,9 @@
 
 use std::time::{Duration, Instant};
 
+use pglogsink::admin::describe;
 use pglogsink::tokio_postgres::types::Type;
-use pglogsink::{describe, CancellationToken, Error};
+use pglogsink::{CancellationToken, Error};
 
 use super::db::DatabaseArgs;
 use super::db::{Database, Mode};

@@ -15,7 +15,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use deadpool_postgres::Object;
-use pglogsink::query::{FieldMatch, Filter, Follower, LogRow, Reader, TimeFormat, When};
+use pglogsink::admin::query::{FieldMatch, Filter, Follower, LogRow, Reader, TimeFormat, When};
 use pglogsink::tokio_postgres;
 use pglogsink::{Error, Level, TableName};
 
@@ -355,7 +355,7 @@ async fn resolve(
         Failure::from(format!(
             "invalid value {text:?} for {option}: {}; {}",
             Error::from(e),
-            pglogsink::query::WHEN_FORM
+            pglogsink::admin::query::WHEN_FORM
         ))
     })
 }

@@ -11,7 +11,7 @@ const MIN_AGE: Duration = Duration::from_secs(3_600);
 /// The rule of every age maintenance acts on ([`Maintenance::retention`](super::Maintenance::retention),
 /// [`max_age`](super::Maintenance::max_age),
 /// [`columnar_after`](super::Maintenance::columnar_after), a
-/// [`KeepLevels`](crate::KeepLevels) rule's `after`): at least an hour. The binary's flags
+/// [`KeepLevels`](super::KeepLevels) rule's `after`): at least an hour. The binary's flags
 /// check their values with it too.
 pub fn check_age(age: Duration) -> Result<(), String> {
     if age >= MIN_AGE {

@@ -471,7 +471,7 @@ fn lock_key(table: &TableName) -> i64 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::PartitionInterval;
+    use crate::partitions::PartitionInterval;
     use std::time::Duration;
 
     const DAY: i64 = 86_400_000_000;

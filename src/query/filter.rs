@@ -62,7 +62,7 @@ impl Filter {
 /// One `field` filter: `KEY=VALUE`.
 ///
 /// ```
-/// let m: pglogsink::query::FieldMatch = "status=500".parse()?;
+/// let m: pglogsink::admin::query::FieldMatch = "status=500".parse()?;
 /// assert_eq!((m.key.as_str(), m.value.as_str()), ("status", "500"));
 /// # Ok::<(), String>(())
 /// ```

@@ -71,7 +71,7 @@ impl Reader {
     /// ```no_run
     /// # async fn demo(mut client: tokio_postgres::Client) -> Result<(), Box<dyn std::error::Error>> {
     /// use std::time::{Duration, SystemTime};
-    /// use pglogsink::query::{Filter, Reader};
+    /// use pglogsink::admin::query::{Filter, Reader};
     ///
     /// let reader = Reader::new(pglogsink::TableName::parse("log")?);
     /// let now = SystemTime::now();

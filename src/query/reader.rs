@@ -78,7 +78,7 @@ impl LogRow {
 ///
 /// ```no_run
 /// # async fn demo(mut client: tokio_postgres::Client) -> Result<(), Box<dyn std::error::Error>> {
-/// use pglogsink::query::{Filter, Reader};
+/// use pglogsink::admin::query::{Filter, Reader};
 /// use pglogsink::{Level, TableName};
 ///
 /// let reader = Reader::new(TableName::parse("log")?).time_zone("Europe/Paris");

@@ -6,8 +6,8 @@
 use std::time::{Duration, Instant};
 
 use libtest_mimic::{Failed, Trial};
+use pglogsink::admin::query::{Filter, Reader};
 use pglogsink::deadpool_postgres::Pool;
-use pglogsink::query::{Filter, Reader};
 use pglogsink::tokio_postgres;
 use pglogsink::{CancellationToken, Level, Maintenance, Record, SinkConfig, TableName};
 

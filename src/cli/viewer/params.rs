@@ -6,7 +6,7 @@
 
 use std::time::SystemTime;
 
-use pglogsink::query::{FieldMatch, Filter, Reader, When, MAX_BUCKETS, WHEN_FORM};
+use pglogsink::admin::query::{FieldMatch, Filter, Reader, When, MAX_BUCKETS, WHEN_FORM};
 use pglogsink::Level;
 
 /// Rows per page when `limit` is not given.

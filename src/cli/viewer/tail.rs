@@ -16,7 +16,7 @@ use axum::extract::{RawQuery, State};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use futures_util::stream::{self, Stream};
-use pglogsink::query::{Follower, LogRow};
+use pglogsink::admin::query::{Follower, LogRow};
 use pglogsink::CancellationToken;
 
 use super::api::{bad_request, prepare, query_failed, RowJson, ViewerState};

@@ -7,4 +7,4 @@
 mod server;
 pub(crate) mod tls;
 
-pub(crate) use server::{serve, HttpArgs};
+pub(crate) use server::{bind, serve, HttpArgs};

@@ -78,6 +78,24 @@ fn parse_timeout(s: &str) -> Result<Seconds, String> {
     crate::cli::parse_seconds(s, false, 3_600.0).map(Seconds)
 }
 
+/// The listening socket, with room for 1,024 connections waiting to be
+/// accepted (the default of 128 overflows when hundreds of clients connect
+/// at once, and each connection dropped there waits a second for its SYN to
+/// be sent again).
+pub(crate) fn bind(addr: std::net::SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(BACKLOG)
+}
+
+/// Connections the kernel keeps waiting for `accept`.
+const BACKLOG: u32 = 1024;
+
 /// The server's limits, from [`HttpArgs`].
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct HttpLimits {

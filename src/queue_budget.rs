@@ -247,7 +247,6 @@ impl QueueReader {
     }
 }
 
-
 /// What a record adds to the queue's count as it enters: the memory it
 /// holds, and the bytes of its shared fields when no other queued record
 /// carries them.

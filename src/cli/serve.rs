@@ -21,7 +21,6 @@ use axum::routing::get;
 use axum::{Json, Router};
 use metrics_exporter_prometheus::PrometheusHandle;
 use pglogsink::{CancellationToken, Level, Logger, Record, Report};
-use tokio::net::TcpListener;
 use tokio_util::task::TaskTracker;
 
 use super::db::DatabaseArgs;
@@ -207,8 +206,7 @@ pub(crate) async fn run(args: ServeArgs) -> Result<ExitCode, Failure> {
     // Keys and certificate first: a refusal to start needs no database.
     let access = args.http.access(args.listen)?;
     // Bind next: a taken port should fail before a database is started.
-    let listener = TcpListener::bind(args.listen)
-        .await
+    let listener = super::http::bind(args.listen)
         .map_err(|e| format!("cannot listen on {}: {e}", args.listen))?;
     let metrics = super::metrics::install()?;
     let db = Database::open(&args.db, Mode::CreateIfMissing).await?;

@@ -31,6 +31,10 @@ pub fn trials() -> Vec<Trial> {
             hostile_bodies,
         ),
         Trial::test(
+            "pressure::records_that_grow_during_a_stall_move_to_the_spool_at_the_budget",
+            growing_records,
+        ),
+        Trial::test(
             "pressure::half_sent_requests_are_cut_off_and_healthz_answers_meanwhile",
             half_sent_requests,
         ),
@@ -247,6 +251,104 @@ fn hostile_bodies() -> Result<(), Failed> {
             check(Instant::now() < deadline, || format!("{rows} of 3000 rows"))?;
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
+    })
+}
+
+/// `serve --max-queue-bytes 16MiB --lock-timeout 30` while another session
+/// holds the Log table locked: small records first, then 256 KiB messages,
+/// 200 MiB of them in bodies of five. The queue is counted as it is, so it moves to the spool
+/// at the budget whatever the records' sizes (an average taken from the
+/// small ones once let it grow gigabytes past it); peak RSS stays within
+/// the budget plus 64 MiB, and once the lock goes every record answered 200
+/// is in the table once.
+fn growing_records() -> Result<(), Failed> {
+    let db = url()?;
+    let table = fresh_table("growing");
+    let t = table.to_string();
+    let budget = format!("{BUDGET_MIB}MiB");
+    let mut serve = Serve::start(
+        &["--database-url", &db, "--table", &t],
+        &["--max-queue-bytes", &budget, "--lock-timeout", "30"],
+    )?;
+    let small: String = (0..1000)
+        .map(|i| format!("{{\"message\":\"small {i}\",\"n\":{i}}}\n"))
+        .collect();
+    let big = "x".repeat(256 << 10);
+    let large: String = (0..5)
+        .map(|i| format!("{{\"message\":\"{big}\",\"n\":{i}}}\n"))
+        .collect();
+    let post = |body: &str| -> Result<u16, Failed> {
+        let response = http_raw(
+            &serve.addr,
+            "POST",
+            "/ingest/ndjson",
+            &[("Content-Type", "application/x-ndjson")],
+            body.as_bytes(),
+        )?;
+        status_of(&String::from_utf8_lossy(&response)).ok_or_else(|| "no status line".into())
+    };
+    let (accepted, spooled) = block_on(async {
+        let pool = crate::common::pool()?;
+        let mut client = pool.get().await?;
+        let tx = client.transaction().await?;
+        tx.batch_execute(&format!(
+            "LOCK TABLE {} IN ACCESS EXCLUSIVE MODE",
+            table.quoted()
+        ))
+        .await?;
+        // Small records until the writes count as stuck, then large ones.
+        let mut accepted = (0u64, 0u64);
+        for _ in 0..20 {
+            if post(&small)? == 200 {
+                accepted.0 += 1;
+            }
+            tokio::time::sleep(Duration::from_millis(300)).await;
+        }
+        for _ in 0..160 {
+            if post(&large)? == 200 {
+                accepted.1 += 1;
+            }
+        }
+        let (_, metrics) = http_get(&serve.addr, "/metrics")?;
+        let spooled = metric(&metrics, "pglogsink_records_spooled_total").unwrap_or(0);
+        tx.commit().await?;
+        Ok::<_, Failed>((accepted, spooled))
+    })?;
+    let peak_mib = peak_rss_kib(serve.pid()?)? / 1024;
+    eprintln!(
+        "    {} small and {} large bodies answered 200 while the table was locked; {spooled} \
+         records spooled meanwhile; peak RSS {peak_mib} MiB (budget {BUDGET_MIB} MiB)",
+        accepted.0, accepted.1
+    );
+    // A body that finds no room under the ceiling is answered 503 (and the
+    // queue moves to the spool for the next): most are taken.
+    check(accepted.1 >= 80 && spooled > 0, || {
+        format!("{accepted:?} bodies taken, {spooled} records spooled")
+    })?;
+    check(peak_mib <= BUDGET_MIB + 64, || {
+        format!("peak RSS {peak_mib} MiB with a budget of {BUDGET_MIB} MiB")
+    })?;
+    let expected = (accepted.0 * 1000 + accepted.1 * 5) as i64;
+    let counted = block_on(async {
+        let pool = crate::common::pool()?;
+        let client = pool.get().await?;
+        let deadline = Instant::now() + Duration::from_secs(120);
+        let sql = format!("SELECT count(*) FROM {}", table.quoted());
+        loop {
+            let rows: i64 = client.query_one(&sql, &[]).await?.get(0);
+            if rows >= expected || Instant::now() > deadline {
+                return Ok::<_, Failed>(rows);
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+    })?;
+    serve.signal("-INT")?;
+    let out = serve.wait()?;
+    check(counted == expected, || {
+        format!(
+            "expected {expected} rows, found {counted}: {}",
+            text(&out.stderr)
+        )
     })
 }
 

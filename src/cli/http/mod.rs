@@ -17,4 +17,4 @@ pub(crate) use api_keys::ApiKeys;
 pub(crate) use args::HttpArgs;
 pub(crate) use auth::{as_json, KeyGuard};
 pub(crate) use rejection::Rejection;
-pub(crate) use server::serve;
+pub(crate) use server::{bind, serve};

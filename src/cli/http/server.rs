@@ -27,6 +27,24 @@ use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+/// The listening socket, with room for 1,024 connections waiting to be
+/// accepted (the default of 128 overflows when hundreds of clients connect
+/// at once, and each connection dropped there waits a second for its SYN to
+/// be sent again).
+pub(crate) fn bind(addr: std::net::SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(BACKLOG)
+}
+
+/// Connections the kernel keeps waiting for `accept`.
+const BACKLOG: u32 = 1024;
+
 /// The server's limits (`--max-connections`, `--header-read-timeout`,
 /// `--max-tls-handshakes`).
 #[derive(Debug, Clone, Copy)]

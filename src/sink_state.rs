@@ -19,6 +19,7 @@ pub(crate) struct SinkState {
     /// The queue's bytes and budget; closed when intake stops (shutdown or
     /// fatal error).
     pub(crate) queue: Arc<QueueBudget>,
+    // The counters behind the fields of the same names in [`Stats`].
     pub(crate) received: AtomicU64,
     pub(crate) written: AtomicU64,
     pub(crate) batches: AtomicU64,
@@ -49,7 +50,9 @@ pub(crate) struct SinkState {
     pub(crate) oldest_unwritten_micros: AtomicI64,
     /// Set while the consumer is retrying a transient error.
     pub(crate) retrying: AtomicBool,
+    /// The last transient error, for readiness probes.
     pub(crate) last_error: Mutex<Option<String>>,
+    /// The error the sink stopped on, if it did.
     pub(crate) fatal: Mutex<Option<FatalError>>,
 }
 

@@ -48,9 +48,12 @@ pub(crate) struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub(crate) enum Command {
-    /// Run the demo web service; every request writes one log row with `Logger`, carrying its
-    /// request id. The `http` access line (status, duration) is stored as a row of its own only
-    /// for a 5xx answer, or for every request with PGLOGSINK_TABLE_FILTER=info,http=debug.
+    /// Run the service: the demo route (GET /recipes/N writes one log row with `Logger`, carrying
+    /// its request id), ingest of other services' logs (OTLP/HTTP at /v1/logs, NDJSON at
+    /// /ingest/ndjson), the web viewer of the Log table (/ and /api/...), /healthz, /readyz and
+    /// /metrics, and the table's maintenance on a timer. The `http` access line (status,
+    /// duration) is stored as a row of its own only for a 5xx answer, or for every request with
+    /// PGLOGSINK_TABLE_FILTER=info,http=debug.
     Serve(Box<serve::ServeArgs>),
     /// Fire concurrent requests at `serve`, report throughput and latency, optionally verify every row arrived.
     Load(load::LoadArgs),
@@ -60,7 +63,8 @@ pub(crate) enum Command {
     /// pglogsink's earlier, unpartitioned shape in place.
     Migrate(MigrateArgs),
     /// Keep the Log table in shape once: make partitions ahead, move rows out of the DEFAULT
-    /// partition, drop partitions past --retention. `serve` does the same on a timer.
+    /// partition, drop partitions past --retention, index and rewrite closed ones
+    /// (--search-index, --columnar-after, --keep-levels-after). `serve` does the same on a timer.
     Maintain(maintain::MaintainArgs),
 }
 

@@ -1,6 +1,7 @@
 //! Ingest over HTTP for services written in anything: OTLP/HTTP logs
 //! (`POST /v1/logs`) and newline-delimited JSON (`POST /ingest/ndjson`),
-//! decoded into [`Record`]s and handed to the same [`Logger`] as the
+//! decoded into [`Record`](pglogsink::Record)s and handed to the same
+//! [`Logger`](pglogsink::Logger) as the
 //! service's own lines, so they get the sink's guarantees (spool,
 //! exactly-once ledger, poison-row isolation).
 //!
@@ -10,7 +11,7 @@
 //! - 4xx: nothing was handed over. Bad input is named (line, field, limit).
 //! - 503 with `Retry-After`: the sink cannot take the records now, and took
 //!   none of them: a request's records are queued all together or not at
-//!   all ([`Handover`]), so a client that retries the whole body duplicates
+//!   all ([`Handover`](handover::Handover)), so a client that retries the whole body duplicates
 //!   nothing.
 //!
 //! A request's memory counts in the sink's queue budget from its first

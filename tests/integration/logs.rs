@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use libtest_mimic::{Failed, Trial};
 use pglogsink::TableName;
 
-use crate::common::{block_on, check, exit_within, fresh_table, pool, signal, url};
+use crate::common::{block_on, check, check_time, exit_within, fresh_table, pool, signal, url};
 
 const BIN: &str = env!("CARGO_BIN_EXE_pglogsink");
 
@@ -318,9 +318,11 @@ fn follow_prints_new_rows() -> Result<(), Failed> {
         let arrived = Instant::now();
         let id = next_id(Duration::from_secs(10))?;
         check(id == 8, || format!("followed row {id}, expected 8"))?;
-        check(arrived.elapsed() < Duration::from_secs(3), || {
-            format!("the new row took {:?}", arrived.elapsed())
-        })?;
+        check_time(
+            "logs --follow showing a new row",
+            arrived.elapsed(),
+            Duration::from_secs(3),
+        )?;
         insert(&table, "(now(), 'warn', 'app', 'later', 1, NULL)")?;
         let id = next_id(Duration::from_secs(10))?;
         check(id == 9, || format!("followed row {id}, expected 9"))?;

@@ -28,8 +28,8 @@ use super::db::{Database, Mode};
 use super::failure::Failure;
 use super::flag_values::Age;
 use super::flag_values::{parse_seconds, Seconds};
-use super::http::{HttpArgs, Rejection};
-use super::ingest::{BodyLimits, IngestArgs, IngestState};
+use super::http::{Access, HttpArgs, Rejection};
+use super::ingest::{IngestArgs, IngestState};
 use super::maintain::{ClosedPartitionsArgs, MaintenanceArgs};
 use super::request_span::{trace_request, RequestId};
 use super::signal::shutdown_signal;
@@ -223,57 +223,28 @@ pub(crate) async fn run(args: ServeArgs) -> Result<ExitCode, Failure> {
     if !args.no_log {
         super::diagnostics::write_events_to(logger.clone());
     }
+    let scheme = if access.tls.is_some() {
+        "https"
+    } else {
+        "http"
+    };
     tracing::info!(
-        "listening on {}://{}; logging to table {} in {}",
-        if access.tls.is_some() {
-            "https"
-        } else {
-            "http"
-        },
+        "listening on {scheme}://{}; logging to table {} in {}",
         args.listen,
         args.db.table,
         db.description
     );
-
-    // Every task of the service ends when the token is cancelled; shutdown
-    // waits for all of them before the database goes.
-    let tasks = TaskTracker::new();
-    tasks.spawn(super::maintain::on_timer(
-        db.pool.clone(),
-        args.db.table.clone(),
-        maintenance,
-        args.maintenance_interval.0,
-        token.clone(),
-    ));
-    tasks.spawn(super::metrics::upkeep(metrics.clone(), token.clone()));
+    let tasks = spawn_tasks(&args, &db.pool, maintenance, &metrics, &access, &token);
     // The private PostgreSQL, if we started it, is started again when it dies.
     let supervision = db.supervise(&token);
-    if let Some(keys) = access.keys.clone() {
-        tasks.spawn(keys.watch(token.clone()));
-    }
-    let signal_token = token.clone();
-    tasks.spawn(async move {
-        tokio::select! {
-            () = shutdown_signal() => {
-                tracing::info!("shutdown requested; finishing requests and draining the log queue");
-                signal_token.cancel();
-            }
-            // A fatal error stopped the service: no signal to wait for.
-            () = signal_token.cancelled() => {}
-        }
-    });
 
     let state = AppState {
-        ingest: IngestState {
-            logger: logger.clone(),
-            body: BodyLimits {
-                max_bytes: usize::try_from(args.ingest.max_body_bytes.0).unwrap_or(usize::MAX),
-                read_timeout: args.http.body_read_timeout.0,
-            },
-            max_records: args.ingest.max_records_per_request,
-            queue_budget: config.max_queue_bytes as u64,
-            keys: access.keys.clone(),
-        },
+        ingest: args.ingest.state(
+            logger.clone(),
+            args.http.body_read_timeout.0,
+            config.max_queue_bytes,
+            access.keys.clone(),
+        ),
         logger,
         log_requests: !args.no_log,
         pool: db.pool.clone(),
@@ -308,6 +279,44 @@ pub(crate) async fn run(args: ServeArgs) -> Result<ExitCode, Failure> {
     db.close();
     let code = print_report(&report);
     Ok(if cluster_ok { code } else { ExitCode::FAILURE })
+}
+
+/// The service's tasks beside the HTTP server: the maintenance timer, the
+/// metrics upkeep, the API keys' reload, and the signal listener that
+/// cancels `token`. Every one ends when `token` is cancelled; shutdown waits
+/// for all of them before the database goes.
+fn spawn_tasks(
+    args: &ServeArgs,
+    pool: &deadpool_postgres::Pool,
+    maintenance: pglogsink::Maintenance,
+    metrics: &PrometheusHandle,
+    access: &Access,
+    token: &CancellationToken,
+) -> TaskTracker {
+    let tasks = TaskTracker::new();
+    tasks.spawn(super::maintain::on_timer(
+        pool.clone(),
+        args.db.table.clone(),
+        maintenance,
+        args.maintenance_interval.0,
+        token.clone(),
+    ));
+    tasks.spawn(super::metrics::upkeep(metrics.clone(), token.clone()));
+    if let Some(keys) = access.keys.clone() {
+        tasks.spawn(keys.watch(token.clone()));
+    }
+    let signal_token = token.clone();
+    tasks.spawn(async move {
+        tokio::select! {
+            () = shutdown_signal() => {
+                tracing::info!("shutdown requested; finishing requests and draining the log queue");
+                signal_token.cancel();
+            }
+            // A fatal error stopped the service: no signal to wait for.
+            () = signal_token.cancelled() => {}
+        }
+    });
+    tasks
 }
 
 /// One line for the operator. Exit 0 only when every record is in the

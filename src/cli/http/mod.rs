@@ -14,7 +14,7 @@ mod server;
 mod tls;
 
 pub(crate) use api_keys::ApiKeys;
-pub(crate) use args::HttpArgs;
+pub(crate) use args::{Access, HttpArgs};
 pub(crate) use auth::{as_json, KeyGuard};
 pub(crate) use rejection::Rejection;
 pub(crate) use server::{bind, serve};

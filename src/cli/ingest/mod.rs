@@ -34,7 +34,7 @@ use axum::Router;
 
 use crate::cli::http::{as_json, KeyGuard};
 
-pub(crate) use settings::{BodyLimits, IngestArgs, IngestState};
+pub(crate) use settings::{IngestArgs, IngestState};
 
 /// The `WWW-Authenticate` challenge of the ingest endpoints' 401.
 const CHALLENGE: &str = "Bearer realm=\"pglogsink ingest\"";

@@ -25,6 +25,30 @@ pub(crate) struct IngestArgs {
     pub(crate) max_records_per_request: usize,
 }
 
+impl IngestArgs {
+    /// What the handlers share: these limits, `logger`'s sink and its
+    /// queue budget, bodies read within `body_read_timeout`, `keys` asked
+    /// for.
+    pub(crate) fn state(
+        &self,
+        logger: Logger,
+        body_read_timeout: std::time::Duration,
+        queue_budget: usize,
+        keys: Option<ApiKeys>,
+    ) -> IngestState {
+        IngestState {
+            logger,
+            body: BodyLimits {
+                max_bytes: usize::try_from(self.max_body_bytes.0).unwrap_or(usize::MAX),
+                read_timeout: body_read_timeout,
+            },
+            max_records: self.max_records_per_request,
+            queue_budget: queue_budget as u64,
+            keys,
+        }
+    }
+}
+
 fn parse_max_records(s: &str) -> Result<usize, String> {
     match s.parse::<usize>() {
         Ok(n) if (1..=10_000_000).contains(&n) => Ok(n),

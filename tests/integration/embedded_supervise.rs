@@ -12,7 +12,7 @@ use libtest_mimic::{Failed, Trial};
 use pglogsink::embedded::{EmbeddedPostgres, RestartPolicy};
 use pglogsink::CancellationToken;
 
-use crate::common::{block_on, check, signal, wait_until};
+use crate::common::{block_on, check, signal};
 use crate::service::{http_get, text, Serve, BIN};
 
 /// How long the killed cluster may take to answer again: a poll (1 s), the
@@ -54,13 +54,7 @@ fn killed_postmaster_in(dir: &Path) -> Result<(), Failed> {
         .stderr(Stdio::piped())
         .spawn()?;
     // Under load: the server is killed once the load's rows are arriving.
-    wait_until("rows written by the load", Duration::from_secs(30), || {
-        let (_, metrics) = http_get(&serve.addr, "/metrics")?;
-        Ok(
-            crate::limits::metric(&metrics, "pglogsink_records_written_total")
-                .is_some_and(|n| n > 0),
-        )
-    })?;
+    serve.wait_for_metric("pglogsink_records_written_total", 1)?;
     let killed = Instant::now();
     signal(first, "-KILL")?;
 

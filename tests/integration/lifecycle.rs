@@ -12,9 +12,8 @@ use pglogsink::tokio_postgres;
 use pglogsink::{CancellationToken, Level, Maintenance, Record, SinkConfig, TableName};
 
 use crate::common::{
-    async_trial, check, check_time, config, copy_lines, fresh_table, insert_one, pool, wait_until,
+    async_trial, check, check_time, config, copy_lines, fresh_table, insert_one, pool,
 };
-use crate::limits::metric;
 use crate::service::{http_get, Serve, BIN};
 
 const DAY: Duration = Duration::from_secs(86_400);
@@ -693,14 +692,9 @@ fn least_privilege() -> Result<(), Failed> {
     }
     // The run at start and at least two on the timer each fail for want of
     // privilege (counted every time, warned about once).
-    let failures = "pglogsink_maintenance_failures_total{reason=\"privilege\"}";
-    wait_until(
-        "three privilege failures counted",
-        Duration::from_secs(30),
-        || {
-            let (_, metrics) = http_get(&serve.addr, "/metrics")?;
-            Ok(metric(&metrics, failures).is_some_and(|n| n >= 3))
-        },
+    serve.wait_for_metric(
+        "pglogsink_maintenance_failures_total{reason=\"privilege\"}",
+        3,
     )?;
     serve.signal("-INT")?;
     let out = serve.wait()?;

@@ -144,6 +144,19 @@ impl Serve {
         format!("http://{}", self.addr)
     }
 
+    /// Wait (at most 30 s) until its `/metrics` shows the counter `name`
+    /// (with its labels) at `at_least` or more: the signal a test acts on.
+    pub(crate) fn wait_for_metric(&self, name: &str, at_least: u64) -> Result<(), Failed> {
+        wait_until(
+            &format!("{name} >= {at_least}"),
+            Duration::from_secs(30),
+            || {
+                let (_, metrics) = http_get(&self.addr, "/metrics")?;
+                Ok(crate::limits::metric(&metrics, name).is_some_and(|n| n >= at_least))
+            },
+        )
+    }
+
     pub(crate) fn pid(&self) -> Result<u32, Failed> {
         Ok(self.child.as_ref().ok_or("not running")?.id())
     }
@@ -373,13 +386,7 @@ fn dropping_the_table_stops_the_service() -> Result<(), Failed> {
         .stderr(Stdio::null())
         .spawn()?;
     // Under load: the table is dropped once the load's rows are arriving.
-    wait_until("rows written by the load", Duration::from_secs(30), || {
-        let (_, metrics) = http_get(&serve.addr, "/metrics")?;
-        Ok(
-            crate::limits::metric(&metrics, "pglogsink_records_written_total")
-                .is_some_and(|n| n > 0),
-        )
-    })?;
+    serve.wait_for_metric("pglogsink_records_written_total", 1)?;
     drop_table(&db, &table)?;
     let dropped = Instant::now();
     let out = serve.wait();

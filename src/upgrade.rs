@@ -24,7 +24,7 @@ use crate::maintain::Maintenance;
 use crate::micros::now_unix_micros;
 use crate::partitions::{id_sequence, sql_timestamp, utc_text, Shape};
 use crate::schema::{create_missing, drop_if_invalid, schema_script, table_shape};
-use crate::table::TableName;
+use crate::table::{quote_identifier, TableName};
 use crate::Error;
 
 /// What [`upgrade`] did.
@@ -140,10 +140,12 @@ async fn prepare_old_table(
             target: "pglogsink::maintain",
             "upgrading {table}: building index {index} concurrently (writers go on)"
         );
+        // The index's name alone: CREATE INDEX takes no schema (the index
+        // goes in its table's schema).
         client
             .batch_execute(&format!(
                 "CREATE INDEX CONCURRENTLY IF NOT EXISTS {} ON {old} {definition}",
-                quoted_name(&index)
+                quote_identifier(index.name())
             ))
             .await?;
     }
@@ -199,12 +201,6 @@ async fn undo_prepare(
 /// Where rows stamped past the bound wait during an upgrade.
 fn hold_table(table: &TableName) -> String {
     table.sibling("_upgrade_hold").quoted()
-}
-
-/// The index's name alone, quoted (CREATE INDEX takes no schema: the index
-/// goes in its table's schema).
-fn quoted_name(index: &TableName) -> String {
-    format!("\"{}\"", index.name())
 }
 
 /// Step 2: the swap, in one transaction. Returns the old table's estimated

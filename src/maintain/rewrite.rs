@@ -46,7 +46,7 @@ use super::settings::Maintenance;
 use super::{columnar, keep_levels};
 use crate::micros::duration_micros;
 use crate::partitions::{self, sql_timestamp, Partition};
-use crate::table::TableName;
+use crate::table::{quote_identifier, TableName};
 use crate::{Error, Level};
 
 /// How long the swap may wait for its lock on the Log table: writers queue
@@ -662,10 +662,6 @@ async fn index_names_by_parent(
         )
         .await?;
     Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
-}
-
-fn quote_identifier(name: &str) -> String {
-    format!("\"{}\"", name.replace('"', "\"\""))
 }
 
 /// `name`, in the schema of `beside`.

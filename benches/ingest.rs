@@ -177,9 +177,13 @@ fn run(
     let config = pglogsink::parse_url(url)?;
     let pool = pglogsink::pool(config, pglogsink::DEFAULT_POOL_SIZE)?;
     runtime.block_on(pglogsink::migrate(&pool, local_table))?;
+    // Throughput, not backpressure: the queue takes every record (past a
+    // budget the excess would be handed back, and answered 503 over HTTP;
+    // benches/pressure.sh measures that).
     let sink_config = SinkConfig {
         table: local_table.to_string(),
         spool_dir: Some(scratch_dir().join("local-spool")),
+        max_queue_bytes: QUEUE_BYTES,
         ..SinkConfig::default()
     };
     let (logger, worker) = runtime.block_on(async {
@@ -374,6 +378,9 @@ struct Serve {
     stderr: PathBuf,
 }
 
+/// The queue budget of both sinks: room for every record of a round.
+const QUEUE_BYTES: usize = 4 << 30;
+
 impl Serve {
     fn start(url: &str, table: &TableName) -> Result<Serve, Fail> {
         let addr = TcpListener::bind((Ipv4Addr::LOCALHOST, 0))?.local_addr()?;
@@ -383,6 +390,7 @@ impl Serve {
         let child = Command::new(BIN)
             .args(["serve", "--listen", &addr.to_string()])
             .args(["--table", &table.to_string()])
+            .args(["--max-queue-bytes", &QUEUE_BYTES.to_string()])
             .arg("--data-dir")
             .arg(&state)
             .env("DATABASE_URL", url)

@@ -48,6 +48,10 @@ pub fn trials() -> Vec<Trial> {
             "citus::a_worker_killed_under_load_loses_and_doubles_nothing",
             killed_worker,
         ),
+        Trial::test(
+            "citus::closed_days_convert_to_columnar_on_the_workers_and_still_answer",
+            columnar_days,
+        ),
     ]
     .into_iter()
     .map(|trial| citus.gate(trial))
@@ -395,6 +399,104 @@ fn maintain_partitions() -> Result<(), Failed> {
         check(moved == 1 && in_default == 0 && all == 1, || {
             format!("ahead in its partition {moved}, in DEFAULT {in_default}, rows {all}")
         })
+    })
+}
+
+/// `maintain --columnar-after 1d` on a distributed Log table with three
+/// closed days: every shard of those days on the workers becomes columnar,
+/// `--request-id` and `--trace-id` still find their rows there, and a
+/// second run changes nothing.
+fn columnar_days() -> Result<(), Failed> {
+    let url = coordinator_url()?;
+    let table = fresh_table("citus_columnar");
+    let name = table.to_string();
+    let pool = pool_for(&url, 2)?;
+    let days: Vec<String> = block_on_value(async {
+        pglogsink::distribute(&pool, &table, &Default::default()).await?;
+        let mut days = Vec::new();
+        for ago in 2..=4u64 {
+            let base = SystemTime::now() - Duration::from_secs(ago * 86_400);
+            let day: String = one_row(
+                &pool,
+                &format!("SELECT to_char(now() AT TIME ZONE 'UTC' - interval '{ago} days', 'YYYYMMDD')"),
+            )
+            .await?
+            .get(0);
+            pool.get()
+                .await?
+                .batch_execute(&format!(
+                    "CREATE TABLE IF NOT EXISTS {t}_p{day} PARTITION OF {t} FOR VALUES FROM \
+                     ('{d} 00:00:00+00') TO ('{d} 00:00:00+00'::timestamptz + interval '1 day')",
+                    t = table,
+                    d = format!("{}-{}-{}", &day[..4], &day[4..6], &day[6..])
+                ))
+                .await?;
+            write_rows(&pool, &table, base, ago * 1000..ago * 1000 + 300).await?;
+            days.push(day);
+        }
+        Ok(days)
+    })?;
+    let maintain = || {
+        run(&[
+            "maintain",
+            "--database-url",
+            &url,
+            "--table",
+            &name,
+            "--columnar-after",
+            "1d",
+        ])
+    };
+    let out = maintain()?;
+    let said = text(&out.stdout);
+    check(out.status.success(), || {
+        format!("maintain --columnar-after: {said}{}", text(&out.stderr))
+    })?;
+    let columnar_shards = block_on_value(async {
+        let mut counts = Vec::new();
+        for day in &days {
+            let row = one_row(
+                &pool,
+                &format!(
+                    "SELECT count(*) FILTER (WHERE result = 't'), count(*) FROM \
+                     run_command_on_placements('{table}_p{day}', $$SELECT \
+                     (SELECT amname FROM pg_am a JOIN pg_class c ON c.relam = a.oid \
+                      WHERE c.oid = '%s'::regclass) = 'columnar'$$)"
+                ),
+            )
+            .await?;
+            counts.push((row.get::<_, i64>(0), row.get::<_, i64>(1)));
+        }
+        Ok(counts)
+    })?;
+    eprintln!("    columnar placements per closed day (columnar, all): {columnar_shards:?}");
+    check(
+        columnar_shards.iter().all(|&(columnar, all)| all > 0 && columnar == all),
+        || format!("not every placement is columnar: {columnar_shards:?}; maintain said {said}"),
+    )?;
+    let written = || (2..=4u64).flat_map(|ago| ago * 1000..ago * 1000 + 300);
+    let by_request = written().filter(|i| i % 25 == 7).count();
+    let by_trace = written().filter(|i| i % 11 == 3).count();
+    for (flag, value, expected) in [
+        ("--request-id", "req-7".to_owned(), by_request),
+        ("--trace-id", trace_id(3), by_trace),
+    ] {
+        let started = Instant::now();
+        let out = Command::new(BIN)
+            .args(["logs", "--json", "--limit", "1000", "--database-url", &url, "--table", &name])
+            .args([flag, value.as_str()])
+            .env_remove("DATABASE_URL")
+            .output()?;
+        let rows = text(&out.stdout).lines().count();
+        eprintln!("    logs {flag} on converted days: {rows} rows in {:?}", started.elapsed());
+        check(rows == expected, || {
+            format!("logs {flag} {value}: {rows} rows, expected {expected}: {}", text(&out.stderr))
+        })?;
+    }
+    let again = maintain()?;
+    let said = text(&again.stdout);
+    check(again.status.success() && !said.contains("columnar"), || {
+        format!("a second run changed something: {said}")
     })
 }
 

@@ -2,7 +2,7 @@
 //! and a unit (`30s`, `15m`, `2h`, `7d`), or several (`1h30m`). Ages for
 //! `logs --since`, `--retention`, `--max-age`, `--keep-levels-after` and
 //! the maintenance interval. (Flags that take plain seconds, such as
-//! `--shutdown-timeout 2.5`, are read by the binary's `cli/seconds.rs`.)
+//! `--shutdown-timeout 2.5`, are read by the binary's `cli/flag_values.rs`.)
 
 use std::time::Duration;
 

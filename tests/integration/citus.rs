@@ -418,9 +418,7 @@ fn columnar_days() -> Result<(), Failed> {
             let base = SystemTime::now() - Duration::from_secs(ago * 86_400);
             let day: String = one_row(
                 &pool,
-                &format!(
-                    "SELECT to_char(now() AT TIME ZONE 'UTC' - interval '{ago} days', 'YYYYMMDD')"
-                ),
+                &format!("SELECT to_char(now() AT TIME ZONE 'UTC' - interval '{ago} days', 'YYYYMMDD')"),
             )
             .await?
             .get(0);
@@ -473,9 +471,7 @@ fn columnar_days() -> Result<(), Failed> {
     })?;
     eprintln!("    columnar placements per closed day (columnar, all): {columnar_shards:?}");
     check(
-        columnar_shards
-            .iter()
-            .all(|&(columnar, all)| all > 0 && columnar == all),
+        columnar_shards.iter().all(|&(columnar, all)| all > 0 && columnar == all),
         || format!("not every placement is columnar: {columnar_shards:?}; maintain said {said}"),
     )?;
     let written = || (2..=4u64).flat_map(|ago| ago * 1000..ago * 1000 + 300);
@@ -487,29 +483,14 @@ fn columnar_days() -> Result<(), Failed> {
     ] {
         let started = Instant::now();
         let out = Command::new(BIN)
-            .args([
-                "logs",
-                "--json",
-                "--limit",
-                "1000",
-                "--database-url",
-                &url,
-                "--table",
-                &name,
-            ])
+            .args(["logs", "--json", "--limit", "1000", "--database-url", &url, "--table", &name])
             .args([flag, value.as_str()])
             .env_remove("DATABASE_URL")
             .output()?;
         let rows = text(&out.stdout).lines().count();
-        eprintln!(
-            "    logs {flag} on converted days: {rows} rows in {:?}",
-            started.elapsed()
-        );
+        eprintln!("    logs {flag} on converted days: {rows} rows in {:?}", started.elapsed());
         check(rows == expected, || {
-            format!(
-                "logs {flag} {value}: {rows} rows, expected {expected}: {}",
-                text(&out.stderr)
-            )
+            format!("logs {flag} {value}: {rows} rows, expected {expected}: {}", text(&out.stderr))
         })?;
     }
     let again = maintain()?;

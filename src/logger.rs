@@ -168,7 +168,7 @@ impl Logger {
     pub fn send(&self, mut record: Record) -> Result<(), SendError> {
         self.stamp(&mut record);
         let queue = &self.shared.queue;
-        if let Err(refusal) = queue.admit(bytes_in(&record), 0) {
+        if let Err(refusal) = queue.admit(bytes_in(&mut record), 0) {
             queue.taken(bytes_out(&record));
             self.shared.count_refused(refusal, 1);
             return Err(SendError::new(refusal, record));
@@ -308,7 +308,7 @@ impl Batch<'_> {
     pub fn push(&mut self, mut record: Record) -> Result<(), SendError<Vec<Record>>> {
         self.logger.stamp(&mut record);
         let shared = &self.logger.shared;
-        let cost = bytes_in(&record);
+        let cost = bytes_in(&mut record);
         match shared.queue.admit(cost, self.bytes) {
             Ok(()) => {
                 self.bytes += cost;

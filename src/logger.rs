@@ -170,7 +170,7 @@ impl Logger {
     pub fn send(&self, mut record: Record) -> Result<(), SendError> {
         self.stamp(&mut record);
         let queue = &self.state.queue;
-        if let Err(refusal) = queue.admit(bytes_in(&record), 0) {
+        if let Err(refusal) = queue.admit(bytes_in(&mut record), 0) {
             queue.release(bytes_out(&record));
             self.state.count_refused(refusal, 1);
             return Err(SendError::new(refusal, record));
@@ -310,7 +310,7 @@ impl Batch<'_> {
     pub fn push(&mut self, mut record: Record) -> Result<(), SendError<Vec<Record>>> {
         self.logger.stamp(&mut record);
         let state = &self.logger.state;
-        let cost = bytes_in(&record);
+        let cost = bytes_in(&mut record);
         match state.queue.admit(cost, self.bytes) {
             Ok(()) => {
                 self.bytes += cost;

@@ -248,16 +248,19 @@ impl QueueReader {
 }
 
 /// What a record adds to the queue's count as it enters: the memory it
-/// holds, and the bytes of its shared fields when no other queued record
+/// holds (kept in the record, so that leaving costs no second look at its
+/// fields), and the bytes of its shared fields when no other queued record
 /// carries them.
 #[inline]
-pub(crate) fn bytes_in(record: &Record) -> u64 {
+pub(crate) fn bytes_in(record: &mut Record) -> u64 {
+    let own = u32::try_from(own_bytes(record)).unwrap_or(u32::MAX);
+    record.queued_bytes = own;
     let shared = record
         .shared
         .as_ref()
         .filter(|s| s.enter_queue())
         .map_or(0, |s| s.heap_bytes());
-    (own_bytes(record) + shared) as u64
+    u64::from(own) + shared as u64
 }
 
 /// What a record subtracts as it leaves: the same, its shared fields'
@@ -269,7 +272,7 @@ pub(crate) fn bytes_out(record: &Record) -> u64 {
         .as_ref()
         .filter(|s| s.leave_queue())
         .map_or(0, |s| s.heap_bytes());
-    (own_bytes(record) + shared) as u64
+    u64::from(record.queued_bytes) + shared as u64
 }
 
 /// What a record costs in memory while it waits in the queue: its slot in
@@ -354,12 +357,12 @@ mod tests {
     #[test]
     fn shared_fields_count_once_while_any_record_carrying_them_is_queued() {
         let shared = SharedFields::new(vec![("service.name".into(), "x".repeat(1000).into())]);
-        let records: Vec<Record> = (0..3)
+        let mut records: Vec<Record> = (0..3)
             .map(|_| Record::new(Level::Info, "m").shared_fields(shared.clone()))
             .collect();
         let own = own_bytes(&records[0]) as u64;
         let heap = shared.heap_bytes() as u64;
-        let ins: Vec<u64> = records.iter().map(bytes_in).collect();
+        let ins: Vec<u64> = records.iter_mut().map(bytes_in).collect();
         assert_eq!(ins, [own + heap, own, own]);
         let outs: Vec<u64> = records.iter().map(bytes_out).collect();
         assert_eq!(outs, [own, own, own + heap]);
@@ -370,8 +373,8 @@ mod tests {
         let budget = Arc::new(QueueBudget::new(64 << 20));
         let (tx, rx) = flume::unbounded();
         for _ in 0..n {
-            let record = Record::new(Level::Info, "m").shared_fields(shared.clone());
-            budget.admit(bytes_in(&record), 0).unwrap();
+            let mut record = Record::new(Level::Info, "m").shared_fields(shared.clone());
+            budget.admit(bytes_in(&mut record), 0).unwrap();
             tx.send(record).unwrap();
         }
         QueueReader::new(rx, budget, 16_384, 1 << 20)

@@ -38,6 +38,9 @@ pub struct Record {
     pub(crate) fields: Fields,
     /// Fields shared with other records, written before its own.
     pub(crate) shared: Option<SharedFields>,
+    /// The bytes it was counted at when it entered the sink's queue (it
+    /// fits in the padding after `level`: the record is no larger).
+    pub(crate) queued_bytes: u32,
 }
 
 impl Record {
@@ -52,6 +55,7 @@ impl Record {
             message: message.into(),
             fields: Fields::new(),
             shared: None,
+            queued_bytes: 0,
         }
     }
 
@@ -196,6 +200,14 @@ mod tests {
         for level in Level::ALL {
             assert_eq!(level.as_str().parse::<Level>(), Ok(level));
         }
+    }
+
+    /// 112 bytes on 64-bit targets: the shared fields added 8 (a pointer)
+    /// and the queued size fits in the padding after `level`.
+    #[test]
+    #[cfg(target_pointer_width = "64")]
+    fn a_record_is_112_bytes() {
+        assert_eq!(std::mem::size_of::<Record>(), 112);
     }
 
     #[test]

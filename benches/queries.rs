@@ -9,7 +9,7 @@
 //! (one partition per day, made by `pglogsink::Maintenance`; 0.1% errors,
 //! 1% warnings, two rows per request id, a rare word in 0.01% of the
 //! messages), VACUUM ANALYZEs it, then times each query `--runs` times
-//! through `pglogsink::query::Reader`, exactly as `logs` sends it (its
+//! through `pglogsink::admin::query::Reader`, exactly as `logs` sends it (its
 //! transaction, its time windows), and prints the median and the slowest.
 //! Last, every query once more under `auto_explain`, whose plans
 //! (`EXPLAIN (ANALYZE, BUFFERS)` of each statement) are printed.
@@ -31,8 +31,8 @@ use std::process::ExitCode;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
+use pglogsink::admin::query::{FieldMatch, Filter, Reader, TimeFormat};
 use pglogsink::embedded::EmbeddedPostgres;
-use pglogsink::query::{FieldMatch, Filter, Reader, TimeFormat};
 use pglogsink::tokio_postgres::{self, AsyncMessage, Client, NoTls};
 use pglogsink::{Level, Maintenance, MaintenanceReport, TableName};
 

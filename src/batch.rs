@@ -9,7 +9,7 @@ use bytes::Bytes;
 use crate::copy_format::{copy_stream_of, row_offsets, CopyEncoder, MalformedCopy, HEADER_LEN};
 use crate::ledger::{BatchKey, KeySource};
 use crate::record::Record;
-use crate::stats::Shared;
+use crate::sink_state::SinkState;
 
 /// Rows in binary COPY format (header, rows, trailer) with the offset of each
 /// row, so that the batch can be split without decoding it.
@@ -78,18 +78,18 @@ impl EncodedBatch {
 pub(crate) struct BatchEncoder {
     copy: CopyEncoder,
     keys: KeySource,
-    shared: Arc<Shared>,
+    state: Arc<SinkState>,
 }
 
 impl BatchEncoder {
-    pub(crate) fn new(copy: CopyEncoder, keys: KeySource, shared: Arc<Shared>) -> BatchEncoder {
-        BatchEncoder { copy, keys, shared }
+    pub(crate) fn new(copy: CopyEncoder, keys: KeySource, state: Arc<SinkState>) -> BatchEncoder {
+        BatchEncoder { copy, keys, state }
     }
 
     pub(crate) fn encode(&mut self, records: &[Record]) -> EncodedBatch {
         let (data, offsets, stats) = self.copy.encode(records);
-        Shared::add(&self.shared.nul_replaced, stats.nul_replaced);
-        Shared::add(&self.shared.truncated, stats.truncated);
+        SinkState::add(&self.state.nul_replaced, stats.nul_replaced);
+        SinkState::add(&self.state.truncated, stats.truncated);
         EncodedBatch::new(self.keys.next(), data, offsets)
     }
 }
@@ -98,15 +98,15 @@ impl BatchEncoder {
 mod tests {
     use super::*;
     use crate::copy_format::row_to_json;
-    use crate::record::Level;
+    use crate::level::Level;
 
     #[test]
     fn sub_batches_split_rows_and_carry_stable_keys() {
         let records: Vec<Record> = (0..5)
             .map(|i| Record::new(Level::Info, format!("m{i}")))
             .collect();
-        let shared = Arc::new(Shared::new(crate::DEFAULT_MAX_QUEUE_BYTES));
-        let mut encoder = BatchEncoder::new(CopyEncoder::new(1 << 20), KeySource::new(1), shared);
+        let state = Arc::new(SinkState::new(crate::DEFAULT_MAX_QUEUE_BYTES));
+        let mut encoder = BatchEncoder::new(CopyEncoder::new(1 << 20), KeySource::new(1), state);
         let batch = encoder.encode(&records);
         let right = batch.sub_batch(2..5);
         assert_eq!(right.rows(), 3);

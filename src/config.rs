@@ -134,67 +134,38 @@ impl SinkConfig {
     /// Check every setting; the error names the option and what it accepts.
     pub fn validate(&self) -> Result<(), Error> {
         self.table_name().map(|_| ())?;
-        if !(1..=MAX_BATCH_SIZE).contains(&self.batch_size) {
-            return Err(Error::config(
-                "batch size",
-                format!(
-                    "{} is out of range: use a whole number from 1 to {MAX_BATCH_SIZE}",
-                    self.batch_size
-                ),
-            ));
-        }
-        if self.max_queue_bytes < 1024 * 1024 {
-            return Err(Error::config(
-                "max queue bytes",
-                format!(
-                    "{} is too small: use at least 1048576 (1 MiB)",
-                    self.max_queue_bytes
-                ),
-            ));
-        }
-        if !(1024..=256 * 1024 * 1024).contains(&self.max_record_bytes) {
-            return Err(Error::config(
-                "max record bytes",
-                format!(
-                    "{} is out of range: use 1024 (1 KiB) to 268435456 (256 MiB)",
-                    self.max_record_bytes
-                ),
-            ));
-        }
+        let rule = |option: &'static str, checked: Result<(), String>| {
+            checked.map_err(|message| Error::config(option, message))
+        };
+        rule("batch size", check_batch_size(self.batch_size))?;
+        rule(
+            "max queue bytes",
+            check_max_queue_bytes(self.max_queue_bytes),
+        )?;
+        rule(
+            "max record bytes",
+            check_max_record_bytes(self.max_record_bytes),
+        )?;
         if self.ledger_retention < Duration::from_secs(60) {
             return Err(Error::config(
                 "ledger retention",
                 "keep the ledger for at least 60 seconds",
             ));
         }
-        if !(1..=MAX_COPIES_IN_FLIGHT).contains(&self.copies_in_flight) {
-            return Err(Error::config(
-                "copies in flight",
-                format!(
-                    "{} is out of range: use a whole number from 1 to {MAX_COPIES_IN_FLIGHT}",
-                    self.copies_in_flight
-                ),
-            ));
-        }
-        if self.max_spool_bytes < 1024 * 1024 {
-            return Err(Error::config(
-                "max spool bytes",
-                format!(
-                    "{} is too small: use at least 1048576 (1 MiB)",
-                    self.max_spool_bytes
-                ),
-            ));
-        }
-        if self.write_timeout < Duration::from_secs(1) {
-            return Err(Error::config(
-                "write timeout",
-                "use at least 1 second: a large batch takes a while to COPY",
-            ));
-        }
-        if self.lock_timeout < Duration::from_millis(10) || self.lock_timeout > self.write_timeout {
+        rule(
+            "copies in flight",
+            check_copies_in_flight(self.copies_in_flight),
+        )?;
+        rule(
+            "max spool bytes",
+            check_max_spool_bytes(self.max_spool_bytes),
+        )?;
+        rule("write timeout", check_write_timeout(self.write_timeout))?;
+        rule("lock timeout", check_lock_timeout(self.lock_timeout))?;
+        if self.lock_timeout > self.write_timeout {
             return Err(Error::config(
                 "lock timeout",
-                "use at least 10 ms and at most the write timeout",
+                "use at most the write timeout",
             ));
         }
         if self.retry_initial.is_zero() || self.retry_max < self.retry_initial {
@@ -208,6 +179,76 @@ impl SinkConfig {
 
     pub(crate) fn table_name(&self) -> Result<TableName, Error> {
         TableName::parse(&self.table)
+    }
+}
+
+// The rule of each setting that the binary also takes as a flag, one
+// function a setting: `SinkConfig::validate` applies them, and the flags
+// check their values with the same functions (`pglogsink::admin::settings`),
+// so that a flag and a field accept the same and say so the same way. Each
+// error says what the setting accepts.
+
+/// [`SinkConfig::batch_size`]: 1 to [`MAX_BATCH_SIZE`].
+pub fn check_batch_size(n: usize) -> Result<(), String> {
+    check(
+        (1..=MAX_BATCH_SIZE).contains(&n),
+        format!("{n} is out of range: use a whole number from 1 to {MAX_BATCH_SIZE}"),
+    )
+}
+
+/// [`SinkConfig::copies_in_flight`]: 1 to [`MAX_COPIES_IN_FLIGHT`].
+pub fn check_copies_in_flight(n: usize) -> Result<(), String> {
+    check(
+        (1..=MAX_COPIES_IN_FLIGHT).contains(&n),
+        format!("{n} is out of range: use a whole number from 1 to {MAX_COPIES_IN_FLIGHT}"),
+    )
+}
+
+/// [`SinkConfig::max_queue_bytes`]: at least 1 MiB.
+pub fn check_max_queue_bytes(n: usize) -> Result<(), String> {
+    check(n >= MIB, format!("{n} is too small: use at least 1MiB"))
+}
+
+/// [`SinkConfig::max_spool_bytes`]: at least 1 MiB.
+pub fn check_max_spool_bytes(n: u64) -> Result<(), String> {
+    check(
+        n >= MIB as u64,
+        format!("{n} is too small: use at least 1MiB"),
+    )
+}
+
+/// [`SinkConfig::max_record_bytes`]: 1 KiB to 256 MiB.
+pub fn check_max_record_bytes(n: usize) -> Result<(), String> {
+    check(
+        (1024..=256 * MIB).contains(&n),
+        format!("{n} is out of range: use 1KiB to 256MiB"),
+    )
+}
+
+/// [`SinkConfig::write_timeout`]: at least a second.
+pub fn check_write_timeout(d: Duration) -> Result<(), String> {
+    check(
+        d >= Duration::from_secs(1),
+        "use at least 1 second: a large batch takes a while to COPY".to_owned(),
+    )
+}
+
+/// [`SinkConfig::lock_timeout`]: at least 10 ms (and, checked with the
+/// other settings, at most the write timeout).
+pub fn check_lock_timeout(d: Duration) -> Result<(), String> {
+    check(
+        d >= Duration::from_millis(10),
+        "use at least 10 ms".to_owned(),
+    )
+}
+
+const MIB: usize = 1024 * 1024;
+
+fn check(ok: bool, otherwise: String) -> Result<(), String> {
+    if ok {
+        Ok(())
+    } else {
+        Err(otherwise)
     }
 }
 

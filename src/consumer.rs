@@ -6,7 +6,7 @@
 //! write hangs on a lock or a dead network path.
 //!
 //! Delivery (retry, bisection, fatal stops) is in [`crate::delivery`]; the
-//! budget's decisions, the spool and replay are in [`crate::spill`]; the
+//! budget's decisions, the spool and replay are in [`crate::overflow`]; the
 //! queue's byte count in [`crate::queue_budget`].
 
 use std::sync::atomic::Ordering;
@@ -22,13 +22,14 @@ use crate::config::SinkConfig;
 use crate::copy_format::CopyEncoder;
 use crate::delivery::{Delivery, Source, Stop};
 use crate::ledger::{random_instance, KeySource};
+use crate::micros::unix_micros;
+use crate::overflow::Overflow;
 use crate::queue_budget::QueueReader;
-use crate::record::{unix_micros, Record};
+use crate::record::Record;
 use crate::rejected::DeadLetter;
 use crate::report::Report;
-use crate::spill::Spill;
+use crate::sink_state::SinkState;
 use crate::spool::Spool;
-use crate::stats::Shared;
 use crate::writer::Writer;
 
 /// How often the queue's budget is looked at while a batch is being
@@ -64,7 +65,7 @@ pub(crate) struct Tokens {
 }
 
 pub(crate) struct Consumer<W> {
-    intake: Intake,
+    queue_side: QueueSide,
     delivery: Delivery<W>,
     /// Most batches being written at once, each on a connection of its own.
     copies: usize,
@@ -73,17 +74,17 @@ pub(crate) struct Consumer<W> {
 }
 
 /// The queue's side: taking records, encoding them, keeping the budget.
-struct Intake {
+struct QueueSide {
     reader: QueueReader,
     stop: CancellationToken,
     encoder: BatchEncoder,
-    spill: Spill,
+    overflow: Overflow,
     progress: Progress,
-    shared: Arc<Shared>,
+    state: Arc<SinkState>,
 }
 
 /// Why writing from the queue ended.
-enum Flow {
+enum WritingEnded {
     /// Shutdown was asked for and the queue is empty.
     Drained,
     /// Delivery stopped (fatal error, deadline).
@@ -98,14 +99,14 @@ impl<W: Writer> Consumer<W> {
         rx: flume::Receiver<Record>,
         config: &SinkConfig,
         spool: Option<Spool>,
-        shared: Arc<Shared>,
+        state: Arc<SinkState>,
         tokens: Tokens,
     ) -> Consumer<W> {
         let keys = KeySource::new(random_instance());
         let delivery = Delivery {
             writer,
             retry: (config.retry_initial, config.retry_max),
-            shared: shared.clone(),
+            state: state.clone(),
             table: config
                 .table_name()
                 .map_or_else(|_| config.table.clone(), |t| t.to_string()),
@@ -114,10 +115,10 @@ impl<W: Writer> Consumer<W> {
             abort: tokens.abort,
             dead_letter: spool.as_ref().map(|s| DeadLetter::in_dir(s.dir())),
         };
-        let intake = Intake {
+        let queue_side = QueueSide {
             reader: QueueReader::new(
                 rx,
-                shared.queue.clone(),
+                state.queue.clone(),
                 config.batch_size,
                 config.max_record_bytes,
             ),
@@ -125,14 +126,14 @@ impl<W: Writer> Consumer<W> {
             encoder: BatchEncoder::new(
                 CopyEncoder::new(config.max_record_bytes),
                 keys,
-                shared.clone(),
+                state.clone(),
             ),
-            spill: Spill::new(spool, shared.clone()),
+            overflow: Overflow::new(spool, state.clone()),
             progress: Progress::default(),
-            shared,
+            state,
         };
         Consumer {
-            intake,
+            queue_side,
             delivery,
             copies: config.copies_in_flight,
             ledger_retention: config.ledger_retention,
@@ -142,34 +143,35 @@ impl<W: Writer> Consumer<W> {
 
     pub(crate) async fn run(mut self) -> Report {
         loop {
-            if let Some(segment) = self.intake.spill.next_segment() {
+            if let Some(segment) = self.queue_side.overflow.next_segment() {
                 match self.replay(segment).await {
                     Ok(()) => continue,
                     Err(_stopped) => break,
                 }
             }
             match self.write_from_queue().await {
-                Flow::Replay => continue,
-                Flow::Drained | Flow::Stopped => break,
+                WritingEnded::Replay => continue,
+                WritingEnded::Drained | WritingEnded::Stopped => break,
             }
         }
         // Drained, or stopped (fatal error, deadline): the queue closes, and
         // whatever is still in it, or on its way in, goes to the spool or
         // is counted lost.
-        let intake = &mut self.intake;
+        let queue_side = &mut self.queue_side;
         let mut spilled = 0;
-        intake
+        queue_side
             .reader
             .drain_closed(LAST_DRAIN_PATIENCE, |records| {
                 spilled += records.len() as u64;
-                intake.spill.spill_batch(&records, &mut intake.encoder);
+                queue_side
+                    .overflow
+                    .spill_batch(&records, &mut queue_side.encoder);
             })
             .await;
-        intake.spill.spilled_at_the_end(spilled);
-        intake.shared.retrying.store(false, Ordering::Relaxed);
-        Report::from_shared(
-            &intake.shared,
-            intake.spill.spool_dir().map(ToOwned::to_owned),
+        queue_side.overflow.spilled_at_the_end(spilled);
+        queue_side.state.retrying.store(false, Ordering::Relaxed);
+        queue_side.state.report(
+            queue_side.overflow.spool_dir().map(ToOwned::to_owned),
             self.delivery.abort.is_cancelled(),
         )
     }
@@ -179,16 +181,16 @@ impl<W: Writer> Consumer<W> {
     /// queue is drained after a shutdown request, when delivery stops, or
     /// when the spool holds batches to replay first; in each case only once
     /// every batch in flight has ended.
-    async fn write_from_queue(&mut self) -> Flow {
+    async fn write_from_queue(&mut self) -> WritingEnded {
         let Consumer {
-            intake,
+            queue_side,
             delivery,
             copies,
             ledger_retention,
             last_prune,
         } = self;
         let delivery = &*delivery;
-        let queue = intake.shared.queue.clone();
+        let queue = queue_side.state.queue.clone();
         let mut in_flight = FuturesUnordered::new();
         // Ledger pruning runs beside the writes, never instead of polling
         // them: behind a pooler with few server connections, a prune
@@ -199,8 +201,10 @@ impl<W: Writer> Consumer<W> {
         let mut check = budget_check();
         let (mut drained, mut stopped) = (false, false);
         loop {
-            let may_take =
-                !drained && !stopped && in_flight.len() < *copies && !intake.spill.has_spooled();
+            let may_take = !drained
+                && !stopped
+                && in_flight.len() < *copies
+                && !queue_side.overflow.has_spooled();
             if !may_take && in_flight.is_empty() && upkeep.is_empty() {
                 break;
             }
@@ -210,29 +214,29 @@ impl<W: Writer> Consumer<W> {
                     if let Some(at) = firsts.iter().position(|&f| f == first) {
                         firsts.swap_remove(at);
                     }
-                    intake.progress.ended(started);
-                    intake.note_oldest(&firsts);
+                    queue_side.progress.ended(started);
+                    queue_side.note_oldest(&firsts);
                     // Also as the queue drains: a full sink takes records again.
-                    intake.keep_budget();
+                    queue_side.keep_budget();
                     if let Err(left) = outcome {
                         stopped = true;
-                        intake.spill.park_stopped(left, Source::Queue);
+                        queue_side.overflow.park_stopped(left, Source::Queue);
                     } else if last_prune.map_or(true, |t| t.elapsed() >= PRUNE_EVERY) {
                         *last_prune = Some(Instant::now());
                         upkeep.push(delivery.prune_ledger(*ledger_retention));
                     }
                 }
                 Some(()) = upkeep.next() => {}
-                () = queue.passed_budget() => intake.keep_budget(),
-                _ = check.tick() => intake.keep_budget(),
-                batch = intake.next_batch(), if may_take => {
+                () = queue.passed_budget() => queue_side.keep_budget(),
+                _ = check.tick() => queue_side.keep_budget(),
+                batch = queue_side.next_batch(), if may_take => {
                     let Some((first, batch)) = batch else {
                         drained = true;
                         continue;
                     };
                     firsts.push(first);
-                    let started = intake.progress.started();
-                    intake.note_oldest(&firsts);
+                    let started = queue_side.progress.started();
+                    queue_side.note_oldest(&firsts);
                     in_flight.push(async move {
                         (first, started, delivery.deliver(batch, Source::Queue).await)
                     });
@@ -240,19 +244,19 @@ impl<W: Writer> Consumer<W> {
             }
         }
         match (stopped, drained) {
-            (true, _) => Flow::Stopped,
-            (false, true) => Flow::Drained,
-            (false, false) => Flow::Replay,
+            (true, _) => WritingEnded::Stopped,
+            (false, true) => WritingEnded::Drained,
+            (false, false) => WritingEnded::Replay,
         }
     }
 
     /// Replay a spooled segment batch by batch, one at a time (the segment
     /// goes once all are delivered), keeping the queue within its budget.
     async fn replay(&mut self, mut segment: crate::spool::Segment) -> Result<(), Stop> {
-        let queue = self.intake.shared.queue.clone();
+        let queue = self.queue_side.state.queue.clone();
         let mut check = budget_check();
         for batch in std::mem::take(&mut segment.batches) {
-            let started = self.intake.progress.started();
+            let started = self.queue_side.progress.started();
             let outcome = {
                 let delivery = self.delivery.deliver(batch, Source::Spool);
                 tokio::pin!(delivery);
@@ -260,16 +264,16 @@ impl<W: Writer> Consumer<W> {
                     tokio::select! {
                         biased;
                         outcome = &mut delivery => break outcome,
-                        () = queue.passed_budget() => self.intake.keep_budget(),
-                        _ = check.tick() => self.intake.keep_budget(),
+                        () = queue.passed_budget() => self.queue_side.keep_budget(),
+                        _ = check.tick() => self.queue_side.keep_budget(),
                     }
                 }
             };
-            self.intake.progress.ended(started);
+            self.queue_side.progress.ended(started);
             // A spooled batch that was not written is still on disk.
             outcome.map_err(|left| left.why)?;
         }
-        self.intake.spill.replayed(&segment);
+        self.queue_side.overflow.replayed(&segment);
         Ok(())
     }
 }
@@ -343,7 +347,7 @@ impl Progress {
     }
 }
 
-impl Intake {
+impl QueueSide {
     /// The next batch: wait for a record, then take what is already queued;
     /// counted, encoded, with when its first record was logged. `None`
     /// when there is nothing more to do.
@@ -351,7 +355,7 @@ impl Intake {
         let first = self.reader.first(&self.stop).await?;
         let mut records = vec![first];
         self.reader.take_batch(&mut records);
-        Shared::add(&self.shared.received, records.len() as u64);
+        SinkState::add(&self.state.received, records.len() as u64);
         let first = unix_micros(records[0].timestamp);
         Some((first, self.encoder.encode(&records)))
     }
@@ -359,7 +363,7 @@ impl Intake {
     /// The age gauge follows the oldest batch still in flight.
     fn note_oldest(&self, firsts: &[i64]) {
         let oldest = firsts.iter().copied().min().unwrap_or(0);
-        self.shared
+        self.state
             .oldest_unwritten_micros
             .store(oldest, Ordering::Relaxed);
     }
@@ -367,10 +371,10 @@ impl Intake {
     fn keep_budget(&mut self) {
         let stalled = self
             .progress
-            .stalled(self.shared.retrying.load(Ordering::Relaxed));
+            .stalled(self.state.retrying.load(Ordering::Relaxed));
         let started = Instant::now();
         if self
-            .spill
+            .overflow
             .keep_budget(&self.reader, &mut self.encoder, stalled)
         {
             self.progress.was_busy(started.elapsed());
@@ -391,7 +395,7 @@ mod tests {
     use crate::copy::Committed;
     use crate::copy_format::row_to_json;
     use crate::ledger::BatchKey;
-    use crate::record::Level;
+    use crate::level::Level;
     use crate::rejected::RejectedRow;
     use crate::sink::spawn_with;
     use crate::{Logger, SendError, Worker};

@@ -12,12 +12,13 @@
 
 use std::borrow::Cow;
 use std::ops::Range;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::SystemTime;
 
 use bytes::{BufMut, Bytes, BytesMut};
 use serde_json::Value;
 
-use crate::fields_json::{write_json, write_members, REPLACEMENT};
+use crate::fields::{write_json, write_members, REPLACEMENT};
+use crate::micros::unix_micros;
 use crate::record::Record;
 
 /// The columns written, in COPY order.
@@ -183,20 +184,7 @@ pub(crate) fn copy_stream_of(data: &[u8], ranges: Range<usize>) -> Bytes {
 }
 
 fn pg_timestamp(t: SystemTime) -> i64 {
-    let micros = match t.duration_since(UNIX_EPOCH) {
-        Ok(d) => i64::try_from(d.as_micros()).unwrap_or(i64::MAX),
-        Err(before) => -i64::try_from(before.duration().as_micros()).unwrap_or(i64::MAX),
-    };
-    micros.saturating_sub(PG_EPOCH_OFFSET_MICROS)
-}
-
-fn from_pg_timestamp(micros: i64) -> SystemTime {
-    let unix = micros.saturating_add(PG_EPOCH_OFFSET_MICROS);
-    if unix >= 0 {
-        UNIX_EPOCH + Duration::from_micros(unix as u64)
-    } else {
-        UNIX_EPOCH - Duration::from_micros(unix.unsigned_abs())
-    }
+    unix_micros(t).saturating_sub(PG_EPOCH_OFFSET_MICROS)
 }
 
 /// Write one text field; returns true if NULs had to be replaced.
@@ -309,12 +297,7 @@ pub(crate) fn row_to_json(row: &[u8]) -> Value {
     let fields = field()
         .and_then(|b| b.get(1..))
         .and_then(|json| serde_json::from_slice::<Value>(json).ok());
-    let timestamp = ts.map(|t| {
-        let since_epoch = from_pg_timestamp(t)
-            .duration_since(UNIX_EPOCH)
-            .unwrap_or_default();
-        Value::from(since_epoch.as_micros() as u64)
-    });
+    let timestamp = ts.map(|t| Value::from(t.saturating_add(PG_EPOCH_OFFSET_MICROS)));
     serde_json::json!({
         "timestamp_unix_micros": timestamp,
         "level": level,
@@ -336,7 +319,14 @@ fn read_i32(b: &[u8], at: usize) -> Option<i32> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::record::Level;
+    use crate::level::Level;
+    use crate::micros::from_unix_micros;
+    use std::time::{Duration, UNIX_EPOCH};
+
+    /// A PostgreSQL timestamp as an instant.
+    fn from_pg_timestamp(micros: i64) -> SystemTime {
+        from_unix_micros(micros.saturating_add(PG_EPOCH_OFFSET_MICROS))
+    }
 
     /// What `encode` returned, with the accessors the tests need.
     struct Encoded {

@@ -13,7 +13,7 @@ use crate::batch::EncodedBatch;
 use crate::classify::{classify, fatal_error, Class, WriteError};
 use crate::copy::Committed;
 use crate::rejected::{DeadLetter, RejectedRow};
-use crate::stats::Shared;
+use crate::sink_state::SinkState;
 use crate::writer::Writer;
 
 /// Where a batch came from: a batch from the spool is still on disk when
@@ -44,7 +44,7 @@ pub(crate) struct Stopped {
 }
 
 /// How one piece's attempts ended.
-enum Attempt {
+enum PieceOutcome {
     Committed,
     /// A row of the piece was refused; the piece was not written.
     Poison(WriteError),
@@ -59,7 +59,7 @@ pub(crate) struct Delivery<W> {
     pub(crate) writer: W,
     /// First and longest retry delay.
     pub(crate) retry: (Duration, Duration),
-    pub(crate) shared: Arc<Shared>,
+    pub(crate) state: Arc<SinkState>,
     /// The Log table, for messages.
     pub(crate) table: String,
     /// This sink's instance id: replayed batches with it are its own.
@@ -80,9 +80,9 @@ impl<W: Writer> Delivery<W> {
         let mut pending = vec![batch];
         while let Some(piece) = pending.pop() {
             let poison = match self.attempt(&piece, source).await {
-                Attempt::Committed => continue,
-                Attempt::Poison(error) => error,
-                Attempt::Stopped { why, in_flight } => {
+                PieceOutcome::Committed => continue,
+                PieceOutcome::Poison(error) => error,
+                PieceOutcome::Stopped { why, in_flight } => {
                     let mut unsent: Vec<EncodedBatch> = pending.into_iter().rev().collect();
                     let in_flight = if in_flight {
                         Some(piece)
@@ -110,21 +110,21 @@ impl<W: Writer> Delivery<W> {
 
     /// Write one piece, retrying transient errors until they clear or the
     /// shutdown deadline passes.
-    async fn attempt(&self, piece: &EncodedBatch, source: Source) -> Attempt {
+    async fn attempt(&self, piece: &EncodedBatch, source: Source) -> PieceOutcome {
         let mut backoff = Backoff::new(self.retry.0, self.retry.1);
         loop {
             let started = Instant::now();
             let result = tokio::select! {
                 biased;
                 _ = self.abort.cancelled() => {
-                    return Attempt::Stopped { why: Stop::Deadline, in_flight: true };
+                    return PieceOutcome::Stopped { why: Stop::Deadline, in_flight: true };
                 }
                 result = self.writer.write(piece) => result,
             };
             let error = match result {
                 Ok(committed) => {
                     self.committed(piece, committed, source, started);
-                    return Attempt::Committed;
+                    return PieceOutcome::Committed;
                 }
                 Err(error) => error,
             };
@@ -135,15 +135,15 @@ impl<W: Writer> Delivery<W> {
                     tokio::select! {
                         biased;
                         _ = self.abort.cancelled() => {
-                            return Attempt::Stopped { why: Stop::Deadline, in_flight: false };
+                            return PieceOutcome::Stopped { why: Stop::Deadline, in_flight: false };
                         }
                         _ = tokio::time::sleep(delay) => {}
                     }
                 }
-                Class::Poison => return Attempt::Poison(error),
+                Class::Poison => return PieceOutcome::Poison(error),
                 Class::Fatal => {
                     self.stop_on_fatal(&error);
-                    return Attempt::Stopped {
+                    return PieceOutcome::Stopped {
                         why: Stop::Fatal,
                         in_flight: false,
                     };
@@ -163,19 +163,19 @@ impl<W: Writer> Delivery<W> {
         metrics::histogram!("pglogsink_copy_duration_seconds")
             .record(started.elapsed().as_secs_f64());
         metrics::histogram!("pglogsink_batch_rows").record(rows as f64);
-        if self.shared.retrying.swap(false, Ordering::Relaxed) {
-            if let Ok(mut last) = self.shared.last_error.lock() {
+        if self.state.retrying.swap(false, Ordering::Relaxed) {
+            if let Ok(mut last) = self.state.last_error.lock() {
                 *last = None;
             }
             tracing::info!(target: "pglogsink", "the database accepts writes again");
         }
         match committed {
             Committed::Written => {
-                Shared::add(&self.shared.written, rows);
-                Shared::add(&self.shared.batches, 1);
+                SinkState::add(&self.state.written, rows);
+                SinkState::add(&self.state.batches, 1);
             }
             Committed::AlreadyWritten => {
-                Shared::add(&self.shared.already_written, rows);
+                SinkState::add(&self.state.already_written, rows);
                 tracing::info!(
                     target: "pglogsink",
                     rows,
@@ -184,9 +184,9 @@ impl<W: Writer> Delivery<W> {
             }
         }
         if source == Source::Spool {
-            Shared::add(&self.shared.replayed, rows);
+            SinkState::add(&self.state.replayed, rows);
             if piece.key.instance == self.instance {
-                Shared::add(&self.shared.spooled_replayed, rows);
+                SinkState::add(&self.state.spooled_replayed, rows);
             }
         }
     }
@@ -198,10 +198,10 @@ impl<W: Writer> Delivery<W> {
         rows: usize,
         delay: std::time::Duration,
     ) {
-        Shared::add(&self.shared.retries, 1);
+        SinkState::add(&self.state.retries, 1);
         metrics::counter!("pglogsink_retries_total", "reason" => reason).increment(1);
-        self.shared.retrying.store(true, Ordering::Relaxed);
-        if let Ok(mut last) = self.shared.last_error.lock() {
+        self.state.retrying.store(true, Ordering::Relaxed);
+        if let Ok(mut last) = self.state.last_error.lock() {
             *last = Some(format!("{reason}: {error}"));
         }
         tracing::warn!(
@@ -217,10 +217,10 @@ impl<W: Writer> Delivery<W> {
     fn stop_on_fatal(&self, error: &WriteError) {
         let fatal = fatal_error(error, &self.table);
         tracing::error!(target: "pglogsink", error = %fatal, "fatal database error; stopping");
-        if let Ok(mut slot) = self.shared.fatal.lock() {
+        if let Ok(mut slot) = self.state.fatal.lock() {
             *slot = Some(fatal);
         }
-        self.shared.queue.close();
+        self.state.queue.close();
         self.app_token.cancel();
     }
 
@@ -243,13 +243,13 @@ impl<W: Writer> Delivery<W> {
         };
         let store_error = match stored {
             Ok(()) => {
-                Shared::add(&self.shared.rejected, 1);
+                SinkState::add(&self.state.rejected, 1);
                 return;
             }
             Err(e) => e,
         };
         let Some(dead_letter) = &self.dead_letter else {
-            Shared::add(&self.shared.lost.refused_row, 1);
+            SinkState::add(&self.state.lost.refused_row, 1);
             tracing::error!(target: "pglogsink", error = %store_error,
                 record = %crate::rejected::dead_letter_entry(&self.table, &row, &store_error),
                 "a refused row is lost: the rejected table failed and there is no spool for a dead-letter file");
@@ -257,12 +257,12 @@ impl<W: Writer> Delivery<W> {
         };
         match dead_letter.append(&self.table, &row, &store_error) {
             Ok(()) => {
-                Shared::add(&self.shared.dead_lettered, 1);
+                SinkState::add(&self.state.dead_lettered, 1);
                 tracing::error!(target: "pglogsink", error = %store_error, file = %dead_letter.path().display(),
                     "could not store a refused row in the rejected table; wrote it to the dead-letter file");
             }
             Err(e) => {
-                Shared::add(&self.shared.lost.refused_row, 1);
+                SinkState::add(&self.state.lost.refused_row, 1);
                 tracing::error!(target: "pglogsink", error = %e,
                     record = %crate::rejected::dead_letter_entry(&self.table, &row, &store_error),
                     "a refused row is lost: the dead-letter file could not be written");

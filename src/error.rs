@@ -172,13 +172,13 @@ impl Error {
         }))
     }
 
-    #[cfg(feature = "embedded")]
     pub(crate) fn unsupported(message: impl Into<String>) -> Error {
         Error(Box::new(ErrorKind::Unsupported {
             message: message.into(),
         }))
     }
 
+    #[cfg(feature = "embedded")]
     pub(crate) fn embedded(message: impl Into<String>) -> Error {
         Error(Box::new(ErrorKind::Embedded {
             message: message.into(),
@@ -229,7 +229,7 @@ impl From<deadpool_postgres::BuildError> for PoolProblem {
 }
 
 /// A driver error met outside pglogsink's own calls (a query of your own,
-/// the [`query`](crate::query) layer), to be described and classified like
+/// the [`query`](crate::admin::query) layer), to be described and classified like
 /// pglogsink's.
 impl From<tokio_postgres::Error> for Error {
     fn from(source: tokio_postgres::Error) -> Error {
@@ -303,7 +303,7 @@ impl std::error::Error for Error {
 ///
 /// let refused = io::Error::new(io::ErrorKind::ConnectionRefused, "connection refused");
 /// let e = io::Error::new(io::ErrorKind::Other, Box::new(refused));
-/// assert_eq!(pglogsink::describe(&e).to_string(), "connection refused");
+/// assert_eq!(pglogsink::admin::describe(&e).to_string(), "connection refused");
 /// ```
 pub fn describe<'a>(error: &'a (dyn std::error::Error + 'static)) -> impl fmt::Display + 'a {
     Described(error)

@@ -16,8 +16,10 @@ use tracing::{Event, Subscriber};
 use tracing_subscriber::layer::{Context, Layer};
 use tracing_subscriber::registry::LookupSpan;
 
+use crate::fields::Fields;
+use crate::level::Level;
 use crate::logger::Logger;
-use crate::record::{Fields, Level, Record};
+use crate::record::Record;
 
 /// A [`tracing_subscriber::Layer`] that writes every `tracing` event to the
 /// Log table through a [`Logger`].
@@ -230,7 +232,7 @@ where
             if let Some(SpanFields(inherited)) = span.extensions().get::<SpanFields>() {
                 for (name, value) in inherited {
                     if !fields.iter().any(|(n, _)| n == name) {
-                        fields.push((name.clone(), value.clone()));
+                        fields.push(name.clone(), value.clone());
                     }
                 }
             }
@@ -303,9 +305,9 @@ impl<'a> FieldVisitor<'a> {
 
 /// Set `name` to `value`, replacing an earlier value of the same name.
 fn set_field(fields: &mut Fields, name: &'static str, value: Value) {
-    match fields.iter_mut().find(|(n, _)| n == name) {
+    match fields.0.iter_mut().find(|(n, _)| n == name) {
         Some((_, old)) => *old = value,
-        None => fields.push((Cow::Borrowed(name), value)),
+        None => fields.push(name, value),
     }
 }
 
@@ -766,6 +768,6 @@ mod tests {
         set_field(&mut fields, "a", json!(1));
         set_field(&mut fields, "b", json!(2));
         set_field(&mut fields, "a", json!(3));
-        assert_eq!(fields, [("a".into(), json!(3)), ("b".into(), json!(2))]);
+        assert_eq!(*fields, [("a".into(), json!(3)), ("b".into(), json!(2))]);
     }
 }

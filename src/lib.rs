@@ -29,6 +29,7 @@
 //! ```
 #![warn(missing_docs)]
 
+pub mod admin;
 mod backoff;
 mod batch;
 mod classify;
@@ -38,24 +39,27 @@ mod copy;
 mod copy_format;
 mod database;
 mod delivery;
+mod duration;
 #[cfg(feature = "embedded")]
 pub mod embedded;
 mod error;
-mod fields_json;
+mod fields;
 #[cfg(feature = "tracing-layer")]
 mod layer;
 mod ledger;
+mod level;
 mod logger;
 mod maintain;
+mod micros;
+mod overflow;
 mod partitions;
-pub mod query;
 mod queue_budget;
 mod record;
 mod rejected;
 mod report;
 mod schema;
 mod sink;
-mod spill;
+mod sink_state;
 mod spool;
 mod stats;
 mod table;
@@ -70,17 +74,18 @@ pub use config::{
     DEFAULT_WRITE_TIMEOUT, MAX_BATCH_SIZE, MAX_COPIES_IN_FLIGHT,
 };
 pub use database::{parse_url, pool, ConnectConfig, DEFAULT_POOL_SIZE};
-pub use error::{describe, Error, ErrorKind};
-pub use fields_json::SharedFields;
+pub use error::{Error, ErrorKind};
+pub use fields::{Fields, SharedFields};
 #[cfg(feature = "tracing-layer")]
 pub use layer::PgLogLayer;
+pub use level::{Level, ParseLevelError};
 pub use logger::{Batch, Logger, SendError};
 pub use maintain::{
     DroppedPartition, KeepLevels, Maintenance, MaintenanceReport, RewrittenPartition,
     DEFAULT_MAX_AGE, DEFAULT_PREMAKE,
 };
 pub use partitions::PartitionInterval;
-pub use record::{Fields, Level, ParseLevelError, Record};
+pub use record::Record;
 pub use report::{FatalError, Report};
 pub use schema::{distribute, migrate, migrate_with, Distribution, DISTRIBUTE_SQL, SCHEMA_SQL};
 pub use sink::{spawn, Worker};

@@ -8,9 +8,11 @@ use std::borrow::Cow;
 use std::fmt;
 use std::sync::Arc;
 
+use crate::level::Level;
 use crate::queue_budget::{bytes_in, bytes_out, Refusal};
-use crate::record::{Level, Record};
-use crate::stats::{Shared, Stats};
+use crate::record::Record;
+use crate::sink_state::SinkState;
+use crate::stats::Stats;
 
 /// Cloneable handle that producers log through.
 ///
@@ -36,7 +38,7 @@ use crate::stats::{Shared, Stats};
 #[derive(Clone)]
 pub struct Logger {
     tx: flume::Sender<Record>,
-    shared: Arc<Shared>,
+    state: Arc<SinkState>,
     target: Cow<'static, str>,
 }
 
@@ -145,10 +147,10 @@ impl<T: fmt::Debug> std::error::Error for SendError<T> {}
 impl Logger {
     pub(crate) fn new(
         tx: flume::Sender<Record>,
-        shared: Arc<Shared>,
+        state: Arc<SinkState>,
         target: Cow<'static, str>,
     ) -> Logger {
-        Logger { tx, shared, target }
+        Logger { tx, state, target }
     }
 
     /// Queue a record with a level and a message.
@@ -167,17 +169,17 @@ impl Logger {
     #[inline]
     pub fn send(&self, mut record: Record) -> Result<(), SendError> {
         self.stamp(&mut record);
-        let queue = &self.shared.queue;
+        let queue = &self.state.queue;
         if let Err(refusal) = queue.admit(bytes_in(&mut record), 0) {
-            queue.taken(bytes_out(&record));
-            self.shared.count_refused(refusal, 1);
+            queue.release(bytes_out(&record));
+            self.state.count_refused(refusal, 1);
             return Err(SendError::new(refusal, record));
         }
         self.tx.send(record).map_err(|e| {
             // The consumer task ended without draining (it panicked).
             let record = e.into_inner();
-            queue.taken(bytes_out(&record));
-            self.shared.count_refused(Refusal::Closed, 1);
+            queue.release(bytes_out(&record));
+            self.state.count_refused(Refusal::Closed, 1);
             SendError::Closed(record)
         })
     }
@@ -214,7 +216,7 @@ impl Logger {
             if let Err(refused) = batch.push(record) {
                 // The records not offered yet are handed back too.
                 let rest: Vec<Record> = records.collect();
-                self.shared
+                self.state
                     .count_refused(refused.refusal(), rest.len() as u64);
                 return Err(refused.map(|mut handed_back| {
                     handed_back.extend(rest);
@@ -244,27 +246,27 @@ impl Logger {
 
     /// True once the sink no longer takes records.
     pub fn is_closed(&self) -> bool {
-        self.shared.queue.is_closed()
+        self.state.queue.is_closed()
     }
 
     /// A snapshot of the sink's counters.
     pub fn stats(&self) -> Stats {
-        self.shared.snapshot(self.tx.len())
+        self.state.snapshot(self.tx.len())
     }
 
     /// Why the sink hands records back, while it is full (see
     /// [`SendError::Full`]).
     pub fn full_reason(&self) -> Option<String> {
-        self.shared.full_reason()
+        self.state.full_reason()
     }
 
     /// The last database error, while the sink is retrying it; or the fatal
     /// error it stopped on.
     pub fn last_error(&self) -> Option<String> {
-        if let Some(fatal) = self.shared.fatal.lock().ok().and_then(|f| f.clone()) {
+        if let Some(fatal) = self.state.fatal.lock().ok().and_then(|f| f.clone()) {
             return Some(fatal.to_string());
         }
-        self.shared.last_error.lock().ok().and_then(|e| e.clone())
+        self.state.last_error.lock().ok().and_then(|e| e.clone())
     }
 }
 
@@ -307,20 +309,20 @@ impl Batch<'_> {
     /// of the batch comes back (this one last) and the batch is empty.
     pub fn push(&mut self, mut record: Record) -> Result<(), SendError<Vec<Record>>> {
         self.logger.stamp(&mut record);
-        let shared = &self.logger.shared;
+        let state = &self.logger.state;
         let cost = bytes_in(&mut record);
-        match shared.queue.admit(cost, self.bytes) {
+        match state.queue.admit(cost, self.bytes) {
             Ok(()) => {
                 self.bytes += cost;
                 self.records.push(record);
                 Ok(())
             }
             Err(refusal) => {
-                shared.queue.taken(bytes_out(&record));
+                state.queue.release(bytes_out(&record));
                 let mut records = std::mem::take(&mut self.records);
                 self.release(&records, false);
                 records.push(record);
-                shared.count_refused(refusal, records.len() as u64);
+                state.count_refused(refusal, records.len() as u64);
                 Err(SendError::new(refusal, records))
             }
         }
@@ -332,7 +334,7 @@ impl Batch<'_> {
     /// the batch is sent or dropped. Refused like [`Batch::push`].
     pub fn hold(&mut self, bytes: usize) -> Result<(), SendError<Vec<Record>>> {
         let bytes = bytes as u64;
-        let queue = &self.logger.shared.queue;
+        let queue = &self.logger.state.queue;
         match queue.admit(bytes, self.bytes) {
             Ok(()) => {
                 self.bytes += bytes;
@@ -340,11 +342,11 @@ impl Batch<'_> {
                 Ok(())
             }
             Err(refusal) => {
-                queue.taken(bytes);
+                queue.release(bytes);
                 let records = std::mem::take(&mut self.records);
                 self.release(&records, false);
                 self.logger
-                    .shared
+                    .state
                     .count_refused(refusal, records.len() as u64);
                 Err(SendError::new(refusal, records))
             }
@@ -374,16 +376,16 @@ impl Batch<'_> {
         self.release(&[], true);
         #[cfg(test)]
         tests::pause_after_admission();
-        let queue = &self.logger.shared.queue;
+        let queue = &self.logger.state.queue;
         let mut records = records.into_iter();
         while let Some(record) = records.next() {
             if let Err(e) = self.logger.tx.send(record) {
                 // The consumer task ended without draining (it panicked):
                 // hand back what was not queued.
                 let rest: Vec<Record> = std::iter::once(e.into_inner()).chain(records).collect();
-                queue.taken(rest.iter().map(bytes_out).sum());
+                queue.release(rest.iter().map(bytes_out).sum());
                 self.logger
-                    .shared
+                    .state
                     .count_refused(Refusal::Closed, rest.len() as u64);
                 return Err(SendError::Closed(rest));
             }
@@ -400,7 +402,7 @@ impl Batch<'_> {
         } else {
             records.iter().map(bytes_out).sum()
         };
-        self.logger.shared.queue.taken(records_bytes + self.held);
+        self.logger.state.queue.release(records_bytes + self.held);
         self.bytes = 0;
         self.held = 0;
     }

@@ -9,11 +9,10 @@
 
 use std::fmt;
 use std::str::FromStr;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use tokio_postgres::types::Type;
 
-use crate::record::unix_micros;
 use crate::table::TableName;
 use crate::Error;
 
@@ -165,11 +164,6 @@ pub(crate) fn utc_text(micros: i64) -> String {
     )
 }
 
-/// Now, in microseconds since the epoch.
-pub(crate) fn now_micros() -> i64 {
-    unix_micros(SystemTime::now())
-}
-
 /// One partition of the Log table.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Partition {
@@ -182,6 +176,13 @@ pub(crate) struct Partition {
 }
 
 impl Partition {
+    /// Whether the whole of this partition's range is before `cutoff`
+    /// (microseconds since the epoch): what retention has passed. Never the
+    /// DEFAULT partition.
+    pub(crate) fn ended_by(&self, cutoff: i64) -> bool {
+        !self.is_default && self.to.is_some_and(|to| to <= cutoff)
+    }
+
     /// Whether this partition's range overlaps `[from, to)`.
     pub(crate) fn overlaps(&self, from: i64, to: i64) -> bool {
         !self.is_default && self.from.map_or(true, |f| f < to) && self.to.map_or(true, |t| t > from)

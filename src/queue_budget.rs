@@ -101,7 +101,7 @@ impl QueueBudget {
     /// Admit records whose entry cost ([`bytes_in`]) is `bytes`, for a
     /// caller that already holds `held` bytes of the budget for records it
     /// will queue with them, or refuse them. A refused caller must hand
-    /// their exit cost ([`bytes_out`]) to [`QueueBudget::taken`], as if
+    /// their exit cost ([`bytes_out`]) to [`QueueBudget::release`], as if
     /// they had been queued and taken.
     #[inline]
     pub(crate) fn admit(&self, bytes: u64, held: u64) -> Result<(), Refusal> {
@@ -126,12 +126,12 @@ impl QueueBudget {
 
     /// Records whose exit cost is `bytes` left the queue (or were refused).
     #[inline]
-    pub(crate) fn taken(&self, bytes: u64) {
+    pub(crate) fn release(&self, bytes: u64) {
         self.state.fetch_sub(bytes, Ordering::AcqRel);
     }
 
     /// True if records were refused for want of room since the last call.
-    pub(crate) fn take_refused(&self) -> bool {
+    pub(crate) fn refused_since_last_look(&self) -> bool {
         self.refused.swap(false, Ordering::Relaxed)
     }
 
@@ -204,7 +204,7 @@ impl QueueReader {
             size += out + self.shared_text(&record);
             records.push(record);
         }
-        self.budget.taken(bytes);
+        self.budget.release(bytes);
     }
 
     /// The shared text a record's row will be written with (none past the
@@ -289,7 +289,7 @@ pub(crate) fn own_bytes(record: &Record) -> usize {
     let fields = if record.fields.is_empty() {
         0
     } else {
-        let slots = record.fields.capacity().max(4);
+        let slots = record.fields.0.capacity().max(4);
         heap_block(slots * std::mem::size_of::<(Cow<'static, str>, Value)>())
             + record
                 .fields
@@ -334,8 +334,8 @@ fn heap_block(len: usize) -> usize {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::fields_json::SharedFields;
-    use crate::record::Level;
+    use crate::fields::SharedFields;
+    use crate::level::Level;
 
     #[test]
     fn a_queued_record_is_counted_at_what_it_costs() {
@@ -403,24 +403,24 @@ mod tests {
         let queue = QueueBudget::new(1000);
         assert_eq!(queue.admit(600, 0), Ok(()));
         assert_eq!(queue.admit(600, 0), Err(Refusal::Full));
-        queue.taken(600);
+        queue.release(600);
         assert_eq!(queue.bytes(), 600, "a refusal is undone by its caller");
         queue.set_ceiling(1100);
         assert_eq!(queue.admit(500, 0), Ok(()));
         assert_eq!(queue.admit(1001, 0), Err(Refusal::TooLarge));
-        queue.taken(1001);
+        queue.release(1001);
         assert_eq!(
             queue.admit(10, 995),
             Err(Refusal::TooLarge),
             "with what the caller holds"
         );
-        queue.taken(10);
+        queue.release(10);
         queue.close();
         assert_eq!(queue.admit(1, 0), Err(Refusal::Closed));
-        queue.taken(1);
+        queue.release(1);
         assert!(queue.is_closed());
         assert_eq!(queue.bytes(), 1100);
-        queue.taken(1100);
+        queue.release(1100);
         assert_eq!(queue.bytes(), 0);
     }
 }

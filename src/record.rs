@@ -5,104 +5,12 @@
 
 use std::borrow::Cow;
 use std::cell::Cell;
-use std::fmt;
-use std::str::FromStr;
 use std::time::SystemTime;
 
-use crate::fields_json::SharedFields;
-
-/// Severity of a record, stored in the `level` column as its lowercase name.
-///
-/// Ordered from least to most severe, so `level >= Level::Warn` means
-/// "warnings and errors" in Rust as it does in SQL.
-///
-/// ```
-/// use pglogsink::Level;
-///
-/// let level: Level = "WARNING".parse()?;
-/// assert_eq!(level, Level::Warn);
-/// assert!(level >= Level::Info && level < Level::Error);
-/// assert_eq!(level.to_string(), "warn");
-/// # Ok::<(), pglogsink::ParseLevelError>(())
-/// ```
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub enum Level {
-    /// Very verbose diagnostics.
-    Trace,
-    /// Diagnostics for developers.
-    Debug,
-    /// Normal operation.
-    Info,
-    /// Something unexpected that the program survived.
-    Warn,
-    /// A failure.
-    Error,
-}
-
-impl Level {
-    /// Every level, least severe first.
-    pub const ALL: [Level; 5] = [
-        Level::Trace,
-        Level::Debug,
-        Level::Info,
-        Level::Warn,
-        Level::Error,
-    ];
-
-    /// The lowercase name stored in the database (`"info"`...).
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Level::Trace => "trace",
-            Level::Debug => "debug",
-            Level::Info => "info",
-            Level::Warn => "warn",
-            Level::Error => "error",
-        }
-    }
-}
-
-impl fmt::Display for Level {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-/// The error of parsing a [`Level`] from text.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ParseLevelError(String);
-
-impl fmt::Display for ParseLevelError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "unknown level {:?}: expected one of trace, debug, info, warn, error",
-            self.0
-        )
-    }
-}
-
-impl std::error::Error for ParseLevelError {}
-
-impl FromStr for Level {
-    type Err = ParseLevelError;
-
-    /// Case-insensitive; `warning` is accepted for `warn`.
-    fn from_str(s: &str) -> Result<Level, ParseLevelError> {
-        match s.to_ascii_lowercase().as_str() {
-            "trace" => Ok(Level::Trace),
-            "debug" => Ok(Level::Debug),
-            "info" => Ok(Level::Info),
-            "warn" | "warning" => Ok(Level::Warn),
-            "error" => Ok(Level::Error),
-            _ => Err(ParseLevelError(s.to_owned())),
-        }
-    }
-}
-
-/// Structured fields of a record: key and JSON value, in the order added.
-///
-/// Stored as one jsonb object; when a key repeats, the last value wins.
-pub type Fields = Vec<(Cow<'static, str>, serde_json::Value)>;
+use crate::fields::{Fields, SharedFields};
+use crate::level::Level;
+// The ledger (src/ledger.rs) still imports the conversion from here.
+pub(crate) use crate::micros::unix_micros;
 
 /// A log record on its way to the Log table.
 ///
@@ -145,7 +53,7 @@ impl Record {
             level,
             target: None,
             message: message.into(),
-            fields: Vec::new(),
+            fields: Fields::new(),
             shared: None,
             queued_bytes: 0,
         }
@@ -180,7 +88,7 @@ impl Record {
         key: impl Into<Cow<'static, str>>,
         value: impl Into<serde_json::Value>,
     ) -> Record {
-        self.fields.push((key.into(), value.into()));
+        self.fields.push(key, value);
         self
     }
 
@@ -244,12 +152,6 @@ impl Record {
     pub(crate) fn stamp(&mut self) {
         self.thread_id = current_thread_id();
     }
-}
-
-/// Microseconds since the Unix epoch (0 for times before it).
-pub(crate) fn unix_micros(t: SystemTime) -> i64 {
-    t.duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_micros() as i64)
 }
 
 thread_local! {

@@ -1,10 +1,8 @@
 //! What the sink reports when it stops: what was written, what was not, and
 //! why it stopped if it stopped on its own.
 
+use crate::stats::Lost;
 use std::fmt;
-use std::sync::atomic::Ordering;
-
-use crate::stats::{Lost, Shared};
 
 /// A write error that retrying cannot fix; the sink stops on it and cancels
 /// the application's shutdown token.
@@ -108,36 +106,6 @@ pub struct Report {
 }
 
 impl Report {
-    /// The account, from the counters the sink keeps as it goes.
-    pub(crate) fn from_shared(
-        shared: &Shared,
-        spool_dir: Option<std::path::PathBuf>,
-        timed_out: bool,
-    ) -> Report {
-        let stats = shared.snapshot(0);
-        Report {
-            written: stats.written,
-            spooled: stats.spooled,
-            replayed: stats.replayed,
-            rejected: stats.rejected,
-            dead_lettered: stats.dead_lettered,
-            already_written: stats.already_written,
-            truncated: stats.truncated,
-            spool_corrupt_bytes: stats.spool_corrupt_bytes,
-            not_written: stats.lost.dropped(),
-            in_doubt: stats.in_doubt,
-            handed_back: stats.lost.handed_back(),
-            lost: stats.lost,
-            spool_dir,
-            batches: stats.batches,
-            retries: stats.retries,
-            nul_replaced: stats.nul_replaced,
-            timed_out,
-            fatal: shared.fatal.lock().map(|f| f.clone()).unwrap_or(None),
-            spooled_replayed: shared.spooled_replayed.load(Ordering::Relaxed),
-        }
-    }
-
     /// Take the handed-back counts from `lost`, a later snapshot.
     pub(crate) fn add_handed_back(&mut self, lost: Lost) {
         self.lost.sink_full = lost.sink_full;

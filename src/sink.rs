@@ -11,12 +11,12 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::SinkConfig;
 use crate::consumer::{Consumer, Tokens};
-use crate::logger::Logger;
 #[cfg(test)]
-use crate::record::Level;
+use crate::level::Level;
+use crate::logger::Logger;
 use crate::report::{FatalError, Report};
+use crate::sink_state::SinkState;
 use crate::spool::{Spool, SpoolLimits};
-use crate::stats::Shared;
 use crate::writer::{PgWriter, WriteTimeouts, Writer};
 use crate::Error;
 
@@ -83,20 +83,20 @@ pub(crate) fn spawn_with<W: Writer + 'static>(
         .map(|dir| Spool::open(dir, &table.to_string(), limits))
         .transpose()?;
     let (tx, rx) = flume::unbounded();
-    let shared = Arc::new(Shared::new(config.max_queue_bytes));
+    let state = Arc::new(SinkState::new(config.max_queue_bytes));
     let tokens = Tokens {
         app: app_token,
         stop: CancellationToken::new(),
         abort: CancellationToken::new(),
     };
     let (stop, abort) = (tokens.stop.clone(), tokens.abort.clone());
-    let consumer = Consumer::new(writer, rx, config, spool, shared.clone(), tokens);
+    let consumer = Consumer::new(writer, rx, config, spool, state.clone(), tokens);
     let task = runtime.spawn(consumer.run());
     let default_target = intern(&config.default_target);
-    let logger = Logger::new(tx, shared.clone(), default_target.into());
+    let logger = Logger::new(tx, state.clone(), default_target.into());
     let worker = Worker {
         task,
-        shared,
+        state,
         stop,
         abort,
     };
@@ -150,7 +150,7 @@ fn intern(name: &str) -> &'static str {
 #[must_use = "call `shutdown` to drain the queue and learn what was written"]
 pub struct Worker {
     task: JoinHandle<Report>,
-    shared: Arc<Shared>,
+    state: Arc<SinkState>,
     stop: CancellationToken,
     abort: CancellationToken,
 }
@@ -182,7 +182,7 @@ impl Worker {
     /// A future dropped before it was first polled has done nothing: the
     /// worker is dropped as if `shutdown` had not been called.
     pub async fn shutdown(mut self, timeout: Duration) -> Report {
-        self.shared.queue.close();
+        self.state.queue.close();
         self.stop.cancel();
         // Armed until the consumer has ended: if this future is dropped
         // while waiting, the guard gives up as the deadline would, so that
@@ -201,7 +201,7 @@ impl Worker {
 
     /// The fatal error the sink stopped on, if it did.
     pub fn fatal_error(&self) -> Option<FatalError> {
-        self.shared.fatal.lock().ok().and_then(|f| f.clone())
+        self.state.fatal.lock().ok().and_then(|f| f.clone())
     }
 
     /// True once the consumer task has ended (fatal error, or every logger
@@ -213,7 +213,7 @@ impl Worker {
     fn joined(&self, joined: Result<Report, tokio::task::JoinError>) -> Report {
         let mut report = self.consumer_report(joined);
         // Records handed back after the consumer ended count too.
-        report.add_handed_back(self.shared.snapshot(0).lost);
+        report.add_handed_back(self.state.snapshot(0).lost);
         report
     }
 
@@ -223,7 +223,7 @@ impl Worker {
             // what the counters know (records it held in memory at that
             // moment are in no count, and the log line above says so).
             tracing::error!(target: "pglogsink", error = %e, "the sink's consumer task failed; records it held in memory are lost");
-            Report::from_shared(&self.shared, None, false)
+            self.state.report(None, false)
         })
     }
 }

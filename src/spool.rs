@@ -400,7 +400,8 @@ mod tests {
     use super::*;
     use crate::copy_format::{row_to_json, CopyEncoder};
     use crate::ledger::KeySource;
-    use crate::record::{Level, Record};
+    use crate::level::Level;
+    use crate::record::Record;
 
     const LIMITS: SpoolLimits = SpoolLimits {
         max_bytes: u64::MAX,

@@ -90,15 +90,19 @@ impl TableName {
     /// The name quoted for SQL: `"schema"."name"` or `"name"`.
     pub fn quoted(&self) -> String {
         match &self.schema {
-            Some(schema) => format!("{}.{}", quote(schema), quote(&self.name)),
-            None => quote(&self.name),
+            Some(schema) => format!(
+                "{}.{}",
+                quote_identifier(schema),
+                quote_identifier(&self.name)
+            ),
+            None => quote_identifier(&self.name),
         }
     }
 }
 
 /// An identifier in double quotes (a name read from the catalog may hold
 /// any character).
-fn quote(identifier: &str) -> String {
+pub(crate) fn quote_identifier(identifier: &str) -> String {
     format!("\"{}\"", identifier.replace('"', "\"\""))
 }
 

@@ -21,9 +21,10 @@ use tokio_postgres::types::Type;
 
 use crate::database::connection;
 use crate::maintain::Maintenance;
-use crate::partitions::{id_sequence, now_micros, sql_timestamp, utc_text, Shape};
+use crate::micros::now_unix_micros;
+use crate::partitions::{id_sequence, sql_timestamp, utc_text, Shape};
 use crate::schema::{create_missing, drop_if_invalid, schema_script, table_shape};
-use crate::table::TableName;
+use crate::table::{quote_identifier, TableName};
 use crate::Error;
 
 /// What [`upgrade`] did.
@@ -79,7 +80,7 @@ pub async fn upgrade(
     let mut client = connection(pool, &context).await?;
     let legacy = table.sibling("_legacy");
     let step = maintenance.interval.micros();
-    let bound = maintenance.interval.floor(now_micros()) + 2 * step;
+    let bound = maintenance.interval.floor(now_unix_micros()) + 2 * step;
     let bound_sql = sql_timestamp(bound);
 
     prepare_old_table(&client, table, &legacy, &bound_sql)
@@ -139,10 +140,12 @@ async fn prepare_old_table(
             target: "pglogsink::maintain",
             "upgrading {table}: building index {index} concurrently (writers go on)"
         );
+        // The index's name alone: CREATE INDEX takes no schema (the index
+        // goes in its table's schema).
         client
             .batch_execute(&format!(
                 "CREATE INDEX CONCURRENTLY IF NOT EXISTS {} ON {old} {definition}",
-                quoted_name(&index)
+                quote_identifier(index.name())
             ))
             .await?;
     }
@@ -198,12 +201,6 @@ async fn undo_prepare(
 /// Where rows stamped past the bound wait during an upgrade.
 fn hold_table(table: &TableName) -> String {
     table.sibling("_upgrade_hold").quoted()
-}
-
-/// The index's name alone, quoted (CREATE INDEX takes no schema: the index
-/// goes in its table's schema).
-fn quoted_name(index: &TableName) -> String {
-    format!("\"{}\"", index.name())
 }
 
 /// Step 2: the swap, in one transaction. Returns the old table's estimated

@@ -7,7 +7,46 @@ use pglogsink::embedded::{self, EmbeddedPostgres};
 use pglogsink::CancellationToken;
 use tokio::task::JoinHandle;
 
-use super::DatabaseArgs;
+use pglogsink::TableName;
+
+use super::failure::Failure;
+
+/// Where the Log table lives. Shared by every subcommand.
+#[derive(Clone, clap::Args)]
+pub(crate) struct DatabaseArgs {
+    /// PostgreSQL to use, e.g. postgres://user:password@127.0.0.1:5432/db. Without it, a private
+    /// cluster in --data-dir is used.
+    #[arg(long, env = "DATABASE_URL", hide_env_values = true, value_name = "URL")]
+    pub(crate) database_url: Option<String>,
+
+    /// Directory of the private PostgreSQL cluster used when no database URL is given
+    /// [default: ./.pglogsink]. When run as root, the server runs as the `postgres` OS user, which
+    /// must be able to reach this directory.
+    #[arg(long, env = "PGLOGSINK_DATA_DIR", value_name = "DIR")]
+    pub(crate) data_dir: Option<PathBuf>,
+
+    /// The Log table, optionally schema-qualified (lowercase letters, digits, underscores).
+    #[arg(long, env = "PGLOGSINK_TABLE", default_value = pglogsink::DEFAULT_TABLE, value_name = "NAME")]
+    pub(crate) table: TableName,
+}
+
+// Written by hand so that the URL's password can never reach a log line.
+impl std::fmt::Debug for DatabaseArgs {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DatabaseArgs")
+            .field(
+                "database_url",
+                &self
+                    .database_url
+                    .as_deref()
+                    .and_then(|url| pglogsink::parse_url(url).ok())
+                    .map(|config| describe_config(&config)),
+            )
+            .field("data_dir", &self.data_dir)
+            .field("table", &self.table)
+            .finish()
+    }
+}
 
 /// Whether a subcommand may create the private cluster.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -32,7 +71,7 @@ pub(crate) struct Database {
 }
 
 impl Database {
-    pub(crate) async fn open(args: &DatabaseArgs, mode: Mode) -> Result<Database, super::Failure> {
+    pub(crate) async fn open(args: &DatabaseArgs, mode: Mode) -> Result<Database, Failure> {
         if let Some(url) = &args.database_url {
             let config = pglogsink::parse_url(url)?;
             let description = describe_config(&config);
@@ -53,7 +92,7 @@ impl Database {
         let state_dir = data_dir.clone();
         let server = tokio::task::spawn_blocking(move || start_embedded(&data_dir, mode))
             .await
-            .map_err(|e| super::Failure::from(format!("starting PostgreSQL: {e}")))??;
+            .map_err(|e| Failure::from(format!("starting PostgreSQL: {e}")))??;
         let description = format!(
             "the private PostgreSQL in {} (127.0.0.1:{}{})",
             server.data_dir().display(),
@@ -132,9 +171,9 @@ impl Supervision {
     }
 }
 
-fn start_embedded(data_dir: &Path, mode: Mode) -> Result<EmbeddedPostgres, super::Failure> {
+fn start_embedded(data_dir: &Path, mode: Mode) -> Result<EmbeddedPostgres, Failure> {
     if mode == Mode::Existing && !data_dir.join("pgdata").join("PG_VERSION").exists() {
-        return Err(super::Failure::from(format!(
+        return Err(Failure::from(format!(
             "no pglogsink database in {}: start `pglogsink serve` (with the same --data-dir) first, \
              or pass --database-url",
             data_dir.display()

@@ -7,7 +7,6 @@
 //! `x-run-id`. With `--verify` it then counts the rows carrying that run id
 //! in the Log table until every successful request has its rows.
 
-use std::io::IsTerminal;
 use std::net::{IpAddr, SocketAddr};
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -20,13 +19,15 @@ use http_body_util::{BodyExt, Full};
 use hyper::client::conn::http1::{self, SendRequest};
 use hyper::{StatusCode, Uri};
 use hyper_util::rt::TokioIo;
-use indicatif::{ProgressBar, ProgressStyle};
-use pglogsink::{describe, CancellationToken};
+use pglogsink::admin::describe;
+use pglogsink::CancellationToken;
 use tokio::net::TcpStream;
 use tokio_util::task::TaskTracker;
 
+use super::failure::Failure;
+use super::flag_values::parse_seconds;
 use super::load_body::{LoadMode, Payload};
-use super::Failure;
+use super::load_progress::Progress;
 
 const DEFAULT_REQUESTS: u64 = 1000;
 const MAX_CONCURRENCY: u32 = 10_000;
@@ -60,7 +61,7 @@ pub(crate) struct LoadArgs {
 
     /// Send requests for this many seconds instead of a fixed number (fractions allowed, at most
     /// 3600).
-    #[arg(long, env = "PGLOGSINK_DURATION", value_name = "SECS", value_parser = parse_duration)]
+    #[arg(long, env = "PGLOGSINK_DURATION", value_name = "SECS", value_parser = parse_run_time)]
     pub(crate) duration: Option<Duration>,
 
     /// After the run, check in the database that every successful request wrote exactly its
@@ -93,7 +94,7 @@ pub(crate) struct LoadArgs {
     pub(crate) batch: usize,
 
     #[command(flatten)]
-    pub(crate) db: super::DatabaseArgs,
+    pub(crate) db: super::db::DatabaseArgs,
 }
 
 fn parse_batch(s: &str) -> Result<usize, String> {
@@ -181,12 +182,12 @@ fn parse_requests(s: &str) -> Result<u64, String> {
     }
 }
 
-fn parse_duration(s: &str) -> Result<Duration, String> {
-    super::parse_seconds(s, false, MAX_DURATION_SECS)
+fn parse_run_time(s: &str) -> Result<Duration, String> {
+    parse_seconds(s, false, MAX_DURATION_SECS)
 }
 
 fn parse_verify_timeout(s: &str) -> Result<Duration, String> {
-    super::parse_seconds(s, false, 86_400.0)
+    parse_seconds(s, false, 86_400.0)
 }
 
 /// `load-<unix millis>-<pid>`: unique per run on this machine.
@@ -194,8 +195,9 @@ fn run_id(unix_millis: u128, pid: u32) -> String {
     format!("load-{unix_millis}-{pid}")
 }
 
-/// What the workers share.
-struct Shared {
+/// One run of the load client: what its workers share (where to, what to
+/// send, how many) and what they counted.
+struct LoadRun {
     target: Target,
     addrs: Vec<SocketAddr>,
     run_id: String,
@@ -214,7 +216,7 @@ struct Shared {
     tasks: TaskTracker,
 }
 
-impl Shared {
+impl LoadRun {
     /// The sequence number (from 1) of the next request to send, if any.
     fn next_slot(&self) -> Option<u64> {
         if self.cancel.is_cancelled() {
@@ -249,13 +251,13 @@ impl Shared {
 
 /// Connects and does the HTTP/1.1 handshake; the connection runs in its own task.
 async fn connect(
-    shared: &Shared,
+    run: &LoadRun,
     stream: Option<TcpStream>,
 ) -> Result<SendRequest<Full<Bytes>>, String> {
     let connecting = async {
         let stream = match stream {
             Some(stream) => stream,
-            None => TcpStream::connect(&shared.addrs[..])
+            None => TcpStream::connect(&run.addrs[..])
                 .await
                 .map_err(|e| format!("connect: {e}"))?,
         };
@@ -263,7 +265,7 @@ async fn connect(
         let (sender, connection) = http1::handshake(TokioIo::new(stream))
             .await
             .map_err(|e| format!("handshake: {}", describe(&e)))?;
-        shared.tasks.spawn(connection);
+        run.tasks.spawn(connection);
         Ok(sender)
     };
     tokio::time::timeout(REQUEST_TIMEOUT, connecting)
@@ -273,14 +275,14 @@ async fn connect(
 
 async fn send(
     sender: &mut SendRequest<Full<Bytes>>,
-    shared: &Shared,
+    run: &LoadRun,
     n: u64,
 ) -> Result<StatusCode, String> {
     sender.ready().await.map_err(|e| describe(&e).to_string())?;
-    let target = &shared.target;
-    let request = shared
+    let target = &run.target;
+    let request = run
         .payload
-        .request(&target.prefix, &target.authority, n, &shared.run_id)
+        .request(&target.prefix, &target.authority, n, &run.run_id)
         .map_err(|e| e.to_string())?;
     let response = sender
         .send_request(request)
@@ -297,12 +299,12 @@ async fn send(
 
 /// One worker: sequential requests over one keep-alive connection, reconnecting after errors.
 async fn worker(
-    shared: Arc<Shared>,
+    run: Arc<LoadRun>,
     mut first: Option<TcpStream>,
     mut hist: Histogram<u64>,
 ) -> Histogram<u64> {
     let mut conn: Option<SendRequest<Full<Bytes>>> = None;
-    while let Some(n) = shared.next_slot() {
+    while let Some(n) = run.next_slot() {
         if conn.as_ref().is_some_and(|c| c.is_closed()) {
             conn = None;
         }
@@ -310,16 +312,16 @@ async fn worker(
             Some(ref mut sender) => sender,
             None => {
                 let connected = tokio::select! {
-                    connected = connect(&shared, first.take()) => connected,
-                    _ = shared.cancel.cancelled() => break,
+                    connected = connect(&run, first.take()) => connected,
+                    _ = run.cancel.cancelled() => break,
                 };
                 match connected {
                     Ok(sender) => conn.insert(sender),
                     Err(e) => {
-                        shared.failed(&shared.conn_errors, e);
+                        run.failed(&run.conn_errors, e);
                         tokio::select! {
                             _ = tokio::time::sleep(RECONNECT_PAUSE) => continue,
-                            _ = shared.cancel.cancelled() => break,
+                            _ = run.cancel.cancelled() => break,
                         }
                     }
                 }
@@ -327,27 +329,27 @@ async fn worker(
         };
         let started = Instant::now();
         let result = tokio::select! {
-            result = tokio::time::timeout(REQUEST_TIMEOUT, send(sender, &shared, n)) => result,
-            _ = shared.cancel.cancelled() => break,
+            result = tokio::time::timeout(REQUEST_TIMEOUT, send(sender, &run, n)) => result,
+            _ = run.cancel.cancelled() => break,
         };
         match result {
             Ok(Ok(status)) => {
                 let micros = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
                 hist.saturating_record(micros.max(1));
                 if status.is_success() {
-                    shared.ok.fetch_add(1, Ordering::Relaxed);
+                    run.ok.fetch_add(1, Ordering::Relaxed);
                 } else {
-                    shared.failed(&shared.non_2xx, format!("HTTP {status}"));
+                    run.failed(&run.non_2xx, format!("HTTP {status}"));
                 }
             }
             Ok(Err(e)) => {
                 conn = None;
-                shared.failed(&shared.conn_errors, e);
+                run.failed(&run.conn_errors, e);
             }
             Err(_) => {
                 conn = None;
-                shared.failed(
-                    &shared.conn_errors,
+                run.failed(
+                    &run.conn_errors,
                     format!("no response within {} s", REQUEST_TIMEOUT.as_secs()),
                 );
             }
@@ -356,52 +358,8 @@ async fn worker(
     hist
 }
 
-/// A progress bar on a terminal; otherwise (indicatif would draw nothing) a plain line about
-/// once per second.
-pub(crate) struct Progress {
-    pub(crate) bar: ProgressBar,
-    plain: bool,
-    last_plain: Instant,
-}
-
-impl Progress {
-    pub(crate) fn new(len: Option<u64>, template: &str) -> Progress {
-        let plain = !std::io::stderr().is_terminal();
-        let bar = match (plain, len) {
-            (true, _) => ProgressBar::hidden(),
-            (false, Some(len)) => ProgressBar::new(len),
-            (false, None) => ProgressBar::new_spinner(),
-        };
-        bar.set_style(
-            ProgressStyle::with_template(template).unwrap_or_else(|_| ProgressStyle::default_bar()),
-        );
-        if !plain {
-            bar.enable_steady_tick(Duration::from_millis(100));
-        }
-        Progress {
-            bar,
-            plain,
-            last_plain: Instant::now(),
-        }
-    }
-
-    pub(crate) fn update(
-        &mut self,
-        pos: u64,
-        message: String,
-        plain_line: impl FnOnce() -> String,
-    ) {
-        self.bar.set_position(pos);
-        self.bar.set_message(message);
-        if self.plain && self.last_plain.elapsed() >= Duration::from_secs(1) {
-            self.last_plain = Instant::now();
-            eprintln!("{}", plain_line());
-        }
-    }
-}
-
 async fn report_progress(
-    shared: Arc<Shared>,
+    run: Arc<LoadRun>,
     total: Option<u64>,
     started: Instant,
     done: CancellationToken,
@@ -418,7 +376,7 @@ async fn report_progress(
             _ = tick.tick() => {}
             _ = done.cancelled() => break,
         }
-        let (ok, failed) = shared.counts();
+        let (ok, failed) = run.counts();
         let elapsed = started.elapsed().as_secs_f64();
         let rate = (ok + failed) as f64 / elapsed.max(1e-3);
         let of = total.map(|t| format!("/{t}")).unwrap_or_default();
@@ -498,8 +456,7 @@ fn summary(
 }
 
 pub(crate) async fn run(args: LoadArgs) -> Result<ExitCode, Failure> {
-    let target = args.url.clone();
-    let (addrs, first) = first_connection(&target).await?;
+    let (addrs, first) = first_connection(&args.url).await?;
     let millis = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_millis());
@@ -511,11 +468,11 @@ pub(crate) async fn run(args: LoadArgs) -> Result<ExitCode, Failure> {
     let started = Instant::now();
     let cancel = CancellationToken::new();
     let tasks = TaskTracker::new();
-    let shared = Arc::new(Shared {
-        target,
+    let run = Arc::new(LoadRun {
+        target: args.url.clone(),
         addrs,
         payload: Payload::new(args.mode, args.batch, &run_id),
-        run_id: run_id.clone(),
+        run_id,
         limit: total.ok_or(started + args.duration.unwrap_or_default()),
         next: AtomicU64::new(0),
         ok: AtomicU64::new(0),
@@ -530,20 +487,52 @@ pub(crate) async fn run(args: LoadArgs) -> Result<ExitCode, Failure> {
         super::signal::shutdown_signal().await;
         on_signal.cancel();
     });
-    let done = CancellationToken::new();
-    let progress = tasks.spawn(report_progress(
-        shared.clone(),
-        total,
-        started,
-        done.clone(),
-    ));
+    let latency = drive(&run, args.concurrency, first, total, started).await?;
+    let elapsed = started.elapsed().as_secs_f64();
+    let interrupted = cancel.is_cancelled();
+    print_results(&run, &args, elapsed, &latency, interrupted);
+    let verified = match (args.verify, interrupted) {
+        (false, _) => true,
+        (true, true) => {
+            println!("verify:      skipped (interrupted)");
+            false
+        }
+        (true, false) => {
+            let (ok, failed) = run.counts();
+            let rows = ok * run.payload.records;
+            let (db, timeout) = (&args.db, args.verify_timeout);
+            super::load_verify::verify(db, timeout, &run.run_id, rows, failed, &cancel).await?
+        }
+    };
+    signal_task.abort();
+    close_connections(&tasks).await;
+    let success = run.counts().1 == 0 && !interrupted && verified;
+    Ok(if success {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
+}
 
+/// Run `concurrency` workers (the first on connection `first`) with a
+/// progress line until they are done; their latencies together.
+async fn drive(
+    run: &Arc<LoadRun>,
+    concurrency: u32,
+    first: TcpStream,
+    total: Option<u64>,
+    started: Instant,
+) -> Result<Histogram<u64>, Failure> {
+    let done = CancellationToken::new();
+    let progress = run
+        .tasks
+        .spawn(report_progress(run.clone(), total, started, done.clone()));
     let template = Histogram::<u64>::new_with_bounds(1, MAX_LATENCY_US, 3)?;
     let mut workers = tokio::task::JoinSet::new();
     let mut first = Some(first);
-    for _ in 0..args.concurrency {
+    for _ in 0..concurrency {
         workers.spawn(worker(
-            shared.clone(),
+            run.clone(),
             first.take(),
             Histogram::new_from(&template),
         ));
@@ -552,48 +541,48 @@ pub(crate) async fn run(args: LoadArgs) -> Result<ExitCode, Failure> {
     while let Some(joined) = workers.join_next().await {
         latency.add(joined?)?;
     }
-    let elapsed = started.elapsed().as_secs_f64();
     done.cancel();
     progress.await.ok();
+    Ok(latency)
+}
 
-    let (ok, failed) = shared.counts();
-    let interrupted = cancel.is_cancelled();
+/// The summary on stdout, with the records sent in ingest modes and what
+/// went wrong first.
+fn print_results(
+    run: &LoadRun,
+    args: &LoadArgs,
+    elapsed: f64,
+    latency: &Histogram<u64>,
+    interrupted: bool,
+) {
+    let (ok, _) = run.counts();
     let (non_2xx, conn_errors) = (
-        shared.non_2xx.load(Ordering::Relaxed),
-        shared.conn_errors.load(Ordering::Relaxed),
+        run.non_2xx.load(Ordering::Relaxed),
+        run.conn_errors.load(Ordering::Relaxed),
     );
     println!(
         "{}",
-        summary(&run_id, ok, non_2xx, conn_errors, elapsed, &latency)
+        summary(&run.run_id, ok, non_2xx, conn_errors, elapsed, latency)
     );
     if args.mode != LoadMode::Recipes {
-        let records = ok * shared.payload.records;
+        let records = ok * run.payload.records;
         println!(
             "records:     {records} in {ok} requests of {}: {:.0} records/s",
-            shared.payload.records,
+            run.payload.records,
             records as f64 / elapsed.max(1e-3)
         );
     }
     if interrupted {
         println!("interrupted: stopped early by a signal");
     }
-    if let Some(e) = shared.first_error.lock().ok().and_then(|e| e.clone()) {
+    if let Some(e) = run.first_error.lock().ok().and_then(|e| e.clone()) {
         println!("first error: {e}");
     }
-    let verified = match (args.verify, interrupted) {
-        (false, _) => true,
-        (true, true) => {
-            println!("verify:      skipped (interrupted)");
-            false
-        }
-        (true, false) => {
-            let rows = ok * shared.payload.records;
-            super::load_verify::verify(&args, &run_id, rows, failed, &cancel).await?
-        }
-    };
-    signal_task.abort();
-    // The workers have returned, so every connection's sender is gone and
-    // its task is closing; wait for them, within a request's timeout.
+}
+
+/// The workers have returned, so every connection's sender is gone and its
+/// task is closing: wait for them, within a request's timeout.
+async fn close_connections(tasks: &TaskTracker) {
     tasks.close();
     if tokio::time::timeout(REQUEST_TIMEOUT, tasks.wait())
         .await
@@ -604,12 +593,6 @@ pub(crate) async fn run(args: LoadArgs) -> Result<ExitCode, Failure> {
             tasks.len()
         );
     }
-    let success = failed == 0 && !interrupted && verified;
-    Ok(if success {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::from(1)
-    })
 }
 
 #[cfg(test)]
@@ -677,10 +660,10 @@ mod tests {
         assert_eq!(parse_requests("1"), Ok(1));
         assert!(parse_requests("0").is_err());
         assert!(parse_requests("-1").is_err());
-        assert_eq!(parse_duration("0.5"), Ok(Duration::from_millis(500)));
-        assert_eq!(parse_duration("3600"), Ok(Duration::from_secs(3600)));
+        assert_eq!(parse_run_time("0.5"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_run_time("3600"), Ok(Duration::from_secs(3600)));
         for bad in ["0", "-1", "3600.5", "NaN", "inf", "1e400", "soon"] {
-            assert!(parse_duration(bad).is_err(), "{bad}");
+            assert!(parse_run_time(bad).is_err(), "{bad}");
         }
         assert_eq!(parse_verify_timeout("30"), Ok(Duration::from_secs(30)));
     }
@@ -720,7 +703,7 @@ mod tests {
 
     #[test]
     fn request_slots_are_handed_out_exactly_once() {
-        let shared = Shared {
+        let run = LoadRun {
             target: parse_target("http://127.0.0.1:1").expect("valid"),
             addrs: Vec::new(),
             run_id: run_id(0, 0),
@@ -734,8 +717,8 @@ mod tests {
             cancel: CancellationToken::new(),
             tasks: TaskTracker::new(),
         };
-        let slots: Vec<_> = std::iter::from_fn(|| shared.next_slot()).collect();
+        let slots: Vec<_> = std::iter::from_fn(|| run.next_slot()).collect();
         assert_eq!(slots, [1, 2, 3]);
-        assert_eq!(shared.next_slot(), None);
+        assert_eq!(run.next_slot(), None);
     }
 }

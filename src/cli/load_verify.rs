@@ -3,12 +3,14 @@
 
 use std::time::{Duration, Instant};
 
+use pglogsink::admin::describe;
 use pglogsink::tokio_postgres::types::Type;
-use pglogsink::{describe, CancellationToken, Error};
+use pglogsink::{CancellationToken, Error};
 
+use super::db::DatabaseArgs;
 use super::db::{Database, Mode};
-use super::load::{LoadArgs, Progress};
-use super::Failure;
+use super::failure::Failure;
+use super::load_progress::Progress;
 
 /// How often the count is asked for.
 const VERIFY_POLL: Duration = Duration::from_millis(250);
@@ -53,21 +55,23 @@ fn verify_line(
     (format!("FAILED for run {run_id}: {problem}"), false)
 }
 
-/// `serve` side of --verify: polls the row count; `Ok(true)` when it matches exactly.
+/// `serve` side of --verify: polls the row count in the Log table of `db`
+/// for up to `timeout`; `Ok(true)` when it matches exactly.
 pub(crate) async fn verify(
-    args: &LoadArgs,
+    db: &DatabaseArgs,
+    timeout: Duration,
     run_id: &str,
     expected: u64,
     failed: u64,
     cancel: &CancellationToken,
 ) -> Result<bool, Failure> {
     let started = Instant::now();
-    let db = Database::open(&args.db, Mode::Existing).await?;
-    let deadline = started + args.verify_timeout;
     let sql = format!(
         "SELECT count(*) FROM {} WHERE fields->>'run_id' = $1",
-        args.db.table.quoted()
+        db.table.quoted()
     );
+    let db = Database::open(db, Mode::Existing).await?;
+    let deadline = started + timeout;
     let mut progress = Progress::new(
         Some(expected),
         "{spinner} verify [{elapsed_precise}] {wide_bar} {pos}/{len} rows",

@@ -15,13 +15,15 @@ use std::path::Path;
 use std::time::Duration;
 
 use deadpool_postgres::Object;
-use pglogsink::query::{FieldMatch, Filter, Follower, LogRow, Reader, TimeFormat, When};
+use pglogsink::admin::query::{FieldMatch, Filter, Follower, LogRow, Reader, TimeFormat, When};
 use pglogsink::tokio_postgres;
 use pglogsink::{Error, Level, TableName};
 
+use super::db::DatabaseArgs;
 use super::db::{Database, Mode};
+use super::failure::Failure;
 use super::signal::shutdown_signal;
-use super::{DatabaseArgs, Failure};
+use super::trace_ids;
 
 /// How often `--follow` asks for new rows.
 const POLL_INTERVAL: Duration = Duration::from_millis(500);
@@ -74,7 +76,7 @@ pub(crate) struct LogsArgs {
 
     /// Only rows of this trace (the trace_id field that OTLP ingest stores: 32 hex digits, any
     /// case), found through an index whatever their time.
-    #[arg(long, env = "PGLOGSINK_TRACE_ID", value_name = "ID", value_parser = parse_trace_id)]
+    #[arg(long, env = "PGLOGSINK_TRACE_ID", value_name = "ID", value_parser = trace_ids::parse_trace_id)]
     pub(crate) trace_id: Option<String>,
 
     /// After the newest rows, keep printing new matching rows as they are committed, until Ctrl-C.
@@ -98,20 +100,6 @@ fn parse_when(s: &str) -> Result<When, String> {
 
 fn parse_field(s: &str) -> Result<FieldMatch, String> {
     s.parse()
-}
-
-/// A W3C / OTLP trace id: 32 hex digits, not all zero; stored lowercase.
-pub(crate) fn parse_trace_id(s: &str) -> Result<String, String> {
-    let id = s.trim().to_ascii_lowercase();
-    if id.len() == 32 && id.bytes().all(|b| b.is_ascii_hexdigit()) && id.bytes().any(|b| b != b'0')
-    {
-        Ok(id)
-    } else {
-        Err(
-            "expected a trace id of 32 hex digits, e.g. 5b8efff798038103d269b633813fc60c"
-                .to_owned(),
-        )
-    }
 }
 
 /// Renders rows as aligned (optionally coloured) text or as NDJSON. Column
@@ -367,7 +355,7 @@ async fn resolve(
         Failure::from(format!(
             "invalid value {text:?} for {option}: {}; {}",
             Error::from(e),
-            pglogsink::query::WHEN_FORM
+            pglogsink::admin::query::WHEN_FORM
         ))
     })
 }
@@ -442,12 +430,7 @@ async fn follow(
     tokio::pin!(signal);
     let mut client = Some(client);
     loop {
-        // A burst is read page after page, without the pause.
-        let pause = if follower.caught_up() {
-            POLL_INTERVAL
-        } else {
-            Duration::ZERO
-        };
+        let pause = follower.pause(POLL_INTERVAL);
         tokio::select! {
             () = &mut signal => return Ok(()),
             () = tokio::time::sleep(pause) => {}

@@ -5,61 +5,75 @@
 
 use std::time::Duration;
 
+use pglogsink::admin::settings;
 use pglogsink::{KeepLevels, Maintenance, PartitionInterval, TableName};
 use tokio_util::sync::CancellationToken;
 
+use super::db::DatabaseArgs;
 use super::db::{Database, Mode};
-use super::{DatabaseArgs, Failure};
+use super::failure::Failure;
+use super::flag_values::{parse_age, whole_number, Age};
 
 /// The maintenance settings, shared by `maintain`, `migrate` and `serve`.
 #[derive(Debug, Clone, clap::Args)]
 pub(crate) struct MaintenanceArgs {
     /// Time covered by one partition of the Log table: 1h, 1d or 7d (weeks start on Monday, UTC).
-    #[arg(long, env = "PGLOGSINK_PARTITION_INTERVAL", default_value = "1d",
+    #[arg(long, env = "PGLOGSINK_PARTITION_INTERVAL",
+          default_value_t = PartitionInterval::default(),
           value_parser = parse_interval, value_name = "INTERVAL")]
     pub(crate) partition_interval: PartitionInterval,
 
     /// Partitions to create ahead of the current one.
     #[arg(long, env = "PGLOGSINK_PREMAKE", default_value_t = pglogsink::DEFAULT_PREMAKE,
-          value_parser = clap::value_parser!(u32).range(0..=1000), value_name = "N")]
+          value_parser = |s: &str| whole_number(s, settings::check_premake), value_name = "N")]
     pub(crate) premake: u32,
 
     /// How far back rows get partitions of their own: rows in the DEFAULT partition older than this
     /// stay there (still read by every query; --retention deletes them), so that a client whose
     /// clock is years off cannot make a partition per day since 1970. With --retention, the shorter
     /// of the two applies.
-    #[arg(long, env = "PGLOGSINK_MAX_AGE", default_value = "30d",
-          value_parser = parse_retention, value_name = "AGE")]
-    pub(crate) max_age: Duration,
+    #[arg(long, env = "PGLOGSINK_MAX_AGE", default_value_t = Age(pglogsink::DEFAULT_MAX_AGE),
+          value_parser = parse_age, value_name = "AGE")]
+    pub(crate) max_age: Age,
 }
 
 impl MaintenanceArgs {
-    pub(crate) fn maintenance(
-        &self,
-        retention: Option<Duration>,
-        search_index: bool,
-    ) -> Maintenance {
+    /// The partitions' settings; nothing is dropped or rewritten (see
+    /// [`ClosedPartitionsArgs::apply`]).
+    pub(crate) fn maintenance(&self) -> Maintenance {
         Maintenance {
             interval: self.partition_interval,
             premake: self.premake,
-            retention,
-            max_age: self.max_age,
-            search_index,
+            max_age: self.max_age.0,
             ..Maintenance::default()
         }
     }
 }
 
-/// What maintenance does to closed partitions, shared by `maintain` and
-/// `serve`.
+/// What maintenance does to partitions once their time has passed, shared
+/// by `maintain` and `serve` (which does it on its maintenance timer).
 #[derive(Debug, Clone, clap::Args)]
-pub(crate) struct RewriteArgs {
+pub(crate) struct ClosedPartitionsArgs {
+    /// Drop partitions of the Log table whose whole time range is older than this (30d, 12h,
+    /// 2d12h; at least 1h), and delete such rows from the DEFAULT partition. Without it nothing
+    /// is dropped.
+    #[arg(long, env = "PGLOGSINK_RETENTION", value_parser = parse_age, value_name = "AGE")]
+    pub(crate) retention: Option<Age>,
+
+    /// Give each partition whose day (or interval) has ended a trigram index on message (pg_trgm,
+    /// built concurrently, once), so that --grep over older rows is an index lookup. The partition
+    /// being written never gets one. Needs the right to create the pg_trgm extension (or have it
+    /// created by a superuser first).
+    #[arg(long, env = "PGLOGSINK_SEARCH_INDEX",
+          value_parser = clap::builder::BoolishValueParser::new())]
+    pub(crate) search_index: bool,
+
     /// Convert each partition whose whole time range is older than AGE (2d, 7d; at least 1h) to
     /// Citus columnar storage: a copy built beside and swapped in without blocking writers, about a
     /// seventh of the disk, request and trace ids still found through their indexes. Needs the
     /// citus_columnar extension, with 'citus_columnar' (or 'citus') in shared_preload_libraries.
-    #[arg(long, env = "PGLOGSINK_COLUMNAR_AFTER", value_parser = parse_retention, value_name = "AGE")]
-    pub(crate) columnar_after: Option<Duration>,
+    #[arg(long, env = "PGLOGSINK_COLUMNAR_AFTER", value_parser = parse_age, value_name = "AGE")]
+    pub(crate) columnar_after: Option<Age>,
 
     /// Per-level retention, AGE=LEVEL (7d=info): a partition whose whole time range is older than
     /// AGE keeps LEVEL and above, dropped when it is rewritten (by --columnar-after, or else by a
@@ -71,11 +85,13 @@ pub(crate) struct RewriteArgs {
     pub(crate) keep_levels_after: Vec<KeepLevels>,
 }
 
-impl RewriteArgs {
+impl ClosedPartitionsArgs {
     /// `maintenance` with these settings, checked.
     pub(crate) fn apply(&self, maintenance: Maintenance) -> Result<Maintenance, Failure> {
         let maintenance = Maintenance {
-            columnar_after: self.columnar_after,
+            retention: self.retention.map(|age| age.0),
+            search_index: self.search_index,
+            columnar_after: self.columnar_after.map(|age| age.0),
             keep_levels: self.keep_levels_after.clone(),
             ..maintenance
         };
@@ -92,21 +108,8 @@ pub(crate) struct MaintainArgs {
     #[command(flatten)]
     pub(crate) partitions: MaintenanceArgs,
 
-    /// Drop partitions whose whole time range is older than this (30d, 12h, 2d12h), and delete such
-    /// rows from the DEFAULT partition. Without it nothing is dropped.
-    #[arg(long, env = "PGLOGSINK_RETENTION", value_parser = parse_retention, value_name = "AGE")]
-    pub(crate) retention: Option<Duration>,
-
-    /// Give each partition whose day (or interval) has ended a trigram index on message (pg_trgm,
-    /// built concurrently, once), so that --grep over older rows is an index lookup. The partition
-    /// being written never gets one. Needs the right to create the pg_trgm extension (or have it
-    /// created by a superuser first).
-    #[arg(long, env = "PGLOGSINK_SEARCH_INDEX",
-          value_parser = clap::builder::BoolishValueParser::new())]
-    pub(crate) search_index: bool,
-
     #[command(flatten)]
-    pub(crate) rewrite: RewriteArgs,
+    pub(crate) closed: ClosedPartitionsArgs,
 }
 
 fn parse_interval(s: &str) -> Result<PartitionInterval, String> {
@@ -118,22 +121,9 @@ fn parse_keep_levels(s: &str) -> Result<KeepLevels, String> {
         .map_err(|e: pglogsink::Error| e.to_string().replace("invalid --keep-levels-after: ", ""))
 }
 
-/// A retention or `--max-age`: at least one hour (a shorter retention
-/// would drop the partition being written).
-pub(crate) fn parse_retention(s: &str) -> Result<Duration, String> {
-    match pglogsink::query::parse_duration(s) {
-        Some(d) if d >= Duration::from_secs(3600) => Ok(d),
-        Some(_) => Err("must be at least 1h".to_owned()),
-        None => Err("expected an age such as 30d, 12h or 2d12h".to_owned()),
-    }
-}
-
 /// `pglogsink maintain`: one run, its report on stdout.
 pub(crate) async fn run(args: MaintainArgs) -> Result<(), Failure> {
-    let maintenance = args.rewrite.apply(
-        args.partitions
-            .maintenance(args.retention, args.search_index),
-    )?;
+    let maintenance = args.closed.apply(args.partitions.maintenance())?;
     let db = Database::open(&args.db, Mode::Existing).await?;
     let result = maintenance.run(&db.pool, &args.db.table).await;
     db.close();

@@ -16,6 +16,7 @@ use std::time::{Duration, Instant};
 use axum::extract::{MatchedPath, Request};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
+use metrics::Unit;
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use pglogsink::{CancellationToken, Logger};
 
@@ -24,7 +25,7 @@ use pglogsink::{CancellationToken, Logger};
 const UPKEEP_INTERVAL: Duration = Duration::from_secs(5);
 
 /// Install the process-wide recorder. Call once, before serving.
-pub(crate) fn install() -> Result<PrometheusHandle, super::Failure> {
+pub(crate) fn install() -> Result<PrometheusHandle, super::failure::Failure> {
     let seconds = &[
         0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
     ];
@@ -61,105 +62,97 @@ pub(crate) async fn upkeep(handle: PrometheusHandle, token: CancellationToken) {
     }
 }
 
-fn describe() {
-    use metrics::{describe_counter, describe_gauge, describe_histogram, Unit};
-    describe_counter!(
-        "pglogsink_records_enqueued_total",
-        "Records taken by log()."
-    );
-    describe_counter!(
-        "pglogsink_records_written_total",
-        "Records committed to the Log table."
-    );
-    describe_counter!(
-        "pglogsink_records_rejected_total",
-        "Records PostgreSQL refused, kept in the rejected table or dead-letter file."
-    );
-    describe_counter!(
-        "pglogsink_records_spooled_total",
-        "Records moved to the on-disk spool."
-    );
-    describe_counter!(
-        "pglogsink_records_replayed_total",
-        "Records written from the spool."
-    );
-    describe_counter!(
-        "pglogsink_records_truncated_total",
-        "Records cut to the maximum record size."
-    );
-    describe_counter!("pglogsink_batches_total", "COPY batches committed.");
-    describe_counter!(
-        "pglogsink_maintenance_runs_total",
-        "Maintenance runs of the Log table that succeeded (or found another instance at it)."
-    );
-    describe_counter!(
-        "pglogsink_maintenance_failures_total",
-        "Maintenance runs that failed, by reason (privilege: the role may not create or drop partitions)."
-    );
-    describe_counter!(
-        "pglogsink_partitions_dropped_total",
-        "Partitions of the Log table dropped by retention."
-    );
-    describe_counter!(
-        "pglogsink_retries_total",
-        "Batch attempts retried after a transient error, by reason."
-    );
-    describe_counter!(
-        "pglogsink_records_lost_total",
-        "Records that will not reach the table, by reason: handed back to the caller (sink_full, \
-         too_large, stopped) or taken and dropped (spool_full, spool_error, no_spool, refused_row)."
-    );
-    describe_counter!(
-        "pglogsink_records_in_doubt_total",
-        "Records in a COPY cut off at the shutdown deadline with no spool: maybe committed."
-    );
-    describe_gauge!(
+/// Every counter the service exports, and its help text.
+const COUNTERS: &[(&str, &str)] = &[
+    ("pglogsink_records_enqueued_total", "Records taken by log()."),
+    ("pglogsink_records_written_total", "Records committed to the Log table."),
+    ("pglogsink_records_rejected_total", "Records PostgreSQL refused, kept in the rejected table or dead-letter file."),
+    ("pglogsink_records_spooled_total", "Records moved to the on-disk spool."),
+    ("pglogsink_records_replayed_total", "Records written from the spool."),
+    ("pglogsink_records_truncated_total", "Records cut to the maximum record size."),
+    ("pglogsink_batches_total", "COPY batches committed."),
+    ("pglogsink_maintenance_runs_total", "Maintenance runs of the Log table that succeeded (or found another instance at it)."),
+    ("pglogsink_maintenance_failures_total", "Maintenance runs that failed, by reason (privilege: the role may not create or drop partitions)."),
+    ("pglogsink_partitions_dropped_total", "Partitions of the Log table dropped by retention."),
+    ("pglogsink_retries_total", "Batch attempts retried after a transient error, by reason."),
+    ("pglogsink_records_lost_total", "Records that will not reach the table, by reason: handed back to the caller (sink_full, \
+         too_large, stopped) or taken and dropped (spool_full, spool_error, no_spool, refused_row)."),
+    ("pglogsink_records_in_doubt_total", "Records in a COPY cut off at the shutdown deadline with no spool: maybe committed."),
+    ("pglogsink_embedded_restarts_total", "Times the private PostgreSQL was started again after it died."),
+    ("http_requests_total", "HTTP requests answered, by route, method and status."),
+];
+
+/// Every gauge, its unit and its help text.
+const GAUGES: &[(&str, Option<Unit>, &str)] = &[
+    (
         "pglogsink_spool_bytes",
-        Unit::Bytes,
-        "Bytes the spool takes on disk."
-    );
-    describe_gauge!(
+        Some(Unit::Bytes),
+        "Bytes the spool takes on disk.",
+    ),
+    (
         "pglogsink_full",
-        "1 while the memory budget and the spool are both exhausted and records are handed back."
-    );
-    describe_counter!(
-        "pglogsink_embedded_restarts_total",
-        "Times the private PostgreSQL was started again after it died."
-    );
-    describe_gauge!(
+        None,
+        "1 while the memory budget and the spool are both exhausted and records are handed back.",
+    ),
+    (
         "pglogsink_queue_depth",
-        "Records waiting in the in-memory queue."
-    );
-    describe_gauge!(
+        None,
+        "Records waiting in the in-memory queue.",
+    ),
+    (
         "pglogsink_queue_bytes",
-        Unit::Bytes,
+        Some(Unit::Bytes),
         "Memory the queue holds, as counted against --max-queue-bytes (records queued, and \
-         ingest requests being read and decoded)."
-    );
-    describe_gauge!(
+         ingest requests being read and decoded).",
+    ),
+    (
         "pglogsink_oldest_unwritten_seconds",
-        Unit::Seconds,
-        "Age of the oldest record taken by log() and not yet written."
-    );
-    describe_gauge!(
+        Some(Unit::Seconds),
+        "Age of the oldest record taken by log() and not yet written.",
+    ),
+    (
         "pglogsink_up",
-        "1 while the sink takes records, 0 after it stopped."
-    );
-    describe_histogram!("pglogsink_batch_rows", "Rows per committed COPY batch.");
-    describe_histogram!(
+        None,
+        "1 while the sink takes records, 0 after it stopped.",
+    ),
+];
+
+/// Every histogram, its unit and its help text.
+const HISTOGRAMS: &[(&str, Option<Unit>, &str)] = &[
+    (
+        "pglogsink_batch_rows",
+        None,
+        "Rows per committed COPY batch.",
+    ),
+    (
         "pglogsink_copy_duration_seconds",
-        Unit::Seconds,
-        "Time to write one batch (transaction, ledger row and COPY)."
-    );
-    describe_counter!(
-        "http_requests_total",
-        "HTTP requests answered, by route, method and status."
-    );
-    describe_histogram!(
+        Some(Unit::Seconds),
+        "Time to write one batch (transaction, ledger row and COPY).",
+    ),
+    (
         "http_request_duration_seconds",
-        Unit::Seconds,
-        "HTTP request latency, by route."
-    );
+        Some(Unit::Seconds),
+        "HTTP request latency, by route.",
+    ),
+];
+
+fn describe() {
+    use metrics::{describe_counter, describe_gauge, describe_histogram};
+    for &(name, help) in COUNTERS {
+        describe_counter!(name, help);
+    }
+    for &(name, unit, help) in GAUGES {
+        match unit {
+            Some(unit) => describe_gauge!(name, unit, help),
+            None => describe_gauge!(name, help),
+        }
+    }
+    for &(name, unit, help) in HISTOGRAMS {
+        match unit {
+            Some(unit) => describe_histogram!(name, unit, help),
+            None => describe_histogram!(name, help),
+        }
+    }
 }
 
 /// The scrape endpoint's answer: the sink's counters copied in, then the

@@ -3,11 +3,15 @@
 
 pub(crate) mod db;
 pub(crate) mod diagnostics;
+pub(crate) mod failure;
+pub(crate) mod flag_values;
 pub(crate) mod health;
+pub(crate) mod hex;
 pub(crate) mod http;
 pub(crate) mod ingest;
 pub(crate) mod load;
 pub(crate) mod load_body;
+pub(crate) mod load_progress;
 pub(crate) mod load_verify;
 pub(crate) mod logs;
 pub(crate) mod maintain;
@@ -16,12 +20,15 @@ pub(crate) mod request_span;
 pub(crate) mod serve;
 pub(crate) mod signal;
 pub(crate) mod sink_args;
+#[cfg(test)]
+pub(crate) mod test_fixtures;
+pub(crate) mod trace_ids;
 pub(crate) mod viewer;
 
-use std::path::PathBuf;
-
 use clap::{Args, Parser, Subcommand};
-use pglogsink::TableName;
+
+use db::DatabaseArgs;
+use failure::Failure;
 
 const ABOUT: &str = "Application logs into PostgreSQL, fast, without slowing the code that logs.";
 const LONG_ABOUT: &str = "\
@@ -41,9 +48,12 @@ pub(crate) struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub(crate) enum Command {
-    /// Run the demo web service; every request writes one log row with `Logger`, carrying its
-    /// request id. The `http` access line (status, duration) is stored as a row of its own only
-    /// for a 5xx answer, or for every request with PGLOGSINK_TABLE_FILTER=info,http=debug.
+    /// Run the service: the demo route (GET /recipes/N writes one log row with `Logger`, carrying
+    /// its request id), ingest of other services' logs (OTLP/HTTP at /v1/logs, NDJSON at
+    /// /ingest/ndjson), the web viewer of the Log table (/ and /api/...), /healthz, /readyz and
+    /// /metrics, and the table's maintenance on a timer. The `http` access line (status,
+    /// duration) is stored as a row of its own only for a 5xx answer, or for every request with
+    /// PGLOGSINK_TABLE_FILTER=info,http=debug.
     Serve(Box<serve::ServeArgs>),
     /// Fire concurrent requests at `serve`, report throughput and latency, optionally verify every row arrived.
     Load(load::LoadArgs),
@@ -53,45 +63,9 @@ pub(crate) enum Command {
     /// pglogsink's earlier, unpartitioned shape in place.
     Migrate(MigrateArgs),
     /// Keep the Log table in shape once: make partitions ahead, move rows out of the DEFAULT
-    /// partition, drop partitions past --retention. `serve` does the same on a timer.
+    /// partition, drop partitions past --retention, index and rewrite closed ones
+    /// (--search-index, --columnar-after, --keep-levels-after). `serve` does the same on a timer.
     Maintain(maintain::MaintainArgs),
-}
-
-/// Where the Log table lives. Shared by every subcommand.
-#[derive(Clone, Args)]
-pub(crate) struct DatabaseArgs {
-    /// PostgreSQL to use, e.g. postgres://user:password@127.0.0.1:5432/db. Without it, a private
-    /// cluster in --data-dir is used.
-    #[arg(long, env = "DATABASE_URL", hide_env_values = true, value_name = "URL")]
-    pub(crate) database_url: Option<String>,
-
-    /// Directory of the private PostgreSQL cluster used when no database URL is given
-    /// [default: ./.pglogsink]. When run as root, the server runs as the `postgres` OS user, which
-    /// must be able to reach this directory.
-    #[arg(long, env = "PGLOGSINK_DATA_DIR", value_name = "DIR")]
-    pub(crate) data_dir: Option<PathBuf>,
-
-    /// The Log table, optionally schema-qualified (lowercase letters, digits, underscores).
-    #[arg(long, env = "PGLOGSINK_TABLE", default_value = pglogsink::DEFAULT_TABLE, value_name = "NAME")]
-    pub(crate) table: TableName,
-}
-
-// Written by hand so that the URL's password can never reach a log line.
-impl std::fmt::Debug for DatabaseArgs {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("DatabaseArgs")
-            .field(
-                "database_url",
-                &self
-                    .database_url
-                    .as_deref()
-                    .and_then(|url| pglogsink::parse_url(url).ok())
-                    .map(|config| db::describe_config(&config)),
-            )
-            .field("data_dir", &self.data_dir)
-            .field("table", &self.table)
-            .finish()
-    }
 }
 
 #[cfg(test)]
@@ -131,45 +105,11 @@ pub(crate) struct MigrateArgs {
     pub(crate) distribute: bool,
 }
 
-/// A flag's value in seconds, shown in `--help` as a plain number (`10`,
-/// `2.5`), so that a default can come from a library constant such as
-/// [`pglogsink::DEFAULT_SHUTDOWN_TIMEOUT`] instead of a copy of its value.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub(crate) struct Seconds(pub(crate) std::time::Duration);
-
-impl std::fmt::Display for Seconds {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}", self.0.as_secs_f64())
-    }
-}
-
-/// Seconds, whole or fractional, up to `max`; zero only when `zero_ok`.
-/// The error says the accepted range.
-pub(crate) fn parse_seconds(
-    s: &str,
-    zero_ok: bool,
-    max: f64,
-) -> Result<std::time::Duration, String> {
-    let min_ok = |secs: f64| if zero_ok { secs >= 0.0 } else { secs > 0.0 };
-    match s.trim().parse::<f64>() {
-        Ok(secs) if min_ok(secs) && secs <= max => Ok(std::time::Duration::from_secs_f64(secs)),
-        _ if zero_ok => Err(format!(
-            "expected a number of seconds from 0 to {max}, e.g. 10 or 2.5"
-        )),
-        _ => Err(format!(
-            "must be a number of seconds, more than 0 and at most {max}"
-        )),
-    }
-}
-
-/// The error of a subcommand: printed as one line by `main`.
-pub(crate) type Failure = Box<dyn std::error::Error + Send + Sync>;
-
 /// `pglogsink migrate`: create, or upgrade in place.
 pub(crate) async fn migrate(args: MigrateArgs) -> Result<(), Failure> {
     let db = db::Database::open(&args.db, db::Mode::CreateIfMissing).await?;
     let table = &args.db.table;
-    let maintenance = args.partitions.maintenance(None, false);
+    let maintenance = args.partitions.maintenance();
     // Distributing first: on a server without Citus it refuses before
     // anything is made.
     let spread = if args.distribute {

@@ -7,7 +7,6 @@
 //! the `x-request-id` header or is generated, and is echoed in the response.
 
 use std::fmt;
-use std::io::Read;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::OnceLock;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
@@ -59,15 +58,13 @@ fn is_acceptable(id: &str) -> bool {
     (1..=MAX_LEN).contains(&id.len()) && id.bytes().all(|b| b.is_ascii_graphic())
 }
 
-/// 48 random bits, read once from /dev/urandom; where that is missing, the
-/// process id and start time mixed.
+/// 48 random bits, drawn once from the operating system (ring's
+/// `SystemRandom`); where that fails, the process id and start time mixed.
 fn process_prefix() -> &'static str {
     static PREFIX: OnceLock<String> = OnceLock::new();
     PREFIX.get_or_init(|| {
-        let mut bytes = [0u8; 8];
-        let random = std::fs::File::open("/dev/urandom")
-            .and_then(|mut f| f.read_exact(&mut bytes))
-            .map(|()| u64::from_le_bytes(bytes));
+        let random = ring::rand::generate::<[u8; 8]>(&ring::rand::SystemRandom::new())
+            .map(|bytes| u64::from_le_bytes(bytes.expose()));
         let bits = random.unwrap_or_else(|_| {
             let nanos = SystemTime::now()
                 .duration_since(UNIX_EPOCH)

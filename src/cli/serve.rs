@@ -23,15 +23,18 @@ use metrics_exporter_prometheus::PrometheusHandle;
 use pglogsink::{CancellationToken, Level, Logger, Record, Report};
 use tokio_util::task::TaskTracker;
 
+use super::db::DatabaseArgs;
 use super::db::{Database, Mode};
-use super::http::HttpArgs;
-use super::ingest::{BodyLimits, IngestArgs, IngestState};
-use super::maintain::{parse_retention, MaintenanceArgs, RewriteArgs};
+use super::failure::Failure;
+use super::flag_values::Age;
+use super::flag_values::{parse_seconds, Seconds};
+use super::http::{Access, HttpArgs, Rejection};
+use super::ingest::{IngestArgs, IngestState};
+use super::maintain::{ClosedPartitionsArgs, MaintenanceArgs};
 use super::request_span::{trace_request, RequestId};
 use super::signal::shutdown_signal;
 use super::sink_args::SinkArgs;
 use super::viewer::ViewerState;
-use super::{DatabaseArgs, Failure, Seconds};
 
 #[derive(Debug, clap::Args)]
 pub(crate) struct ServeArgs {
@@ -59,32 +62,22 @@ pub(crate) struct ServeArgs {
     #[command(flatten)]
     pub(crate) http: HttpArgs,
 
-    /// Drop partitions of the Log table whose whole time range is older than this (30d, 12h,
-    /// 2d12h), on the maintenance timer. Without it nothing is dropped.
-    #[arg(long, env = "PGLOGSINK_RETENTION", value_parser = parse_retention, value_name = "AGE")]
-    pub(crate) retention: Option<Duration>,
-
     /// How often to run maintenance (partitions ahead, retention): 10m, 1h... Instances sharing a
     /// table take turns (an advisory lock); a role that may not create or drop partitions gets
     /// one warning and ingest goes on.
-    #[arg(long, env = "PGLOGSINK_MAINTENANCE_INTERVAL", default_value = "10m",
+    #[arg(long, env = "PGLOGSINK_MAINTENANCE_INTERVAL",
+          default_value_t = Age(DEFAULT_MAINTENANCE_INTERVAL),
           value_parser = parse_every, value_name = "EVERY")]
-    pub(crate) maintenance_interval: Duration,
-
-    /// On the maintenance timer, give each partition whose interval has ended a trigram index on
-    /// message (see `pglogsink maintain --help`).
-    #[arg(long, env = "PGLOGSINK_SEARCH_INDEX",
-          value_parser = clap::builder::BoolishValueParser::new())]
-    pub(crate) search_index: bool,
+    pub(crate) maintenance_interval: Age,
 
     #[command(flatten)]
-    pub(crate) rewrite: RewriteArgs,
+    pub(crate) closed: ClosedPartitionsArgs,
 
     /// Seconds from a shutdown signal to exit: in-flight requests finish, then the queue is
     /// written with the time left; what is not written by then is spooled (and reported).
     #[arg(long, env = "PGLOGSINK_SHUTDOWN_TIMEOUT",
           default_value_t = Seconds(pglogsink::DEFAULT_SHUTDOWN_TIMEOUT),
-          value_parser = parse_seconds, value_name = "SECS")]
+          value_parser = parse_shutdown_timeout, value_name = "SECS")]
     pub(crate) shutdown_timeout: Seconds,
 
     /// Seconds a query of the web viewer (`/`, `/api/...`) may run before PostgreSQL cancels it,
@@ -100,22 +93,25 @@ pub(crate) struct ServeArgs {
     pub(crate) no_log: bool,
 }
 
+/// Default `--maintenance-interval`.
+const DEFAULT_MAINTENANCE_INTERVAL: Duration = Duration::from_secs(600);
+
 /// The maintenance period: at least a second.
-fn parse_every(s: &str) -> Result<Duration, String> {
-    match pglogsink::query::parse_duration(s) {
-        Some(d) if d >= Duration::from_secs(1) => Ok(d),
+fn parse_every(s: &str) -> Result<Age, String> {
+    match pglogsink::admin::parse_duration(s) {
+        Some(d) if d >= Duration::from_secs(1) => Ok(Age(d)),
         _ => Err("expected a period of at least 1s, such as 10m, 1h or 30s".to_owned()),
     }
 }
 
 /// The viewer's statement timeout: more than 0, at most an hour.
 fn parse_statement_timeout(s: &str) -> Result<Seconds, String> {
-    super::parse_seconds(s, false, 3_600.0).map(Seconds)
+    parse_seconds(s, false, 3_600.0).map(Seconds)
 }
 
 /// The shutdown deadline: 0 (do not wait) to one day.
-fn parse_seconds(s: &str) -> Result<Seconds, String> {
-    super::parse_seconds(s, true, 86_400.0).map(Seconds)
+fn parse_shutdown_timeout(s: &str) -> Result<Seconds, String> {
+    parse_seconds(s, true, 86_400.0).map(Seconds)
 }
 
 #[derive(Clone)]
@@ -148,10 +144,7 @@ pub(crate) fn app(state: AppState) -> Router {
         .route("/metrics", get(metrics))
         .merge(super::ingest::routes(&state))
         .with_state(state.clone())
-        .merge(super::ingest::guarded_viewer(
-            super::viewer::router(state.viewer),
-            &state.ingest,
-        ))
+        .merge(super::viewer::router(state.viewer))
         .layer(axum::middleware::from_fn(trace_request))
         .layer(axum::middleware::from_fn(super::metrics::track))
 }
@@ -179,7 +172,7 @@ async fn recipe(
     match state.logger.send(record) {
         Ok(()) => "recipe".into_response(),
         // Say so rather than answer a request whose log line would be lost.
-        Err(refused) => super::ingest::refused(&refused).into_response(),
+        Err(refused) => Rejection::sink_refused(&refused).into_response(),
     }
 }
 
@@ -211,17 +204,14 @@ async fn metrics(State(state): State<AppState>) -> Response {
 
 pub(crate) async fn run(args: ServeArgs) -> Result<ExitCode, Failure> {
     // Keys and certificate first: a refusal to start needs no database.
-    let ingest = args.ingest.prepare(args.listen)?;
+    let access = args.http.access(args.listen)?;
     // Bind next: a taken port should fail before a database is started.
     let listener = super::http::bind(args.listen)
         .map_err(|e| format!("cannot listen on {}: {e}", args.listen))?;
     let metrics = super::metrics::install()?;
     let db = Database::open(&args.db, Mode::CreateIfMissing).await?;
     let viewer_pool = db.separate_pool(super::viewer::POOL_SIZE)?;
-    let maintenance = args.rewrite.apply(
-        args.partitions
-            .maintenance(args.retention, args.search_index),
-    )?;
+    let maintenance = args.closed.apply(args.partitions.maintenance())?;
     pglogsink::migrate_with(&db.pool, &args.db.table, &maintenance).await?;
     let config = args.sink.config(&args.db, &db.state_dir);
 
@@ -233,57 +223,28 @@ pub(crate) async fn run(args: ServeArgs) -> Result<ExitCode, Failure> {
     if !args.no_log {
         super::diagnostics::write_events_to(logger.clone());
     }
+    let scheme = if access.tls.is_some() {
+        "https"
+    } else {
+        "http"
+    };
     tracing::info!(
-        "listening on {}://{}; logging to table {} in {}",
-        if ingest.tls.is_some() {
-            "https"
-        } else {
-            "http"
-        },
+        "listening on {scheme}://{}; logging to table {} in {}",
         args.listen,
         args.db.table,
         db.description
     );
-
-    // Every task of the service ends when the token is cancelled; shutdown
-    // waits for all of them before the database goes.
-    let tasks = TaskTracker::new();
-    tasks.spawn(super::maintain::on_timer(
-        db.pool.clone(),
-        args.db.table.clone(),
-        maintenance,
-        args.maintenance_interval,
-        token.clone(),
-    ));
-    tasks.spawn(super::metrics::upkeep(metrics.clone(), token.clone()));
+    let tasks = spawn_tasks(&args, &db.pool, maintenance, &metrics, &access, &token);
     // The private PostgreSQL, if we started it, is started again when it dies.
     let supervision = db.supervise(&token);
-    if let Some(keys) = ingest.keys.clone() {
-        tasks.spawn(keys.watch(token.clone()));
-    }
-    let signal_token = token.clone();
-    tasks.spawn(async move {
-        tokio::select! {
-            () = shutdown_signal() => {
-                tracing::info!("shutdown requested; finishing requests and draining the log queue");
-                signal_token.cancel();
-            }
-            // A fatal error stopped the service: no signal to wait for.
-            () = signal_token.cancelled() => {}
-        }
-    });
 
     let state = AppState {
-        ingest: IngestState {
-            logger: logger.clone(),
-            body: BodyLimits {
-                max_bytes: args.ingest.max_body_bytes,
-                read_timeout: args.http.body_read_timeout.0,
-            },
-            max_records: args.ingest.max_records_per_request,
-            queue_budget: config.max_queue_bytes as u64,
-            keys: ingest.keys,
-        },
+        ingest: args.ingest.state(
+            logger.clone(),
+            args.http.body_read_timeout.0,
+            config.max_queue_bytes,
+            access.keys.clone(),
+        ),
         logger,
         log_requests: !args.no_log,
         pool: db.pool.clone(),
@@ -293,12 +254,13 @@ pub(crate) async fn run(args: ServeArgs) -> Result<ExitCode, Failure> {
             table: args.db.table.clone(),
             statement_timeout: args.viewer_statement_timeout.0,
             shutdown: token.clone(),
+            keys: access.keys,
         },
     };
     let Seconds(shutdown_timeout) = args.shutdown_timeout;
     let stopping = super::http::serve(
         listener,
-        ingest.tls,
+        access.tls,
         app(state),
         args.http.limits(),
         &token,
@@ -317,6 +279,44 @@ pub(crate) async fn run(args: ServeArgs) -> Result<ExitCode, Failure> {
     db.close();
     let code = print_report(&report);
     Ok(if cluster_ok { code } else { ExitCode::FAILURE })
+}
+
+/// The service's tasks beside the HTTP server: the maintenance timer, the
+/// metrics upkeep, the API keys' reload, and the signal listener that
+/// cancels `token`. Every one ends when `token` is cancelled; shutdown waits
+/// for all of them before the database goes.
+fn spawn_tasks(
+    args: &ServeArgs,
+    pool: &deadpool_postgres::Pool,
+    maintenance: pglogsink::Maintenance,
+    metrics: &PrometheusHandle,
+    access: &Access,
+    token: &CancellationToken,
+) -> TaskTracker {
+    let tasks = TaskTracker::new();
+    tasks.spawn(super::maintain::on_timer(
+        pool.clone(),
+        args.db.table.clone(),
+        maintenance,
+        args.maintenance_interval.0,
+        token.clone(),
+    ));
+    tasks.spawn(super::metrics::upkeep(metrics.clone(), token.clone()));
+    if let Some(keys) = access.keys.clone() {
+        tasks.spawn(keys.watch(token.clone()));
+    }
+    let signal_token = token.clone();
+    tasks.spawn(async move {
+        tokio::select! {
+            () = shutdown_signal() => {
+                tracing::info!("shutdown requested; finishing requests and draining the log queue");
+                signal_token.cancel();
+            }
+            // A fatal error stopped the service: no signal to wait for.
+            () = signal_token.cancelled() => {}
+        }
+    });
+    tasks
 }
 
 /// One line for the operator. Exit 0 only when every record is in the
@@ -350,30 +350,15 @@ fn print_report(report: &Report) -> ExitCode {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::cli::test_fixtures::{unreachable_pool, unreachable_sink};
     use axum::body::Body;
     use axum::http::Request;
     use http_body_util::BodyExt;
     use tower::ServiceExt;
 
-    /// A sink whose database refuses connections: records queue up (and are
-    /// retried), which is all the handlers need.
-    fn unreachable_pool() -> deadpool_postgres::Pool {
-        let config = pglogsink::parse_url("postgres://nobody@127.0.0.1:1/none").unwrap();
-        pglogsink::pool(config, 1).unwrap()
-    }
-
     fn test_state(logger: Logger) -> AppState {
         AppState {
-            ingest: IngestState {
-                logger: logger.clone(),
-                body: BodyLimits {
-                    max_bytes: 1 << 20,
-                    read_timeout: Duration::from_secs(5),
-                },
-                max_records: 1000,
-                queue_budget: pglogsink::DEFAULT_MAX_QUEUE_BYTES as u64,
-                keys: None,
-            },
+            ingest: IngestState::for_tests(logger.clone()),
             logger,
             log_requests: true,
             pool: unreachable_pool(),
@@ -383,6 +368,7 @@ mod tests {
                 table: pglogsink::TableName::parse("log").unwrap(),
                 statement_timeout: super::super::viewer::DEFAULT_STATEMENT_TIMEOUT,
                 shutdown: CancellationToken::new(),
+                keys: None,
             },
         }
     }
@@ -430,17 +416,6 @@ mod tests {
         let _ = worker.shutdown(Duration::ZERO).await;
         let reason = not_ready_because(logger).await;
         assert!(reason.starts_with("the log sink has stopped"), "{reason}");
-    }
-
-    fn unreachable_sink() -> (Logger, pglogsink::Worker) {
-        let config = pglogsink::parse_url("postgres://nobody@127.0.0.1:1/none").unwrap();
-        let pool = pglogsink::pool(config, 1).unwrap();
-        pglogsink::spawn(
-            pool,
-            &pglogsink::SinkConfig::default(),
-            CancellationToken::new(),
-        )
-        .unwrap()
     }
 
     async fn get(app: Router, uri: &str, run_id: Option<&str>) -> (StatusCode, String) {
@@ -513,13 +488,13 @@ mod tests {
     #[test]
     fn bad_option_values_are_rejected_with_the_accepted_form() {
         assert_eq!(
-            parse_seconds("2.5"),
+            parse_shutdown_timeout("2.5"),
             Ok(Seconds(Duration::from_millis(2500)))
         );
         // What --help shows as the default, and what it parses back to.
         let default = Seconds(pglogsink::DEFAULT_SHUTDOWN_TIMEOUT);
-        assert_eq!(parse_seconds(&default.to_string()), Ok(default));
-        assert!(parse_seconds("-1").is_err());
-        assert!(parse_seconds("soon").is_err());
+        assert_eq!(parse_shutdown_timeout(&default.to_string()), Ok(default));
+        assert!(parse_shutdown_timeout("-1").is_err());
+        assert!(parse_shutdown_timeout("soon").is_err());
     }
 }

@@ -2,16 +2,20 @@
 
 use std::path::{Path, PathBuf};
 
+use pglogsink::admin::settings;
 use pglogsink::SinkConfig;
 
-use super::DatabaseArgs;
+use super::db::DatabaseArgs;
+use super::flag_values::{
+    parse_bytes, parse_bytes_or_zero, parse_seconds, whole_number, ByteSize, Seconds,
+};
 
 #[derive(Debug, Clone, clap::Args)]
 pub(crate) struct SinkArgs {
     /// Most records written per COPY. The sink never waits to fill a batch: it writes what is
     /// queued, up to this many.
     #[arg(long, env = "PGLOGSINK_BATCH_SIZE", default_value_t = pglogsink::DEFAULT_BATCH_SIZE,
-          value_parser = parse_batch_size, value_name = "N")]
+          value_parser = |s: &str| whole_number(s, settings::check_batch_size), value_name = "N")]
     pub(crate) batch_size: usize,
 
     /// Batches written at once, each in its own transaction on a connection of its own. Two
@@ -19,7 +23,8 @@ pub(crate) struct SinkArgs {
     /// order.
     #[arg(long, env = "PGLOGSINK_COPIES_IN_FLIGHT",
           default_value_t = pglogsink::DEFAULT_COPIES_IN_FLIGHT,
-          value_parser = parse_copies, value_name = "N")]
+          value_parser = |s: &str| whole_number(s, settings::check_copies_in_flight),
+          value_name = "N")]
     pub(crate) copies_in_flight: usize,
 
     /// Directory of the on-disk spool that keeps records the database cannot take now (an outage
@@ -33,40 +38,46 @@ pub(crate) struct SinkArgs {
     /// KiB, MiB, GiB accepted). It holds while a write waits on a lock or a dead network path.
     /// When the spool cannot take more either, requests are answered 503 (with Retry-After)
     /// and /readyz says why, until the database catches up.
-    #[arg(long, env = "PGLOGSINK_MAX_QUEUE_BYTES", default_value = "128MiB",
-          value_parser = parse_bytes, value_name = "BYTES")]
-    pub(crate) max_queue_bytes: usize,
+    #[arg(long, env = "PGLOGSINK_MAX_QUEUE_BYTES",
+          default_value_t = ByteSize(pglogsink::DEFAULT_MAX_QUEUE_BYTES as u64),
+          value_parser = parse_max_queue_bytes, value_name = "BYTES")]
+    pub(crate) max_queue_bytes: ByteSize,
 
     /// Most disk the spool may take (it may pass it by one batch). Past it, records are
     /// handed back rather than written to disk.
-    #[arg(long, env = "PGLOGSINK_MAX_SPOOL_BYTES", default_value = "4GiB",
-          value_parser = parse_spool_bytes, value_name = "BYTES")]
-    pub(crate) max_spool_bytes: u64,
+    #[arg(long, env = "PGLOGSINK_MAX_SPOOL_BYTES",
+          default_value_t = ByteSize(pglogsink::DEFAULT_MAX_SPOOL_BYTES),
+          value_parser = parse_max_spool_bytes, value_name = "BYTES")]
+    pub(crate) max_spool_bytes: ByteSize,
 
     /// Free space the spool leaves on its filesystem, so that it never fills a disk it shares
     /// with the database or the application (0 turns the reserve off).
-    #[arg(long, env = "PGLOGSINK_SPOOL_MIN_FREE", default_value = "512MiB",
+    #[arg(long, env = "PGLOGSINK_SPOOL_MIN_FREE",
+          default_value_t = ByteSize(pglogsink::DEFAULT_SPOOL_MIN_FREE_BYTES),
           value_parser = parse_bytes_or_zero, value_name = "BYTES")]
-    pub(crate) spool_min_free: u64,
+    pub(crate) spool_min_free: ByteSize,
 
     /// Seconds a batch waits for a lock on the Log table (held by ALTER TABLE, VACUUM FULL, a
     /// non-concurrent CREATE INDEX, a partition being dropped) before it is retried.
-    #[arg(long, env = "PGLOGSINK_LOCK_TIMEOUT", default_value = "5",
+    #[arg(long, env = "PGLOGSINK_LOCK_TIMEOUT",
+          default_value_t = Seconds(pglogsink::DEFAULT_LOCK_TIMEOUT),
           value_parser = parse_lock_timeout, value_name = "SECS")]
-    pub(crate) lock_timeout: std::time::Duration,
+    pub(crate) lock_timeout: Seconds,
 
     /// Seconds one statement of a batch's transaction may take on the server; the sink gives up
     /// on the connection 5 s later (a network path that drops packets silently). Both are
     /// retried like any transient error.
-    #[arg(long, env = "PGLOGSINK_WRITE_TIMEOUT", default_value = "30",
+    #[arg(long, env = "PGLOGSINK_WRITE_TIMEOUT",
+          default_value_t = Seconds(pglogsink::DEFAULT_WRITE_TIMEOUT),
           value_parser = parse_write_timeout, value_name = "SECS")]
-    pub(crate) write_timeout: std::time::Duration,
+    pub(crate) write_timeout: Seconds,
 
     /// Largest record (target, message and fields) written as is; a larger one is truncated
     /// with a marker and counted.
-    #[arg(long, env = "PGLOGSINK_MAX_RECORD_BYTES", default_value = "1MiB",
-          value_parser = parse_bytes, value_name = "BYTES")]
-    pub(crate) max_record_bytes: usize,
+    #[arg(long, env = "PGLOGSINK_MAX_RECORD_BYTES",
+          default_value_t = ByteSize(pglogsink::DEFAULT_MAX_RECORD_BYTES as u64),
+          value_parser = parse_max_record_bytes, value_name = "BYTES")]
+    pub(crate) max_record_bytes: ByteSize,
 }
 
 impl SinkArgs {
@@ -80,119 +91,67 @@ impl SinkArgs {
                     .clone()
                     .unwrap_or_else(|| state_dir.join("spool").join(db.table.to_string())),
             ),
-            max_queue_bytes: self.max_queue_bytes,
-            max_spool_bytes: self.max_spool_bytes,
+            max_queue_bytes: bytes_in_memory(self.max_queue_bytes),
+            max_spool_bytes: self.max_spool_bytes.0,
             copies_in_flight: self.copies_in_flight,
-            spool_min_free_bytes: self.spool_min_free,
-            lock_timeout: self.lock_timeout,
-            write_timeout: self.write_timeout,
-            max_record_bytes: self.max_record_bytes,
+            spool_min_free_bytes: self.spool_min_free.0,
+            lock_timeout: self.lock_timeout.0,
+            write_timeout: self.write_timeout.0,
+            max_record_bytes: bytes_in_memory(self.max_record_bytes),
             ..SinkConfig::default()
         }
     }
 }
 
-fn parse_batch_size(s: &str) -> Result<usize, String> {
-    let max = pglogsink::MAX_BATCH_SIZE;
-    match s.parse::<usize>() {
-        Ok(n) if (1..=max).contains(&n) => Ok(n),
-        _ => Err(format!("expected a whole number from 1 to {max}")),
-    }
+/// A size that `parse_bytes` checked fits in memory's `usize`.
+fn bytes_in_memory(size: ByteSize) -> usize {
+    usize::try_from(size.0).unwrap_or(usize::MAX)
 }
 
-/// A byte count: `1048576`, `64K`, `128MiB`, `1G`... (K = 1024).
-pub(crate) fn parse_bytes(s: &str) -> Result<usize, String> {
-    let t = s.trim();
-    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
-    let (digits, unit) = t.split_at(split);
-    let multiplier: usize = match unit.trim().to_ascii_lowercase().as_str() {
-        "" | "b" => 1,
-        "k" | "kb" | "kib" => 1 << 10,
-        "m" | "mb" | "mib" => 1 << 20,
-        "g" | "gb" | "gib" => 1 << 30,
-        _ => return Err(bytes_error(s)),
-    };
-    digits
-        .parse::<usize>()
-        .ok()
-        .and_then(|n| n.checked_mul(multiplier))
-        .filter(|&n| n > 0)
-        .ok_or_else(|| bytes_error(s))
+fn parse_max_queue_bytes(s: &str) -> Result<ByteSize, String> {
+    let size = parse_bytes(s)?;
+    settings::check_max_queue_bytes(bytes_in_memory(size))?;
+    Ok(size)
 }
 
-fn parse_copies(s: &str) -> Result<usize, String> {
-    let max = pglogsink::MAX_COPIES_IN_FLIGHT;
-    match s.parse::<usize>() {
-        Ok(n) if (1..=max).contains(&n) => Ok(n),
-        _ => Err(format!("expected a whole number from 1 to {max}")),
-    }
+fn parse_max_spool_bytes(s: &str) -> Result<ByteSize, String> {
+    let size = parse_bytes(s)?;
+    settings::check_max_spool_bytes(size.0)?;
+    Ok(size)
 }
 
-fn parse_spool_bytes(s: &str) -> Result<u64, String> {
-    match parse_bytes(s) {
-        Ok(n) if n >= 1 << 20 => Ok(n as u64),
-        Ok(_) => Err("use at least 1MiB".to_owned()),
-        Err(e) => Err(e),
-    }
+fn parse_max_record_bytes(s: &str) -> Result<ByteSize, String> {
+    let size = parse_bytes(s)?;
+    settings::check_max_record_bytes(bytes_in_memory(size))?;
+    Ok(size)
 }
 
-fn parse_bytes_or_zero(s: &str) -> Result<u64, String> {
-    if s.trim() == "0" {
-        return Ok(0);
-    }
-    parse_bytes(s).map(|n| n as u64)
+fn parse_lock_timeout(s: &str) -> Result<Seconds, String> {
+    let timeout = parse_seconds(s, false, 3_600.0)?;
+    settings::check_lock_timeout(timeout)?;
+    Ok(Seconds(timeout))
 }
 
-fn parse_lock_timeout(s: &str) -> Result<std::time::Duration, String> {
-    super::parse_seconds(s, false, 3600.0)
-}
-
-fn parse_write_timeout(s: &str) -> Result<std::time::Duration, String> {
-    match super::parse_seconds(s, false, 86_400.0) {
-        Ok(d) if d >= std::time::Duration::from_secs(1) => Ok(d),
-        Ok(_) => Err("use at least 1 second: a large batch takes a while to COPY".to_owned()),
-        Err(e) => Err(e),
-    }
-}
-
-fn bytes_error(s: &str) -> String {
-    format!(
-        "{s:?} is not a size: use a whole number of bytes, optionally with K, M or G (e.g. 128MiB)"
-    )
+fn parse_write_timeout(s: &str) -> Result<Seconds, String> {
+    let timeout = parse_seconds(s, false, 86_400.0)?;
+    settings::check_write_timeout(timeout)?;
+    Ok(Seconds(timeout))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn sizes_parse_with_binary_suffixes() {
-        assert_eq!(parse_bytes("1024"), Ok(1024));
-        assert_eq!(parse_bytes("64K"), Ok(64 << 10));
-        assert_eq!(parse_bytes("128MiB"), Ok(128 << 20));
-        assert_eq!(parse_bytes("2 gb"), Ok(2 << 30));
-        for bad in [
-            "",
-            "0",
-            "-1",
-            "12XB",
-            "MiB",
-            "1.5M",
-            "99999999999999999999G",
-        ] {
-            assert!(parse_bytes(bad).is_err(), "{bad:?}");
-        }
-    }
+    use std::time::Duration;
 
     #[test]
     fn spool_limits_and_timeouts_parse() {
-        assert_eq!(parse_spool_bytes("4GiB"), Ok(4 << 30));
-        assert!(parse_spool_bytes("64K").unwrap_err().contains("1MiB"));
-        assert_eq!(parse_bytes_or_zero("0"), Ok(0));
-        assert_eq!(parse_bytes_or_zero("512MiB"), Ok(512 << 20));
+        assert_eq!(parse_max_spool_bytes("4GiB"), Ok(ByteSize(4 << 30)));
+        assert!(parse_max_spool_bytes("64K").unwrap_err().contains("1MiB"));
+        assert_eq!(parse_bytes_or_zero("0"), Ok(ByteSize(0)));
+        assert_eq!(parse_bytes_or_zero("512MiB"), Ok(ByteSize(512 << 20)));
         assert_eq!(
             parse_lock_timeout("0.5"),
-            Ok(std::time::Duration::from_millis(500))
+            Ok(Seconds(Duration::from_millis(500)))
         );
         assert!(parse_write_timeout("0.5")
             .unwrap_err()
@@ -201,10 +160,33 @@ mod tests {
 
     #[test]
     fn batch_sizes_are_bounded() {
+        let parse_batch_size = |s| whole_number(s, settings::check_batch_size);
+        let parse_copies = |s| whole_number(s, settings::check_copies_in_flight);
         assert!(parse_batch_size("0").unwrap_err().contains("from 1 to"));
         assert!(parse_copies("0").unwrap_err().contains("from 1 to 16"));
         assert_eq!(parse_copies("2"), Ok(2));
         assert!(parse_batch_size("ten").is_err());
         assert_eq!(parse_batch_size("512"), Ok(512));
+    }
+
+    #[test]
+    fn every_default_is_the_library_constant_and_passes_its_rule() {
+        let cli =
+            <crate::cli::Cli as clap::Parser>::try_parse_from(["pglogsink", "serve"]).unwrap();
+        let crate::cli::Command::Serve(serve) = cli.command else {
+            unreachable!()
+        };
+        let (db, dir) = (&serve.db, std::path::Path::new("/state"));
+        let config = serve.sink.config(db, dir);
+        config.validate().unwrap();
+        let defaults = pglogsink::SinkConfig::default();
+        assert_eq!(config.batch_size, defaults.batch_size);
+        assert_eq!(config.max_queue_bytes, defaults.max_queue_bytes);
+        assert_eq!(config.max_spool_bytes, defaults.max_spool_bytes);
+        assert_eq!(config.spool_min_free_bytes, defaults.spool_min_free_bytes);
+        assert_eq!(config.lock_timeout, defaults.lock_timeout);
+        assert_eq!(config.write_timeout, defaults.write_timeout);
+        assert_eq!(config.max_record_bytes, defaults.max_record_bytes);
+        assert_eq!(config.copies_in_flight, defaults.copies_in_flight);
     }
 }

@@ -5,11 +5,9 @@
 use std::str::FromStr;
 use std::time::Duration;
 
+use super::age::check_age;
+use crate::micros::duration_micros;
 use crate::{Error, Level};
-
-/// The youngest age a rule may name: a partition is only rewritten once
-/// its whole range is this old, away from the rows still arriving late.
-const MIN_AGE: Duration = Duration::from_secs(3_600);
 
 /// One rule of per-level retention: once a partition's whole range is older
 /// than `after`, it keeps `level` and the levels above it only.
@@ -41,11 +39,9 @@ impl FromStr for KeepLevels {
         let (age, level) = s
             .split_once('=')
             .ok_or_else(|| invalid(format!("{s:?}: expected AGE=LEVEL, such as 7d=info")))?;
-        let after = crate::query::parse_duration(age.trim())
+        let after = crate::duration::parse_duration(age.trim())
             .ok_or_else(|| invalid(format!("{age:?}: expected an age such as 7d, 12h or 2d12h")))?;
-        if after < MIN_AGE {
-            return Err(invalid(format!("{age:?}: must be at least 1h")));
-        }
+        check_age(after).map_err(|why| invalid(format!("{age:?}: {why}")))?;
         let level: Level = level.trim().parse().map_err(|e| invalid(format!("{e}")))?;
         if level == Level::Trace {
             return Err(invalid(format!(
@@ -91,13 +87,9 @@ pub(crate) fn check(rules: &[KeepLevels]) -> Result<(), Error> {
 pub(crate) fn lowest_kept(rules: &[KeepLevels], end: i64, now: i64) -> Option<Level> {
     rules
         .iter()
-        .filter(|r| end <= now.saturating_sub(micros(r.after)))
+        .filter(|r| end <= now.saturating_sub(duration_micros(r.after)))
         .map(|r| r.level)
         .max()
-}
-
-pub(crate) fn micros(age: Duration) -> i64 {
-    i64::try_from(age.as_micros()).unwrap_or(i64::MAX)
 }
 
 #[cfg(test)]

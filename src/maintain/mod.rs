@@ -15,123 +15,35 @@
 //! partition exists, or is gone) counts as done.
 
 use std::collections::BTreeMap;
-use std::time::Duration;
 
 use deadpool_postgres::{Object, Pool};
 use tokio_postgres::types::Type;
-use tokio_postgres::SimpleQueryMessage;
 
 use crate::database::connection;
+use crate::micros::{duration_micros, now_unix_micros};
 use crate::partitions::{
-    self, default_partition, now_micros, sql_origin, sql_timestamp, utc_text, Partition,
-    PartitionInterval, Shape,
+    self, default_partition, sql_origin, sql_timestamp, utc_text, Partition, Shape,
 };
 use crate::table::TableName;
 use crate::Error;
 
+mod age;
+mod changes;
 mod columnar;
 mod distributed;
 mod keep_levels;
 mod report;
 mod rewrite;
+mod settings;
 
+pub use age::check_age;
 pub use keep_levels::KeepLevels;
 pub use report::{DroppedPartition, MaintenanceReport, RewrittenPartition};
+pub use settings::{check_premake, Maintenance, DEFAULT_MAX_AGE, DEFAULT_PREMAKE};
 
-/// Partitions made ahead of the current one by default.
-pub const DEFAULT_PREMAKE: u32 = 3;
-/// How old rows may be and still get partitions made for them, by default:
-/// 30 days (see [`Maintenance::max_age`]).
-pub const DEFAULT_MAX_AGE: Duration = Duration::from_secs(30 * 86_400);
-/// How long one DDL statement may wait for its lock before it is retried.
-const LOCK_TIMEOUT: &str = "200ms";
-/// Attempts at one change before it is left for the next run.
-const ATTEMPTS: u32 = 5;
-
-/// What a maintenance run does. `Default`: daily partitions, three made
-/// ahead, partitions made for rows up to 30 days old, nothing dropped.
-///
-/// ```no_run
-/// # async fn demo(pool: deadpool_postgres::Pool) -> Result<(), pglogsink::Error> {
-/// use std::time::Duration;
-/// use pglogsink::{Maintenance, TableName};
-///
-/// let maintenance = Maintenance {
-///     retention: Some(Duration::from_secs(30 * 86_400)),
-///     ..Maintenance::default()
-/// };
-/// let report = maintenance.run(&pool, &TableName::parse("log")?).await?;
-/// println!("{report}");
-/// # Ok(()) }
-/// ```
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Maintenance {
-    /// The time one partition covers.
-    pub interval: PartitionInterval,
-    /// Partitions made ahead of the current one.
-    pub premake: u32,
-    /// Drop partitions whose whole range is older than this (and delete
-    /// such rows from the DEFAULT partition); `None` keeps everything.
-    pub retention: Option<Duration>,
-    /// The partition window's reach into the past: rows in the DEFAULT
-    /// partition older than this get no partition of their own. They stay
-    /// in DEFAULT (still read by every query; retention deletes them), so
-    /// that a client whose clock is years off, or a body of rows stamped a
-    /// day apart since 1970, cannot make thousands of partitions. With a
-    /// retention, the shorter of the two applies. The window's other end
-    /// is `premake` intervals ahead: rows beyond it wait in DEFAULT until
-    /// the window reaches them.
-    pub max_age: Duration,
-    /// Give every partition whose range has ended a trigram index on
-    /// `message` (`pg_trgm`, built concurrently, once), so that a
-    /// `grep` over older data is an index lookup; the partition being
-    /// written never has one, so COPY pays nothing for it (nor does a
-    /// columnar partition: columnar takes no trigram index).
-    pub search_index: bool,
-    /// Rewrite each partition whose whole range is older than this into
-    /// Citus columnar storage (built beside, swapped in; the server needs
-    /// the `citus_columnar` extension). `None`: never.
-    pub columnar_after: Option<Duration>,
-    /// Per-level retention: when a partition is rewritten (to columnar, or
-    /// for these rules alone), it keeps only the levels the oldest rule it
-    /// has passed names; never by `DELETE`.
-    pub keep_levels: Vec<KeepLevels>,
-}
-
-impl Default for Maintenance {
-    fn default() -> Maintenance {
-        Maintenance {
-            interval: PartitionInterval::default(),
-            premake: DEFAULT_PREMAKE,
-            retention: None,
-            max_age: DEFAULT_MAX_AGE,
-            search_index: false,
-            columnar_after: None,
-            keep_levels: Vec::new(),
-        }
-    }
-}
+use changes::ChangeApplier;
 
 impl Maintenance {
-    /// The settings that make partitions and nothing else (what
-    /// [`migrate_with`](crate::migrate_with) runs): the interval and the
-    /// premake.
-    pub(crate) fn premake_only(&self) -> Maintenance {
-        Maintenance {
-            interval: self.interval,
-            premake: self.premake,
-            max_age: self.max_age,
-            ..Maintenance::default()
-        }
-    }
-
-    /// Check the settings: per-level rules that contradict each other are
-    /// refused (an older partition cannot keep a level a younger one has
-    /// lost).
-    pub fn validate(&self) -> Result<(), Error> {
-        keep_levels::check(&self.keep_levels)
-    }
-
     /// Run maintenance once on `table`: create the partitions from the
     /// current interval to `premake` intervals ahead, move rows out of the
     /// DEFAULT partition into partitions created for them (within the
@@ -181,10 +93,11 @@ impl Maintenance {
         }
         let existing = partitions::list(client, table).await.map_err(db)?;
         let default = existing.iter().any(|p| p.is_default);
-        let now = now_micros();
-        let micros = |d: Duration| i64::try_from(d.as_micros()).unwrap_or(i64::MAX);
-        let cutoff = self.retention.map(|r| now.saturating_sub(micros(r)));
-        let window = self.window(now, micros(self.max_age), cutoff);
+        let now = now_unix_micros();
+        let cutoff = self
+            .retention
+            .map(|r| now.saturating_sub(duration_micros(r)));
+        let window = self.window(now, duration_micros(self.max_age), cutoff);
         let in_default = if default {
             self.default_rows_by_bin(client, table).await.map_err(db)?
         } else {
@@ -195,7 +108,7 @@ impl Maintenance {
             kept_in_default: self.kept_in_default(window, cutoff, &in_default),
             ..MaintenanceReport::default()
         };
-        let mut changes = Changes {
+        let mut changes = ChangeApplier {
             client,
             lock,
             report: &mut report,
@@ -217,7 +130,7 @@ impl Maintenance {
             let closed: Vec<&Partition> = existing
                 .iter()
                 .filter(|p| p.to.is_some_and(|to| to <= ended))
-                .filter(|p| !cutoff.is_some_and(|c| expired(p, c)))
+                .filter(|p| !cutoff.is_some_and(|c| p.ended_by(c)))
                 .filter(|p| !columnar.contains(&p.name.quoted()))
                 .collect();
             build_search_indexes(changes.client, &closed, changes.report)
@@ -231,7 +144,7 @@ impl Maintenance {
     /// another instance turned out to be maintaining the table.
     async fn apply_changes(
         &self,
-        changes: &mut Changes<'_>,
+        changes: &mut ChangeApplier<'_>,
         table: &TableName,
         window: Window,
         cutoff: Option<i64>,
@@ -247,7 +160,7 @@ impl Maintenance {
         let Some(cutoff) = cutoff else {
             return Ok(true);
         };
-        for partition in existing.iter().filter(|p| expired(p, cutoff)) {
+        for partition in existing.iter().filter(|p| p.ended_by(cutoff)) {
             if !drop_partition(changes, partition).await? {
                 return Ok(false);
             }
@@ -336,7 +249,7 @@ impl Maintenance {
     /// cannot be attached while the DEFAULT one holds rows in its range).
     async fn create(
         &self,
-        changes: &mut Changes<'_>,
+        changes: &mut ChangeApplier<'_>,
         table: &TableName,
         start: i64,
         moving: bool,
@@ -381,7 +294,7 @@ impl Maintenance {
     /// Delete the DEFAULT partition's rows whose bin is past the retention.
     async fn delete_expired_defaults(
         &self,
-        changes: &mut Changes<'_>,
+        changes: &mut ChangeApplier<'_>,
         table: &TableName,
         cutoff: i64,
     ) -> Result<bool, tokio_postgres::Error> {
@@ -421,15 +334,10 @@ impl Window {
     }
 }
 
-/// Whether retention has passed the whole of `partition`.
-fn expired(partition: &Partition, cutoff: i64) -> bool {
-    !partition.is_default && partition.to.is_some_and(|to| to <= cutoff)
-}
-
 /// Drop one partition, logging what it held. False when another instance
 /// is maintaining the table.
 async fn drop_partition(
-    changes: &mut Changes<'_>,
+    changes: &mut ChangeApplier<'_>,
     partition: &Partition,
 ) -> Result<bool, tokio_postgres::Error> {
     let name = partition.name.quoted();
@@ -552,100 +460,6 @@ impl Drop for Checkout {
     }
 }
 
-/// Applies one change at a time, each a short transaction of its own.
-struct Changes<'a> {
-    client: &'a mut Object,
-    /// The table's maintenance lock, taken in each change's transaction.
-    lock: i64,
-    report: &'a mut MaintenanceReport,
-}
-
-/// How one try at a change ended.
-enum Attempt {
-    Done(Vec<u64>),
-    /// Another instance holds the maintenance lock.
-    Busy,
-}
-
-impl Changes<'_> {
-    /// Run `statements` in one transaction that first takes the table's
-    /// maintenance lock (without waiting: another instance is at it, so
-    /// this run stops and says it was skipped) and may wait at most
-    /// [`LOCK_TIMEOUT`] for any other lock (retried a few times, then
-    /// postponed to the next run). The rows each statement affected, or
-    /// `None` when nothing was done. A change another instance made first
-    /// (the table exists, or is gone) counts as done by it: `None`.
-    async fn apply(
-        &mut self,
-        statements: &[String],
-        what: impl Fn() -> String,
-    ) -> Result<Option<Vec<u64>>, tokio_postgres::Error> {
-        use tokio_postgres::error::SqlState;
-        let mut pause = Duration::from_millis(100);
-        for attempt in 1..=ATTEMPTS {
-            match self.try_once(statements).await {
-                Ok(Attempt::Done(counts)) => return Ok(Some(counts)),
-                Ok(Attempt::Busy) => {
-                    self.report.skipped = true;
-                    return Ok(None);
-                }
-                Err(e) if e.code() == Some(&SqlState::LOCK_NOT_AVAILABLE) => {
-                    tracing::debug!(
-                        target: "pglogsink::maintain",
-                        attempt, change = %what(), "lock busy; retrying"
-                    );
-                    tokio::time::sleep(pause).await;
-                    pause *= 2;
-                }
-                Err(e)
-                    if e.code() == Some(&SqlState::DUPLICATE_TABLE)
-                        || e.code() == Some(&SqlState::UNDEFINED_TABLE) =>
-                {
-                    tracing::debug!(
-                        target: "pglogsink::maintain",
-                        change = %what(), "done by another instance"
-                    );
-                    return Ok(None);
-                }
-                Err(e) => return Err(e),
-            }
-        }
-        self.report.postponed.push(what());
-        Ok(None)
-    }
-
-    async fn try_once(&mut self, statements: &[String]) -> Result<Attempt, tokio_postgres::Error> {
-        let tx = self.client.transaction().await?;
-        let locked: bool = tx
-            .query_typed_one(
-                "SELECT pg_try_advisory_xact_lock($1)",
-                &[(&self.lock, Type::INT8)],
-            )
-            .await?
-            .get(0);
-        if !locked {
-            return Ok(Attempt::Busy);
-        }
-        tx.batch_execute(&format!("SET LOCAL lock_timeout = '{LOCK_TIMEOUT}'"))
-            .await?;
-        let mut counts = Vec::with_capacity(statements.len());
-        for statement in statements {
-            let messages = tx.simple_query(statement).await?;
-            counts.push(
-                messages
-                    .iter()
-                    .find_map(|m| match m {
-                        SimpleQueryMessage::CommandComplete(n) => Some(*n),
-                        _ => None,
-                    })
-                    .unwrap_or(0),
-            );
-        }
-        tx.commit().await?;
-        Ok(Attempt::Done(counts))
-    }
-}
-
 /// The advisory lock key of `table`'s maintenance (FNV-1a of its name).
 fn lock_key(table: &TableName) -> i64 {
     let name = format!("pglogsink maintain {}", table.quoted());
@@ -657,6 +471,8 @@ fn lock_key(table: &TableName) -> i64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::partitions::PartitionInterval;
+    use std::time::Duration;
 
     const DAY: i64 = 86_400_000_000;
 
@@ -741,14 +557,14 @@ mod tests {
 
     #[test]
     fn expiry_needs_the_whole_range_past_the_cutoff() {
-        assert!(expired(&partition(0, DAY), DAY));
-        assert!(!expired(&partition(0, DAY), DAY - 1));
+        assert!(partition(0, DAY).ended_by(DAY));
+        assert!(!partition(0, DAY).ended_by(DAY - 1));
         let legacy = Partition {
             from: None,
             ..partition(0, DAY)
         };
         assert!(
-            expired(&legacy, DAY),
+            legacy.ended_by(DAY),
             "the upgraded old table (MINVALUE) too"
         );
     }

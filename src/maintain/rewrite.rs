@@ -39,11 +39,14 @@ use tokio_postgres::error::SqlState;
 use tokio_postgres::types::Type;
 use tokio_postgres::Transaction;
 
+use super::changes::{ChangeApplier, ATTEMPTS, LOCK_TIMEOUT};
 use super::distributed::Placement;
 use super::report::RewrittenPartition;
-use super::{columnar, expired, keep_levels, Changes, Maintenance, ATTEMPTS, LOCK_TIMEOUT};
+use super::settings::Maintenance;
+use super::{columnar, keep_levels};
+use crate::micros::duration_micros;
 use crate::partitions::{self, sql_timestamp, Partition};
-use crate::table::TableName;
+use crate::table::{quote_identifier, TableName};
 use crate::{Error, Level};
 
 /// How long the swap may wait for its lock on the Log table: writers queue
@@ -65,7 +68,7 @@ pub(super) struct Storage {
 /// Rewrite the closed partitions the rules ask for, oldest first. False
 /// when another instance turned out to be maintaining the table.
 pub(super) async fn closed_partitions(
-    changes: &mut Changes<'_>,
+    changes: &mut ChangeApplier<'_>,
     maintenance: &Maintenance,
     table: &TableName,
     now: i64,
@@ -161,7 +164,7 @@ fn plan(
         let Some(end) = partition.to.filter(|_| !partition.is_default) else {
             continue;
         };
-        if cutoff.is_some_and(|c| expired(partition, c)) {
+        if cutoff.is_some_and(|c| partition.ended_by(c)) {
             continue;
         }
         let now_stored = stored
@@ -170,7 +173,7 @@ fn plan(
             .unwrap_or_default();
         let columnar = m
             .columnar_after
-            .is_some_and(|age| end <= now.saturating_sub(keep_levels::micros(age)));
+            .is_some_and(|age| end <= now.saturating_sub(duration_micros(age)));
         let lowest = keep_levels::lowest_kept(&m.keep_levels, end, now);
         if (columnar && !now_stored.columnar) || lowest > now_stored.lowest {
             let target = Storage {
@@ -188,7 +191,7 @@ fn plan(
 /// another instance holds the maintenance lock (`report.skipped`), a lock
 /// stayed busy (postponed), or the partition is gone.
 async fn rewrite_one(
-    changes: &mut Changes<'_>,
+    changes: &mut ChangeApplier<'_>,
     table: &TableName,
     old: &Partition,
     target: Storage,
@@ -659,10 +662,6 @@ async fn index_names_by_parent(
         )
         .await?;
     Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
-}
-
-fn quote_identifier(name: &str) -> String {
-    format!("\"{}\"", name.replace('"', "\"\""))
 }
 
 /// `name`, in the schema of `beside`.

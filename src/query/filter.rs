@@ -7,10 +7,8 @@ use std::time::{Duration, SystemTime};
 use serde_json::Value;
 use tokio_postgres::types::{ToSql, Type};
 
-use crate::record::Level;
-
-/// Longest accepted duration: 100 years.
-const MAX_DURATION_SECS: u64 = 100 * 365 * 86_400;
+use crate::duration::parse_duration;
+use crate::level::Level;
 
 /// The accepted forms of a point in time, for error messages.
 pub const WHEN_FORM: &str =
@@ -64,7 +62,7 @@ impl Filter {
 /// One `field` filter: `KEY=VALUE`.
 ///
 /// ```
-/// let m: pglogsink::query::FieldMatch = "status=500".parse()?;
+/// let m: pglogsink::admin::query::FieldMatch = "status=500".parse()?;
 /// assert_eq!((m.key.as_str(), m.value.as_str()), ("status", "500"));
 /// # Ok::<(), String>(())
 /// ```
@@ -143,37 +141,6 @@ impl FromStr for When {
         }
         Err(WHEN_FORM.to_owned())
     }
-}
-
-/// `30s`, `15m`, `2h`, `7d`, or several of them (`1h30m`), up to 100 years.
-///
-/// ```
-/// use std::time::Duration;
-/// assert_eq!(pglogsink::query::parse_duration("1h30m"), Some(Duration::from_secs(5400)));
-/// assert_eq!(pglogsink::query::parse_duration("90"), None);
-/// ```
-pub fn parse_duration(s: &str) -> Option<Duration> {
-    if s.is_empty() {
-        return None;
-    }
-    let mut rest = s;
-    let mut total: u64 = 0;
-    while !rest.is_empty() {
-        let digits = rest
-            .find(|c: char| !c.is_ascii_digit())
-            .unwrap_or(rest.len());
-        let n: u64 = rest[..digits].parse().ok()?;
-        let unit = match rest[digits..].chars().next()? {
-            's' => 1,
-            'm' => 60,
-            'h' => 3600,
-            'd' => 86_400,
-            _ => return None,
-        };
-        total = total.checked_add(n.checked_mul(unit)?)?;
-        rest = &rest[digits + 1..];
-    }
-    (total <= MAX_DURATION_SECS).then(|| Duration::from_secs(total))
 }
 
 /// `YYYY-MM-DD`, optionally followed by `T` or a space, `HH:MM[:SS[.frac]]`
@@ -361,31 +328,6 @@ pub(crate) fn where_clause(conditions: &[String]) -> String {
 mod tests {
     use super::*;
     use serde_json::json;
-
-    #[test]
-    fn durations_take_s_m_h_d_and_combinations() {
-        assert_eq!(parse_duration("30s"), Some(Duration::from_secs(30)));
-        assert_eq!(parse_duration("15m"), Some(Duration::from_secs(900)));
-        assert_eq!(parse_duration("2h"), Some(Duration::from_secs(7200)));
-        assert_eq!(parse_duration("7d"), Some(Duration::from_secs(604_800)));
-        assert_eq!(parse_duration("1h30m"), Some(Duration::from_secs(5400)));
-        assert_eq!(parse_duration("0s"), Some(Duration::ZERO));
-        for bad in [
-            "",
-            "15",
-            "m",
-            "15x",
-            "-5m",
-            "1.5h",
-            "15 m",
-            "15M",
-            "h1",
-            "36501d",
-            "99999999999999999999d",
-        ] {
-            assert_eq!(parse_duration(bad), None, "{bad:?}");
-        }
-    }
 
     #[test]
     fn timestamps_in_rfc_3339_or_local_forms() {

@@ -35,11 +35,13 @@
 //! id just before the snapshot and gone just after (it ended meanwhile,
 //! before or after the snapshot); the next try knows which.
 
+use std::time::Duration;
+
 use tokio_postgres::types::Type;
 use tokio_postgres::{Client, GenericClient, Transaction};
 
-use super::filter::{where_clause, Sql};
-use super::{Filter, LogRow, Reader};
+use super::filter::{where_clause, Filter, Sql};
+use super::reader::{LogRow, Reader};
 
 /// Most ids one poll reads in one range (above the cursor, or an ended
 /// writer's), so that a poll costs about the same however far behind the
@@ -225,6 +227,16 @@ impl Follower {
         !self.behind
     }
 
+    /// How long to wait before the next poll: `idle` once caught up, none
+    /// while a burst is being read page after page.
+    pub fn pause(&self, idle: Duration) -> Duration {
+        if self.behind {
+            Duration::ZERO
+        } else {
+            idle
+        }
+    }
+
     /// The new ids a poll reads: above the cursor, up to `last_id` or
     /// [`SPAN`] ids.
     fn new_ids(&self, last_id: i64) -> (i64, i64) {
@@ -305,7 +317,7 @@ impl Follower {
         let text = format!(
             "SELECT {}, xmin::text::int8 FROM {}{} ORDER BY id",
             self.reader.columns(),
-            self.reader.table.quoted(),
+            self.reader.table().quoted(),
             where_clause(&conditions)
         );
         for row in tx.query_typed(&text, &sql.refs()).await? {
@@ -364,7 +376,7 @@ async fn last_id(client: &Client, reader: &Reader) -> Result<i64, tokio_postgres
     client
         .query_typed_one(
             "SELECT coalesce(pg_sequence_last_value(pg_get_serial_sequence($1, 'id')), 0)",
-            &[(&reader.table.quoted(), Type::TEXT)],
+            &[(&reader.table().quoted(), Type::TEXT)],
         )
         .await?
         .try_get(0)
@@ -397,7 +409,7 @@ async fn writers(
               AND l.mode = 'ExclusiveLock' AND l.granted)
         FROM writers w";
     let rows = client
-        .query_typed(SQL, &[(&reader.table.quoted(), Type::TEXT)])
+        .query_typed(SQL, &[(&reader.table().quoted(), Type::TEXT)])
         .await?;
     rows.iter()
         .map(|row| {

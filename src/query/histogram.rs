@@ -5,14 +5,15 @@
 //! under its statement timeout; the range bounds the scan (the BRIN index on
 //! "timestamp" skips the block ranges outside it).
 
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::SystemTime;
 
 use tokio_postgres::types::Type;
 use tokio_postgres::Client;
 
-use super::filter::{where_clause, Sql};
-use super::{Filter, Reader};
-use crate::record::Level;
+use super::filter::{where_clause, Filter, Sql};
+use super::reader::Reader;
+use crate::level::Level;
+use crate::micros::unix_micros;
 
 /// Most buckets one histogram has.
 pub const MAX_BUCKETS: u32 = 1_000;
@@ -70,7 +71,7 @@ impl Reader {
     /// ```no_run
     /// # async fn demo(mut client: tokio_postgres::Client) -> Result<(), Box<dyn std::error::Error>> {
     /// use std::time::{Duration, SystemTime};
-    /// use pglogsink::query::{Filter, Reader};
+    /// use pglogsink::admin::query::{Filter, Reader};
     ///
     /// let reader = Reader::new(pglogsink::TableName::parse("log")?);
     /// let now = SystemTime::now();
@@ -90,7 +91,7 @@ impl Reader {
     ) -> Result<Histogram, tokio_postgres::Error> {
         let since = filter.since.map_or(since, |s| s.max(since));
         let until = filter.until.map_or(until, |u| u.min(until));
-        let (start, width, count) = layout(micros(since), micros(until), buckets);
+        let (start, width, count) = layout(unix_micros(since), unix_micros(until), buckets);
         let mut counts = vec![[0i64; 5]; count];
         if count == 0 {
             return Ok(Histogram {
@@ -132,7 +133,7 @@ impl Reader {
         let text = format!(
             "SELECT ((extract(epoch FROM \"timestamp\") * 1000000)::int8 - {start}) / {width}, \
              level::text, count(*) FROM {}{} GROUP BY 1, 2",
-            self.table.quoted(),
+            self.table().quoted(),
             where_clause(&conditions)
         );
         (text, sql)
@@ -169,19 +170,11 @@ fn round_up(n: i64, unit: i64) -> i64 {
     (n + unit - 1) / unit * unit
 }
 
-/// An instant as microseconds since the Unix epoch (also before it).
-fn micros(at: SystemTime) -> i64 {
-    match at.duration_since(UNIX_EPOCH) {
-        Ok(after) => after.as_micros().min(i64::MAX as u128) as i64,
-        Err(before) => -(before.duration().as_micros().min(i64::MAX as u128) as i64),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::table::TableName;
-    use std::time::Duration;
+    use std::time::UNIX_EPOCH;
 
     const S: i64 = 1_000_000;
 
@@ -222,11 +215,5 @@ mod tests {
              AND message ILIKE $2 GROUP BY 1, 2"
         );
         assert_eq!(params.params.len(), 4);
-    }
-
-    #[test]
-    fn micros_both_sides_of_the_epoch() {
-        assert_eq!(micros(UNIX_EPOCH + Duration::from_millis(2)), 2_000);
-        assert_eq!(micros(UNIX_EPOCH - Duration::from_millis(2)), -2_000);
     }
 }

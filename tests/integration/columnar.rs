@@ -314,7 +314,7 @@ async fn table_with_days(
 
 /// A database error with PostgreSQL's message.
 fn explained(e: pglogsink::tokio_postgres::Error) -> Failed {
-    pglogsink::describe(&e).to_string().into()
+    pglogsink::admin::describe(&e).to_string().into()
 }
 
 fn trace_id(day: i64, row: i64) -> String {

@@ -12,7 +12,7 @@ use libtest_mimic::{Failed, Trial};
 use pglogsink::embedded::{EmbeddedPostgres, RestartPolicy};
 use pglogsink::CancellationToken;
 
-use crate::common::{block_on, check};
+use crate::common::{block_on, check, signal};
 use crate::service::{http_get, text, Serve, BIN};
 
 /// How long the killed cluster may take to answer again: a poll (1 s), the
@@ -53,12 +53,10 @@ fn killed_postmaster_in(dir: &Path) -> Result<(), Failed> {
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()?;
-    std::thread::sleep(Duration::from_secs(3));
+    // Under load: the server is killed once the load's rows are arriving.
+    serve.wait_for_metric("pglogsink_records_written_total", 1)?;
     let killed = Instant::now();
-    let status = Command::new("kill")
-        .args(["-KILL", &first.to_string()])
-        .status()?;
-    check(status.success(), || format!("kill -KILL {first} failed"))?;
+    signal(first, "-KILL")?;
 
     // Back by itself: a new postmaster, ready for connections.
     let second = loop {
@@ -151,10 +149,7 @@ fn cannot_start() -> Result<(), Failed> {
         let run = tokio::spawn(supervisor.run(token.clone()));
         tokio::time::sleep(Duration::from_millis(200)).await;
         check(!run.is_finished(), || "the supervisor stopped early".into())?;
-        let status = Command::new("kill")
-            .args(["-KILL", &pid.to_string()])
-            .status()?;
-        check(status.success(), || format!("kill -KILL {pid} failed"))?;
+        signal(pid, "-KILL")?;
         // Take the port as soon as the dead server lets go of it.
         let taken = Instant::now();
         let _squatter = loop {

@@ -15,7 +15,9 @@ use std::time::{Duration, Instant};
 use libtest_mimic::{Failed, Trial};
 use pglogsink::TableName;
 
-use crate::common::{async_trial, check, copy_lines, fresh_table, pool, url};
+use crate::common::{
+    async_trial, check, copy_lines, exit_within, fresh_table, pool, signal, url, CHECK_TIMES,
+};
 use crate::service::{Serve, BIN};
 
 /// Rows written behind the open transaction.
@@ -185,9 +187,12 @@ async fn behind_an_open_transaction(
         seen.len()
     );
     check(twice == 0, || format!("{what} showed {twice} rows twice"))?;
-    check(within_10s * 100 >= ROWS * 95, || {
-        format!("{what} showed {within_10s} of {ROWS} rows within 10 s")
-    })?;
+    // How fast is a promise held only on a quiet machine (see check_time).
+    if std::env::var_os(CHECK_TIMES).is_some() {
+        check(within_10s * 100 >= ROWS * 95, || {
+            format!("{what} showed {within_10s} of {ROWS} rows within 10 s")
+        })?;
+    }
     check(seen.len() == ROWS, || {
         format!("{what} showed {} of {ROWS} rows within 60 s", seen.len())
     })
@@ -208,13 +213,8 @@ async fn copy_rows(
 }
 
 fn stop(child: &mut Child) {
-    let _ = Command::new("kill")
-        .args(["-INT", &child.id().to_string()])
-        .status();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while child.try_wait().ok().flatten().is_none() && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    let _ = signal(child.id(), "-INT");
+    let _ = exit_within(child, Duration::from_secs(10));
     let _ = child.kill();
     let _ = child.wait();
 }

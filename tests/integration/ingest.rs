@@ -24,7 +24,7 @@ use pglogsink::TableName;
 use prost::Message;
 use serde_json::{json, Value};
 
-use crate::common::{block_on, check, fresh_table, url};
+use crate::common::{block_on, check, exit_within, fresh_table, signal, url, wait_until, Captured};
 use crate::service::{free_port, text, BIN};
 
 const FIXTURE: &str = include_str!("../fixtures/otlp_logs.json");
@@ -71,6 +71,8 @@ pub fn trials() -> Vec<Trial> {
 /// HTTPS.
 pub(crate) struct Server {
     child: Option<Child>,
+    /// Its stdout and stderr, read as they come.
+    output: Option<Captured>,
     pub(crate) addr: String,
     pub(crate) table: TableName,
     spool: PathBuf,
@@ -91,7 +93,7 @@ impl Server {
             std::process::id(),
             table
         ));
-        let child = Command::new(BIN)
+        let mut child = Command::new(BIN)
             .args(["serve", "--listen", &addr, "--database-url", &url()?])
             .args(["--table", &table.to_string()])
             // One COPY in flight, so that rows take their ids in the order
@@ -105,8 +107,10 @@ impl Server {
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()?;
+        let output = Some(Captured::of(&mut child));
         let mut server = Server {
             child: Some(child),
+            output,
             addr,
             table,
             spool,
@@ -163,29 +167,28 @@ impl Server {
     }
 
     pub(crate) fn signal(&self, sig: &str) -> Result<(), Failed> {
-        let pid = self.child.as_ref().ok_or("not running")?.id();
-        let status = Command::new("kill")
-            .args([sig, &pid.to_string()])
-            .status()?;
-        check(status.success(), || format!("kill {sig} failed"))
+        signal(self.child.as_ref().ok_or("not running")?.id(), sig)
     }
 
     /// SIGINT, then wait (at most 30 s): the queue is drained by then.
     pub(crate) fn stop(&mut self) -> Result<Output, Failed> {
         let mut child = self.child.take().ok_or("not running")?;
-        let _ = Command::new("kill")
-            .args(["-INT", &child.id().to_string()])
-            .status();
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while child.try_wait()?.is_none() {
-            if Instant::now() > deadline {
-                let _ = child.kill();
-                let out = child.wait_with_output()?;
-                return Err(format!("serve did not stop: {}", text(&out.stderr)).into());
-            }
-            std::thread::sleep(Duration::from_millis(50));
+        let output = self.output.take().ok_or("not running")?;
+        let _ = signal(child.id(), "-INT");
+        if let Some(status) = exit_within(&mut child, Duration::from_secs(30))? {
+            return Ok(output.collect(status));
         }
-        Ok(child.wait_with_output()?)
+        let _ = child.kill();
+        let out = output.collect(child.wait()?);
+        Err(format!("serve did not stop: {}", text(&out.stderr)).into())
+    }
+
+    /// What it has written to stderr so far.
+    pub(crate) fn stderr(&self) -> String {
+        self.output
+            .as_ref()
+            .map(Captured::stderr)
+            .unwrap_or_default()
     }
 
     /// Every row, oldest first: (level, target, message, fields, unix µs).
@@ -774,7 +777,11 @@ fn api_keys() -> Result<(), Failed> {
     // SIGHUP: the third key replaces both.
     std::fs::write(&file, format!("{third}\n"))?;
     server.signal("-HUP")?;
-    wait_until(|| Ok(send(&server, bearer(third), "taken third")?.status == 200))?;
+    wait_until(
+        "the third key after SIGHUP",
+        Duration::from_secs(10),
+        || Ok(send(&server, bearer(third), "taken third")?.status == 200),
+    )?;
     expect_status(
         &send(&server, bearer(first), "refused first")?,
         401,
@@ -782,11 +789,24 @@ fn api_keys() -> Result<(), Failed> {
     )?;
     // A change of the file alone (no signal): noticed within seconds.
     std::fs::write(&file, format!("{fourth}\n# a longer file\n"))?;
-    wait_until(|| Ok(send(&server, x_api_key(fourth), "taken fourth")?.status == 200))?;
-    // A broken file keeps the keys in force.
+    wait_until(
+        "the fourth key after the file changed",
+        Duration::from_secs(10),
+        || Ok(send(&server, x_api_key(fourth), "taken fourth")?.status == 200),
+    )?;
+    // A broken file keeps the keys in force: once serve has read it (its
+    // warning is the signal), the key in force still works.
     std::fs::write(&file, "short\n")?;
     server.signal("-HUP")?;
-    std::thread::sleep(Duration::from_millis(500));
+    wait_until(
+        "the warning about the broken key file",
+        Duration::from_secs(10),
+        || {
+            Ok(server
+                .stderr()
+                .contains("the keys loaded before stay in force"))
+        },
+    )?;
     expect_status(
         &send(&server, x_api_key(fourth), "taken fourth again")?,
         200,
@@ -926,20 +946,6 @@ fn sha256_hex(bytes: &[u8]) -> String {
         .collect()
 }
 
-/// Poll `cond` every 100 ms for up to 10 s.
-fn wait_until(mut cond: impl FnMut() -> Result<bool, Failed>) -> Result<(), Failed> {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        if cond()? {
-            return Ok(());
-        }
-        check(Instant::now() < deadline, || {
-            "the condition did not hold within 10 s".to_owned()
-        })?;
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
-
 fn load_modes() -> Result<(), Failed> {
     let mut server = Server::start(&[])?;
     let (db, table) = (url()?, server.table.to_string());
@@ -1000,7 +1006,9 @@ fn sink_stopped_503() -> Result<(), Failed> {
     )?;
     expect_status(&reply, 200, "the record whose COPY finds no table")?;
     // The fatal stop closes the listener once the sink has stopped.
-    wait_until(|| Ok(TcpStream::connect(&server.addr).is_err()))?;
+    wait_until("the listener closed", Duration::from_secs(10), || {
+        Ok(TcpStream::connect(&server.addr).is_err())
+    })?;
 
     slow.write_all(&body[10..])?;
     let reply = finish_reading(Box::new(slow))?;
@@ -1099,7 +1107,7 @@ fn unix_times_stored_exactly() -> Result<(), Failed> {
     )?;
     // The viewer's API finds the millisecond row from its millisecond on.
     let path = "/api/logs?since=2026-01-01T00:00:00.123Z&until=2026-01-01T00:00:00.124Z";
-    wait_until(|| {
+    wait_until("both rows stamped at .123", Duration::from_secs(10), || {
         let reply = server.get(path)?;
         Ok(reply.status == 200
             && reply.json()["rows"]

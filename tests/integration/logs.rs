@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use libtest_mimic::{Failed, Trial};
 use pglogsink::TableName;
 
-use crate::common::{block_on, check, fresh_table, pool, url};
+use crate::common::{block_on, check, check_time, exit_within, fresh_table, pool, signal, url};
 
 const BIN: &str = env!("CARGO_BIN_EXE_pglogsink");
 
@@ -318,9 +318,11 @@ fn follow_prints_new_rows() -> Result<(), Failed> {
         let arrived = Instant::now();
         let id = next_id(Duration::from_secs(10))?;
         check(id == 8, || format!("followed row {id}, expected 8"))?;
-        check(arrived.elapsed() < Duration::from_secs(3), || {
-            format!("the new row took {:?}", arrived.elapsed())
-        })?;
+        check_time(
+            "logs --follow showing a new row",
+            arrived.elapsed(),
+            Duration::from_secs(3),
+        )?;
         insert(&table, "(now(), 'warn', 'app', 'later', 1, NULL)")?;
         let id = next_id(Duration::from_secs(10))?;
         check(id == 9, || format!("followed row {id}, expected 9"))?;
@@ -328,20 +330,11 @@ fn follow_prints_new_rows() -> Result<(), Failed> {
         check(rx.try_recv().is_err(), || "a row was shown twice".into())
     })();
 
-    let _ = Command::new("kill")
-        .args(["-INT", &child.id().to_string()])
-        .status();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let status = loop {
-        if let Some(status) = child.try_wait()? {
-            break status;
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            return Err("logs --follow did not stop within 10 s of Ctrl-C".into());
-        }
-        std::thread::sleep(Duration::from_millis(50));
+    let _ = signal(child.id(), "-INT");
+    let Some(status) = exit_within(&mut child, Duration::from_secs(10))? else {
+        let _ = child.kill();
+        let _ = child.wait();
+        return Err("logs --follow did not stop within 10 s of Ctrl-C".into());
     };
     result?;
     check(status.success(), || {

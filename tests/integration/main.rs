@@ -22,6 +22,7 @@ mod limits;
 mod logs;
 mod pooler;
 mod pressure;
+mod readme;
 mod service;
 mod sink;
 mod tls;
@@ -48,6 +49,7 @@ fn main() {
     trials.extend(ingest_otlp_json::trials());
     trials.extend(viewer::trials());
     trials.extend(columnar::trials());
+    trials.extend(readme::trials());
     trials.extend(citus::trials());
     let conclusion = libtest_mimic::run(&args, trials);
     citus::shutdown();

@@ -97,8 +97,8 @@ async fn nothing_left_on_the_connection() -> Result<(), Failed> {
     // connection.
     {
         let mut client = pool.get().await?;
-        let reader = pglogsink::query::Reader::new(table.clone()).time_zone("Europe/Paris");
-        let filter = pglogsink::query::Filter {
+        let reader = pglogsink::admin::query::Reader::new(table.clone()).time_zone("Europe/Paris");
+        let filter = pglogsink::admin::query::Filter {
             level: Some(Level::Info),
             grep: Some("fine".into()),
             since: Some(std::time::SystemTime::now() - Duration::from_secs(3600)),

@@ -16,7 +16,7 @@ use opentelemetry_proto::tonic::logs::v1::{LogRecord, ResourceLogs, ScopeLogs};
 use opentelemetry_proto::tonic::resource::v1::Resource;
 use prost::Message;
 
-use crate::common::{block_on, check, fresh_table, url};
+use crate::common::{block_on, check, check_time, fresh_table, url};
 use crate::limits::{metric, peak_rss_kib};
 use crate::service::{http_get, http_raw, run, status_of, text, Serve};
 
@@ -473,9 +473,11 @@ fn shutdown_deadline() -> Result<(), Failed> {
     let stdout = text(&load.stdout);
     let (ok, _) = load_counts(&stdout).ok_or_else(|| stdout.clone())?;
     eprintln!("    serve exited {exited_after:?} after SIGINT (--shutdown-timeout 3); {ok} requests answered 200");
-    check(exited_after <= Duration::from_secs(4), || {
-        format!("serve took {exited_after:?} to exit with --shutdown-timeout 3")
-    })?;
+    check_time(
+        "serve's exit after SIGINT with --shutdown-timeout 3",
+        exited_after,
+        Duration::from_secs(4),
+    )?;
     // Started again with the same spool: it replays what was spooled.
     let mut again = Serve::start(&args, &extra)?;
     let expected = i64::try_from(ok)?;

@@ -10,7 +10,9 @@ use std::time::{Duration, Instant};
 use libtest_mimic::{Failed, Trial};
 use pglogsink::TableName;
 
-use crate::common::{check, fresh_table, url};
+use crate::common::{
+    check, check_time, exit_within, fresh_table, signal, url, wait_until, Captured,
+};
 
 pub(crate) const BIN: &str = env!("CARGO_BIN_EXE_pglogsink");
 
@@ -81,37 +83,6 @@ pub(crate) struct Serve {
     spool: std::path::PathBuf,
 }
 
-/// A child's stdout and stderr, each read to its end by a thread.
-struct Captured {
-    stdout: std::thread::JoinHandle<Vec<u8>>,
-    stderr: std::thread::JoinHandle<Vec<u8>>,
-}
-
-impl Captured {
-    fn of(child: &mut Child) -> Captured {
-        fn drain(mut from: impl Read + Send + 'static) -> std::thread::JoinHandle<Vec<u8>> {
-            std::thread::spawn(move || {
-                let mut all = Vec::new();
-                let _ = from.read_to_end(&mut all);
-                all
-            })
-        }
-        Captured {
-            stdout: drain(child.stdout.take().expect("piped")),
-            stderr: drain(child.stderr.take().expect("piped")),
-        }
-    }
-
-    /// The whole output, once the child has exited.
-    fn collect(self, status: std::process::ExitStatus) -> Output {
-        Output {
-            status,
-            stdout: self.stdout.join().unwrap_or_default(),
-            stderr: self.stderr.join().unwrap_or_default(),
-        }
-    }
-}
-
 impl Serve {
     pub(crate) fn start(db_args: &[&str], extra: &[&str]) -> Result<Serve, Failed> {
         Serve::start_with_env(db_args, extra, &[])
@@ -173,47 +144,48 @@ impl Serve {
         format!("http://{}", self.addr)
     }
 
+    /// Wait (at most 30 s) until its `/metrics` shows the counter `name`
+    /// (with its labels) at `at_least` or more: the signal a test acts on.
+    pub(crate) fn wait_for_metric(&self, name: &str, at_least: u64) -> Result<(), Failed> {
+        wait_until(
+            &format!("{name} >= {at_least}"),
+            Duration::from_secs(30),
+            || {
+                let (_, metrics) = http_get(&self.addr, "/metrics")?;
+                Ok(crate::limits::metric(&metrics, name).is_some_and(|n| n >= at_least))
+            },
+        )
+    }
+
     pub(crate) fn pid(&self) -> Result<u32, Failed> {
         Ok(self.child.as_ref().ok_or("not running")?.id())
     }
 
     pub(crate) fn signal(&self, sig: &str) -> Result<(), Failed> {
-        let pid = self.child.as_ref().ok_or("not running")?.id();
-        let status = Command::new("kill")
-            .args([sig, &pid.to_string()])
-            .status()?;
-        check(status.success(), || format!("kill {sig} failed"))
+        signal(self.pid()?, sig)
     }
 
     /// Wait (at most 30 s) for the process to exit and collect its output.
     pub(crate) fn wait(&mut self) -> Result<Output, Failed> {
         let mut child = self.child.take().ok_or("not running")?;
         let output = self.output.take().ok_or("not running")?;
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            if let Some(status) = child.try_wait()? {
-                return Ok(output.collect(status));
-            }
-            if Instant::now() > deadline {
-                let _ = child.kill();
-                let out = output.collect(child.wait()?);
-                return Err(format!(
-                    "serve did not exit within 30 s: {}",
-                    String::from_utf8_lossy(&out.stderr)
-                )
-                .into());
-            }
-            std::thread::sleep(Duration::from_millis(50));
+        if let Some(status) = exit_within(&mut child, Duration::from_secs(30))? {
+            return Ok(output.collect(status));
         }
+        let _ = child.kill();
+        let out = output.collect(child.wait()?);
+        Err(format!(
+            "serve did not exit within 30 s: {}",
+            String::from_utf8_lossy(&out.stderr)
+        )
+        .into())
     }
 }
 
 impl Drop for Serve {
     fn drop(&mut self) {
         if let Some(mut child) = self.child.take() {
-            let _ = Command::new("kill")
-                .args(["-INT", &child.id().to_string()])
-                .status();
+            let _ = signal(child.id(), "-INT");
             let _ = child.wait();
         }
         let _ = std::fs::remove_dir_all(&self.spool);
@@ -413,7 +385,8 @@ fn dropping_the_table_stops_the_service() -> Result<(), Failed> {
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()?;
-    std::thread::sleep(Duration::from_millis(1500));
+    // Under load: the table is dropped once the load's rows are arriving.
+    serve.wait_for_metric("pglogsink_records_written_total", 1)?;
     drop_table(&db, &table)?;
     let dropped = Instant::now();
     let out = serve.wait();
@@ -425,9 +398,11 @@ fn dropping_the_table_stops_the_service() -> Result<(), Failed> {
     check(!out.status.success(), || {
         format!("serve exited 0 after the table was dropped: {stderr}")
     })?;
-    check(took < Duration::from_secs(10), || {
-        format!("serve took {took:?} to stop")
-    })?;
+    check_time(
+        "serve's stop after the table was dropped",
+        took,
+        Duration::from_secs(10),
+    )?;
     let fatal = stderr
         .lines()
         .find(|l| l.starts_with("pglogsink: fatal:"))

@@ -10,7 +10,7 @@
 //! - With TLS, at most `--max-tls-handshakes` handshakes run at once, each
 //!   within the same timeout.
 //! - Ingest bodies must arrive within `--body-read-timeout` (read where
-//!   they are read: `super::super::ingest`).
+//!   they are read: the ingest endpoints).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -26,57 +26,6 @@ use tokio::time::Instant;
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-
-use crate::cli::Seconds;
-
-/// Default `--max-connections`.
-pub(crate) const DEFAULT_MAX_CONNECTIONS: usize = 4096;
-/// Default `--max-tls-handshakes`.
-pub(crate) const DEFAULT_MAX_TLS_HANDSHAKES: usize = 256;
-/// Default `--header-read-timeout`, in seconds.
-pub(crate) const DEFAULT_HEADER_READ_TIMEOUT: u64 = 10;
-/// Default `--body-read-timeout`, in seconds.
-pub(crate) const DEFAULT_BODY_READ_TIMEOUT: u64 = 30;
-
-#[derive(Debug, Clone, clap::Args)]
-pub(crate) struct HttpArgs {
-    /// Most HTTP connections open at once; further clients wait to be accepted until one closes.
-    #[arg(long, env = "PGLOGSINK_MAX_CONNECTIONS", default_value_t = DEFAULT_MAX_CONNECTIONS,
-          value_parser = parse_connections, value_name = "N")]
-    pub(crate) max_connections: usize,
-
-    /// Seconds a request's head (request line and headers) may take to arrive; also how long a
-    /// keep-alive connection may sit idle, and a TLS handshake may take. Past it the
-    /// connection is closed.
-    #[arg(long, env = "PGLOGSINK_HEADER_READ_TIMEOUT",
-          default_value_t = Seconds(Duration::from_secs(DEFAULT_HEADER_READ_TIMEOUT)),
-          value_parser = parse_timeout, value_name = "SECS")]
-    pub(crate) header_read_timeout: Seconds,
-
-    /// Seconds an ingest request's body may take to arrive after its head; a slower one is
-    /// answered 408.
-    #[arg(long, env = "PGLOGSINK_BODY_READ_TIMEOUT",
-          default_value_t = Seconds(Duration::from_secs(DEFAULT_BODY_READ_TIMEOUT)),
-          value_parser = parse_timeout, value_name = "SECS")]
-    pub(crate) body_read_timeout: Seconds,
-
-    /// Most TLS handshakes in progress at once (with --tls-cert); further connections wait
-    /// their turn.
-    #[arg(long, env = "PGLOGSINK_MAX_TLS_HANDSHAKES", default_value_t = DEFAULT_MAX_TLS_HANDSHAKES,
-          value_parser = parse_connections, value_name = "N")]
-    pub(crate) max_tls_handshakes: usize,
-}
-
-fn parse_connections(s: &str) -> Result<usize, String> {
-    match s.parse::<usize>() {
-        Ok(n) if (1..=1_000_000).contains(&n) => Ok(n),
-        _ => Err("expected a whole number from 1 to 1000000".to_owned()),
-    }
-}
-
-fn parse_timeout(s: &str) -> Result<Seconds, String> {
-    crate::cli::parse_seconds(s, false, 3_600.0).map(Seconds)
-}
 
 /// The listening socket, with room for 1,024 connections waiting to be
 /// accepted (the default of 128 overflows when hundreds of clients connect
@@ -96,22 +45,13 @@ pub(crate) fn bind(addr: std::net::SocketAddr) -> std::io::Result<TcpListener> {
 /// Connections the kernel keeps waiting for `accept`.
 const BACKLOG: u32 = 1024;
 
-/// The server's limits, from [`HttpArgs`].
+/// The server's limits (`--max-connections`, `--header-read-timeout`,
+/// `--max-tls-handshakes`).
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct HttpLimits {
     pub(crate) max_connections: usize,
     pub(crate) header_read_timeout: Duration,
     pub(crate) max_tls_handshakes: usize,
-}
-
-impl HttpArgs {
-    pub(crate) fn limits(&self) -> HttpLimits {
-        HttpLimits {
-            max_connections: self.max_connections,
-            header_read_timeout: self.header_read_timeout.0,
-            max_tls_handshakes: self.max_tls_handshakes,
-        }
-    }
 }
 
 /// Serve `router` on `listener` (TLS with `tls`) until `shutdown` is

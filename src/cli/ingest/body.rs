@@ -5,7 +5,7 @@
 //! decompressed, and decompression stops one byte past the cap: a gzip bomb
 //! costs at most the cap in memory, never its expanded size. Every byte
 //! read or decompressed is also held in the sink's queue budget (the
-//! request's [`Handover`](super::Handover)) until the request ends, so that bodies in flight
+//! request's [`Handover`](super::handover::Handover)) until the request ends, so that bodies in flight
 //! count with the records queued: past the budget, a request is answered
 //! 503 at its next chunk instead of being read on.
 
@@ -16,7 +16,9 @@ use axum::http::{header, HeaderMap, StatusCode};
 use bytes::Bytes;
 use http_body_util::BodyExt;
 
-use super::{Destination, Rejection};
+use super::handover::Destination;
+use super::settings::BodyLimits;
+use crate::cli::http::Rejection;
 
 /// How the body is compressed (`Content-Encoding`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -67,15 +69,6 @@ pub(crate) fn encoding(headers: &HeaderMap) -> Result<Encoding, Rejection> {
             format!("Content-Encoding {value:?} is not supported: send gzip or no encoding"),
         )),
     }
-}
-
-/// How an ingest body is read: its size cap, and how long it may take.
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct BodyLimits {
-    /// Largest body, as sent and decompressed.
-    pub(crate) max_bytes: usize,
-    /// Longest time from the request's head to the end of its body.
-    pub(crate) read_timeout: std::time::Duration,
 }
 
 /// The whole body, decompressed, at most `max_bytes` either way, each byte

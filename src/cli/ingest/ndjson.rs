@@ -23,10 +23,10 @@ use serde::de::{Deserialize, Deserializer, IgnoredAny, MapAccess, SeqAccess, Vis
 use serde_json::value::RawValue;
 use serde_json::{Map, Value};
 
-use super::{
-    body, check_records, decode_cost, level_from_name, timestamp, Destination, Handover,
-    IngestState, Rejection, LEVEL_NAMES,
-};
+use super::handover::{check_records, Destination, Handover};
+use super::settings::IngestState;
+use super::{body, decode_cost, timestamp};
+use crate::cli::http::Rejection;
 
 /// The media types taken (Fluent Bit's `json_lines` says application/json).
 const MEDIA_TYPES: [&str; 5] = [
@@ -48,13 +48,13 @@ pub(crate) async fn ingest(
     headers: HeaderMap,
     request: Body,
 ) -> Response {
-    match take(&state, &headers, request).await {
+    match queue_request(&state, &headers, request).await {
         Ok(response) => response,
         Err(rejection) => rejection.into_response(),
     }
 }
 
-async fn take(
+async fn queue_request(
     state: &IngestState,
     headers: &HeaderMap,
     request: Body,
@@ -70,13 +70,13 @@ async fn take(
     check_records(records.count(), state.max_records)?;
     handover.expect(records.count());
     records.decode(&mut handover)?;
-    let handed = handover.send();
-    match handed.refused {
-        None => Ok(Json(serde_json::json!({ "accepted": handed.accepted })).into_response()),
+    let queued = handover.send();
+    match queued.refused {
+        None => Ok(Json(serde_json::json!({ "accepted": queued.accepted })).into_response()),
         Some((refused, mut rejection)) => {
             rejection
                 .details
-                .insert("accepted".to_owned(), handed.accepted.into());
+                .insert("accepted".to_owned(), queued.accepted.into());
             rejection
                 .details
                 .insert("refused".to_owned(), refused.into());
@@ -318,18 +318,21 @@ fn time(raw: &str) -> Result<std::time::SystemTime, String> {
 }
 
 fn fields(object: Map<String, Value>) -> pglogsink::Fields {
-    object.into_iter().map(|(k, v)| (k.into(), v)).collect()
+    object.into_iter().collect()
 }
 
 /// A level name, or a pino/bunyan number (10 trace ... 60 fatal).
 fn level(value: Option<Value>) -> Result<Level, String> {
     let unknown = |shown: String| {
-        format!("\"level\" {shown} is not a level: use one of {LEVEL_NAMES}, or 10 to 60 as pino")
+        format!(
+            "\"level\" {shown} is not a level: use one of {}, or 10 to 60 as pino",
+            Level::ANY_LOGGER_NAMES
+        )
     };
     match value {
         None | Some(Value::Null) => Ok(Level::Info),
         Some(Value::String(name)) => {
-            level_from_name(&name).ok_or_else(|| unknown(format!("{name:?}")))
+            Level::from_any_logger(&name).ok_or_else(|| unknown(format!("{name:?}")))
         }
         Some(Value::Number(n)) => match n.as_u64() {
             Some(10) => Ok(Level::Trace),

@@ -25,6 +25,7 @@ use axum::body::Body;
 use axum::extract::State;
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
+use base64::prelude::{Engine as _, BASE64_STANDARD};
 use opentelemetry_proto::tonic::collector::logs::v1::{
     ExportLogsPartialSuccess, ExportLogsServiceRequest, ExportLogsServiceResponse,
 };
@@ -34,10 +35,11 @@ use pglogsink::{Fields, Level, Record, SharedFields};
 use prost::Message;
 use serde_json::Value;
 
-use super::{
-    body, check_records, decode_cost, level_from_name, Destination, Handover, IngestState,
-    Rejection,
-};
+use super::handover::{check_records, Destination, Handover};
+use super::settings::IngestState;
+use super::{body, decode_cost, otlp_json};
+use crate::cli::http::Rejection;
+use crate::cli::trace_ids::{id_text, SPAN_ID_BYTES, TRACE_ID_BYTES};
 
 const PROTOBUF: &str = "application/x-protobuf";
 const JSON: &str = "application/json";
@@ -71,7 +73,7 @@ pub(crate) async fn export(
         let media_type = body::media_type(&headers);
         return body::unsupported_media_type(&media_type, &[PROTOBUF, JSON]).into_response();
     };
-    match take(&state, &headers, request, encoding).await {
+    match queue_request(&state, &headers, request, encoding).await {
         Ok(response) => response,
         Err(rejection) => status_response(rejection, encoding),
     }
@@ -93,7 +95,7 @@ pub(crate) fn refusal(rejection: Rejection, headers: &HeaderMap) -> Response {
     status_response(rejection, encoding_of(headers).unwrap_or(Encoding::Json))
 }
 
-async fn take(
+async fn queue_request(
     state: &IngestState,
     headers: &HeaderMap,
     request: Body,
@@ -106,11 +108,11 @@ async fn take(
     drop(bytes);
     handover.expect(record_count(&export));
     map_records(export, &mut handover)?;
-    let handed = handover.send();
-    let partial = match handed.refused {
+    let queued = handover.send();
+    let partial = match queued.refused {
         None => None,
         // Nothing taken: the client should retry it all, later.
-        Some((_, rejection)) if handed.accepted == 0 => return Err(rejection),
+        Some((_, rejection)) if queued.accepted == 0 => return Err(rejection),
         // Some taken (the sink stopped while they were being queued): say
         // which part was not, so that only that is lost rather than the
         // rest duplicated (OTLP clients do not retry a 200).
@@ -150,7 +152,7 @@ fn decode(
             // Twice: a body the crate does not take as is is read again
             // through a `Value` (see `otlp_json`).
             into.hold(2 * decode_cost::json(bytes).decoded_bytes)?;
-            super::otlp_json::decode(bytes).map_err(|e| not_otlp(&e))?
+            otlp_json::decode(bytes).map_err(|e| not_otlp(&e))?
         }
     };
     check_records(record_count(&export), max_records)?;
@@ -251,7 +253,7 @@ fn map_records(
                     ("otel.scope.version", scope.version),
                 ] {
                     if !value.is_empty() {
-                        shared.push((key.into(), value.into()));
+                        shared.push(key, value);
                     }
                 }
             }
@@ -269,16 +271,16 @@ fn record(log: LogRecord, target: &str, shared: &SharedFields) -> Record {
     let (level, unmapped_text) = level(log.severity_number, log.severity_text);
     fields.extend(attributes(log.attributes));
     if !log.event_name.is_empty() {
-        fields.push(("otel.event_name".into(), log.event_name.into()));
+        fields.push("otel.event_name", log.event_name);
     }
     if let Some(text) = unmapped_text {
-        fields.push(("severity_text".into(), text.into()));
+        fields.push("severity_text", text);
     }
-    if let Some(id) = valid_id(&log.trace_id, 16) {
-        fields.push(("trace_id".into(), id.into()));
+    if let Some(id) = id_text(&log.trace_id, TRACE_ID_BYTES) {
+        fields.push("trace_id", id);
     }
-    if let Some(id) = valid_id(&log.span_id, 8) {
-        fields.push(("span_id".into(), id.into()));
+    if let Some(id) = id_text(&log.span_id, SPAN_ID_BYTES) {
+        fields.push("span_id", id);
     }
     let message = match log.body.and_then(|b| b.value) {
         None => String::new(),
@@ -314,7 +316,7 @@ fn level(number: i32, text: String) -> (Level, Option<String>) {
         17..=24 => Some(Level::Error),
         _ => None,
     };
-    match (by_number, level_from_name(&text)) {
+    match (by_number, Level::from_any_logger(&text)) {
         (Some(level), _) => (level, None),
         (None, Some(level)) => (level, None),
         (None, None) if text.is_empty() => (Level::Info, None),
@@ -322,18 +324,9 @@ fn level(number: i32, text: String) -> (Level, Option<String>) {
     }
 }
 
-/// Lowercase hex of an id of the right length that is not all zeros (the
-/// OTLP rule for a valid id); `None` otherwise.
-fn valid_id(bytes: &[u8], len: usize) -> Option<String> {
-    if bytes.len() != len || bytes.iter().all(|&b| b == 0) {
-        return None;
-    }
-    Some(bytes.iter().map(|b| format!("{b:02x}")).collect())
-}
-
 fn attributes(list: Vec<KeyValue>) -> Fields {
     list.into_iter()
-        .map(|kv| (kv.key.into(), value_to_json(kv.value)))
+        .map(|kv| (kv.key, value_to_json(kv.value)))
         .collect()
 }
 
@@ -364,28 +357,8 @@ fn to_json(value: any_value::Value) -> Value {
                 .map(|kv| (kv.key, value_to_json(kv.value)))
                 .collect(),
         ),
-        Any::BytesValue(bytes) => Value::String(base64(&bytes)),
+        Any::BytesValue(bytes) => Value::String(BASE64_STANDARD.encode(bytes)),
     }
-}
-
-/// Standard base64 with padding.
-fn base64(bytes: &[u8]) -> String {
-    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);
-    for chunk in bytes.chunks(3) {
-        let n = chunk
-            .iter()
-            .enumerate()
-            .fold(0u32, |n, (i, &b)| n | u32::from(b) << (16 - 8 * i));
-        for i in 0..4 {
-            if i <= chunk.len() {
-                out.push(ALPHABET[(n >> (18 - 6 * i) & 63) as usize] as char);
-            } else {
-                out.push('=');
-            }
-        }
-    }
-    out
 }
 
 #[cfg(test)]

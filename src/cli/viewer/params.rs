@@ -6,7 +6,7 @@
 
 use std::time::SystemTime;
 
-use pglogsink::query::{FieldMatch, Filter, Reader, When, MAX_BUCKETS, WHEN_FORM};
+use pglogsink::admin::query::{FieldMatch, Filter, Reader, When, MAX_BUCKETS, WHEN_FORM};
 use pglogsink::Level;
 
 /// Rows per page when `limit` is not given.
@@ -88,7 +88,7 @@ pub(crate) fn parse(query: &str) -> Result<Params, BadParam> {
             "request_id" => p.request_id = text(),
             "trace_id" => {
                 p.trace_id = Some(
-                    crate::cli::logs::parse_trace_id(value)
+                    crate::cli::trace_ids::parse_trace_id(value)
                         .map_err(|e| BadParam::new("trace_id", e))?,
                 )
             }

@@ -16,11 +16,11 @@ use axum::extract::{RawQuery, State};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use futures_util::stream::{self, Stream};
-use pglogsink::query::{Follower, LogRow};
+use pglogsink::admin::query::{Follower, LogRow};
 use pglogsink::CancellationToken;
 
+use super::api::{bad_request, prepare, query_failed, RowJson, ViewerState};
 use super::params::BadParam;
-use super::{bad_request, prepare, query_failed, RowJson, ViewerState};
 
 /// How often a tail asks for new rows.
 const POLL_INTERVAL: Duration = Duration::from_millis(250);
@@ -70,12 +70,7 @@ fn polls(
     };
     stream::unfold(tail, |mut tail| async move {
         loop {
-            // A burst is read page after page, without the pause.
-            let pause = if tail.follower.caught_up() {
-                POLL_INTERVAL
-            } else {
-                Duration::ZERO
-            };
+            let pause = tail.follower.pause(POLL_INTERVAL);
             tokio::select! {
                 () = tail.shutdown.cancelled() => return None,
                 () = tokio::time::sleep(pause) => {}

@@ -1,5 +1,6 @@
-//! API keys of the ingest endpoints: a file of keys, one per line, checked
-//! in constant time and reloaded on SIGHUP or when the file changes.
+//! API keys of `serve`'s guarded routes (ingest and the viewer): a file of
+//! keys, one per line, checked in constant time and reloaded on SIGHUP or
+//! when the file changes.
 //!
 //! Only SHA-256 digests are kept in memory, and a presented key is hashed
 //! and compared with every digest (no early exit), so neither its length
@@ -205,7 +206,7 @@ fn parse(text: &str) -> Result<Vec<Digest>, String> {
 }
 
 fn from_hex(hex: &str) -> Option<Digest> {
-    super::hex::decode(hex)?.try_into().ok()
+    crate::cli::hex::decode(hex)?.try_into().ok()
 }
 
 fn sha256(bytes: &[u8]) -> Digest {
@@ -237,10 +238,7 @@ mod tests {
         // printf %s k3y-0123456789abcdef | sha256sum
         let hashed = format!(
             "sha256:{}",
-            sha256(b"another-key-0123456789")
-                .iter()
-                .map(|b| format!("{b:02x}"))
-                .collect::<String>()
+            crate::cli::hex::encode(&sha256(b"another-key-0123456789"))
         );
         let (keys, path) = keys(&format!("# ops team\n{KEY}\n\n  {hashed}  \n"));
         assert!(keys.accepts(KEY));

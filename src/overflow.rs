@@ -1,4 +1,5 @@
-//! Keeping the queue within its memory budget. While the database keeps
+//! The queue's overflow to the on-disk spool, and so the queue kept
+//! within its memory budget. While the database keeps
 //! up, the budget is the queue's ceiling: past it `send()` hands records
 //! back (backpressure), and the spool stays out of the way. While it does
 //! not (a write stalled on a lock or a dead network path, an error being
@@ -17,20 +18,22 @@ use crate::delivery::{Source, Stopped};
 use crate::queue_budget::QueueReader;
 use crate::record::Record;
 use crate::report::human_bytes;
+use crate::sink_state::SinkState;
 use crate::spool::{Segment, Spool};
-use crate::stats::Shared;
 
-pub(crate) struct Spill {
+/// The consumer's way to the spool and back: what the queue cannot hold,
+/// what delivery could not write, and the spooled batches to replay.
+pub(crate) struct Overflow {
     spool: Option<Spool>,
-    shared: Arc<Shared>,
+    state: Arc<SinkState>,
 }
 
-impl Spill {
-    pub(crate) fn new(spool: Option<Spool>, shared: Arc<Shared>) -> Spill {
+impl Overflow {
+    pub(crate) fn new(spool: Option<Spool>, state: Arc<SinkState>) -> Overflow {
         if let Some(spool) = &spool {
-            Shared::add(&shared.spool_bytes, spool.bytes());
+            SinkState::add(&state.spool_bytes, spool.bytes());
         }
-        Spill { spool, shared }
+        Overflow { spool, state }
     }
 
     /// True when the spool holds batches waiting for replay.
@@ -52,10 +55,10 @@ impl Spill {
         encoder: &mut BatchEncoder,
         stalled: bool,
     ) -> bool {
-        let queue = self.shared.queue.clone();
+        let queue = self.state.queue.clone();
         if !stalled {
             queue.set_ceiling(queue.budget());
-            queue.take_refused();
+            queue.refused_since_last_look();
             self.take_records_again();
             return false;
         }
@@ -74,7 +77,7 @@ impl Spill {
         let queued = queue.bytes();
         // Past the budget, or refusing a record that does not fit under the
         // ceiling (larger than the margin): make room on disk.
-        if queued <= queue.budget() && !queue.take_refused() {
+        if queued <= queue.budget() && !queue.refused_since_last_look() {
             return false;
         }
         let (spilled, room) = self.spill_queue(reader, encoder, true);
@@ -102,22 +105,22 @@ impl Spill {
     }
 
     fn refuse_records(&self, why: &str) {
-        let queue = &self.shared.queue;
+        let queue = &self.state.queue;
         let reason = format!(
             "the queue holds {} (budget {}) and {why}; records are handed back until the database catches up",
             human_bytes(queue.bytes()),
             human_bytes(queue.budget())
         );
-        if !self.shared.full.load(Ordering::Relaxed) {
+        if !self.state.full.load(Ordering::Relaxed) {
             tracing::error!(target: "pglogsink", reason = %reason, "the sink is full: log() and send() now hand records back");
         }
-        self.shared.set_full(Some(reason));
+        self.state.set_full(Some(reason));
     }
 
     fn take_records_again(&self) {
-        if self.shared.full.load(Ordering::Relaxed) {
+        if self.state.full.load(Ordering::Relaxed) {
             tracing::warn!(target: "pglogsink", "the sink takes records again");
-            self.shared.set_full(None);
+            self.state.set_full(None);
         }
     }
 
@@ -150,10 +153,10 @@ impl Spill {
     /// Records taken off the queue that go to the spool (or, without one,
     /// are counted lost) rather than to the database.
     pub(crate) fn spill_batch(&mut self, records: &[Record], encoder: &mut BatchEncoder) {
-        Shared::add(&self.shared.received, records.len() as u64);
+        SinkState::add(&self.state.received, records.len() as u64);
         if self.spool.is_none() {
             // Nowhere to keep them: count, without encoding.
-            return Shared::add(&self.shared.lost.no_spool, records.len() as u64);
+            return SinkState::add(&self.state.lost.no_spool, records.len() as u64);
         }
         let batch = encoder.encode(records);
         self.park(batch, false);
@@ -163,29 +166,29 @@ impl Spill {
     /// (or in doubt, when its write was cut off and may have committed).
     fn park(&mut self, batch: EncodedBatch, in_flight: bool) {
         let rows = batch.rows() as u64;
-        let lost = &self.shared.lost;
+        let lost = &self.state.lost;
         let Some(spool) = self.spool.as_mut() else {
             let counter = if in_flight {
-                &self.shared.in_doubt
+                &self.state.in_doubt
             } else {
                 &lost.no_spool
             };
-            return Shared::add(counter, rows);
+            return SinkState::add(counter, rows);
         };
         if let Err(why) = spool.room() {
             tracing::error!(target: "pglogsink", rows, reason = %why, "the spool is full; records lost");
             let counter = if in_flight {
-                &self.shared.in_doubt
+                &self.state.in_doubt
             } else {
                 &lost.spool_full
             };
-            return Shared::add(counter, rows);
+            return SinkState::add(counter, rows);
         }
         match spool.append(&batch) {
-            Ok(()) => Shared::add(&self.shared.spooled, rows),
+            Ok(()) => SinkState::add(&self.state.spooled, rows),
             Err(e) => {
                 tracing::error!(target: "pglogsink", error = %e, rows, "could not write to the spool; records lost");
-                Shared::add(&lost.spool_error, rows);
+                SinkState::add(&lost.spool_error, rows);
             }
         }
     }
@@ -224,7 +227,7 @@ impl Spill {
 
     fn note_size(&self) {
         if let Some(spool) = &self.spool {
-            self.shared
+            self.state
                 .spool_bytes
                 .store(spool.bytes(), Ordering::Relaxed);
         }
@@ -245,7 +248,7 @@ impl Spill {
             }
         };
         if let Some(corrupt) = &segment.corrupt {
-            Shared::add(&self.shared.spool_corrupt_bytes, corrupt.skipped_bytes);
+            SinkState::add(&self.state.spool_corrupt_bytes, corrupt.skipped_bytes);
             tracing::warn!(
                 target: "pglogsink",
                 segment = %segment.path.display(),

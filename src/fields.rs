@@ -1,7 +1,8 @@
-//! Structured fields as the JSON text of the `fields` jsonb column: the one
-//! writer of that text (NUL replaced by U+FFFD, since PostgreSQL refuses
-//! `\u0000` in jsonb), and [`SharedFields`], fields written once for the
-//! many records that carry them.
+//! A record's structured fields: its own ([`Fields`]), those it shares
+//! with other records ([`SharedFields`], written once for the many records
+//! that carry them), and the one writer of their JSON text for the `fields`
+//! jsonb column (NUL replaced by U+FFFD, since PostgreSQL refuses `\u0000`
+//! in jsonb).
 
 use std::borrow::Cow;
 use std::fmt;
@@ -12,6 +13,97 @@ use serde_json::Value;
 
 /// What a NUL byte becomes in stored text.
 pub(crate) const REPLACEMENT: &str = "\u{FFFD}";
+
+/// One field: its key and its JSON value.
+type Field = (Cow<'static, str>, Value);
+
+/// Structured fields of a record: key and JSON value, in the order added.
+/// Stored as one jsonb object; when a key repeats, the last value wins.
+///
+/// Read it as a slice of `(key, value)` pairs; build it with
+/// [`Fields::push`], or collect it from pairs.
+///
+/// ```
+/// use pglogsink::Fields;
+///
+/// let mut fields = Fields::new();
+/// fields.push("status", 200);
+/// fields.push("path", "/recipes/7");
+/// assert_eq!(fields.len(), 2);
+/// assert_eq!(fields[0].0, "status");
+///
+/// let collected: Fields = [("k", "v")].into_iter().collect();
+/// assert_eq!(collected[0].1, "v");
+/// ```
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Fields(pub(crate) Vec<Field>);
+
+impl Fields {
+    /// No fields.
+    pub fn new() -> Fields {
+        Fields(Vec::new())
+    }
+
+    /// No fields, with room for `n`.
+    pub fn with_capacity(n: usize) -> Fields {
+        Fields(Vec::with_capacity(n))
+    }
+
+    /// Add a field after the others.
+    pub fn push(&mut self, key: impl Into<Cow<'static, str>>, value: impl Into<Value>) {
+        self.0.push((key.into(), value.into()));
+    }
+}
+
+impl std::ops::Deref for Fields {
+    type Target = [Field];
+
+    fn deref(&self) -> &[Field] {
+        &self.0
+    }
+}
+
+impl From<Vec<Field>> for Fields {
+    fn from(pairs: Vec<Field>) -> Fields {
+        Fields(pairs)
+    }
+}
+
+impl<K: Into<Cow<'static, str>>, V: Into<Value>> FromIterator<(K, V)> for Fields {
+    fn from_iter<I: IntoIterator<Item = (K, V)>>(pairs: I) -> Fields {
+        Fields(
+            pairs
+                .into_iter()
+                .map(|(k, v)| (k.into(), v.into()))
+                .collect(),
+        )
+    }
+}
+
+impl<K: Into<Cow<'static, str>>, V: Into<Value>> Extend<(K, V)> for Fields {
+    fn extend<I: IntoIterator<Item = (K, V)>>(&mut self, pairs: I) {
+        self.0
+            .extend(pairs.into_iter().map(|(k, v)| (k.into(), v.into())));
+    }
+}
+
+impl IntoIterator for Fields {
+    type Item = Field;
+    type IntoIter = std::vec::IntoIter<Field>;
+
+    fn into_iter(self) -> Self::IntoIter {
+        self.0.into_iter()
+    }
+}
+
+impl<'a> IntoIterator for &'a Fields {
+    type Item = &'a Field;
+    type IntoIter = std::slice::Iter<'a, Field>;
+
+    fn into_iter(self) -> Self::IntoIter {
+        self.0.iter()
+    }
+}
 
 /// Write `fields` as the members of a JSON object (`"k":v,"k2":v2`,
 /// without braces) onto `out`, a comma first when `out` already holds
@@ -105,7 +197,8 @@ struct SharedText {
 
 impl SharedFields {
     /// Write `fields` once, for every record that will carry them.
-    pub fn new(fields: crate::Fields) -> SharedFields {
+    pub fn new(fields: impl Into<Fields>) -> SharedFields {
+        let fields = fields.into();
         let mut members = Vec::new();
         let nul_replaced = write_members(&mut members, &fields, false);
         SharedFields(Arc::new(SharedText {

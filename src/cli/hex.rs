@@ -1,5 +1,17 @@
-//! Hexadecimal text as bytes: OTLP/JSON's trace and span ids, and the
+//! Bytes as hexadecimal text and back: OTLP's trace and span ids, and the
 //! `sha256:` digests of the API key file.
+
+use std::fmt::Write as _;
+
+/// Lowercase hexadecimal digits, two per byte.
+pub(crate) fn encode(bytes: &[u8]) -> String {
+    let mut text = String::with_capacity(2 * bytes.len());
+    for b in bytes {
+        // Writing to a String cannot fail.
+        let _ = write!(text, "{b:02x}");
+    }
+    text
+}
 
 /// Hexadecimal digits, in either case, as bytes; `None` for anything else
 /// (an odd count, a sign, a space).
@@ -19,6 +31,14 @@ pub(crate) fn decode(text: &str) -> Option<Vec<u8>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn encoding_is_lowercase_and_decodes_back() {
+        assert_eq!(encode(&[0, 255, 161]), "00ffa1");
+        assert_eq!(encode(&[]), "");
+        let bytes: Vec<u8> = (0..=255).collect();
+        assert_eq!(decode(&encode(&bytes)), Some(bytes));
+    }
 
     #[test]
     fn digits_in_either_case_and_nothing_else() {

@@ -13,6 +13,17 @@
 //! what is here may change in any release.
 
 pub use crate::duration::{format_duration, parse_duration};
+
+/// Bytes as lowercase hexadecimal text, and hexadecimal text (either case)
+/// back to bytes.
+pub mod hex {
+    pub use crate::hex::{decode, encode};
+}
+
+/// Random numbers from the operating system.
+pub mod random {
+    pub use crate::random::{fill, id};
+}
 pub use crate::error::describe;
 pub use crate::micros::{from_unix_micros, unix_micros};
 

@@ -147,7 +147,7 @@ fn classify_postgres(e: &tokio_postgres::Error) -> Class {
     // A TLS handshake that failed on the certificate or the protocol will
     // fail the same way next time; rustls' errors arrive wrapped in an
     // io::Error, so this comes before the io check below.
-    if crate::tls::tls_error(e).is_some() {
+    if tls_error(e).is_some() {
         return Class::Fatal;
     }
     // No SQLSTATE: the connection itself failed (refused, reset, closed,
@@ -306,7 +306,7 @@ const TLS_HINT: &str = "check sslmode and sslrootcert in DATABASE_URL / --databa
 /// The connection failed in its TLS step: a certificate that does not
 /// check out, or a server that does not speak TLS.
 fn is_tls_problem(e: &tokio_postgres::Error) -> bool {
-    crate::tls::tls_error(e).is_some()
+    tls_error(e).is_some()
         || (e.as_db_error().is_none() && !e.is_closed() && e.to_string().contains("TLS"))
 }
 
@@ -340,10 +340,72 @@ pub(crate) fn describe_postgres(e: &tokio_postgres::Error) -> String {
         let _ = write!(s, ": {cause}");
         source = cause.source();
     }
-    if let Some(meaning) = crate::tls::tls_error(e).and_then(crate::tls::explain) {
+    if let Some(meaning) = tls_error(e).and_then(explain) {
         let _ = write!(s, " ({meaning})");
     }
     s
+}
+
+/// The TLS error in a connection error's chain of causes, if there is one.
+/// tokio-rustls hands rustls' errors over inside an `io::Error`.
+fn tls_error<'a>(e: &'a (dyn std::error::Error + 'static)) -> Option<&'a rustls::Error> {
+    let mut source = Some(e);
+    while let Some(s) = source {
+        if let Some(tls) = s.downcast_ref::<rustls::Error>() {
+            return Some(tls);
+        }
+        if let Some(tls) = s
+            .downcast_ref::<std::io::Error>()
+            .and_then(|io| io.get_ref())
+            .and_then(|inner| inner.downcast_ref::<rustls::Error>())
+        {
+            return Some(tls);
+        }
+        source = s.source();
+    }
+    None
+}
+
+/// What a certificate error means for the person who configured the
+/// connection, when rustls' own words are terse.
+fn explain(e: &rustls::Error) -> Option<&'static str> {
+    let rustls::Error::InvalidCertificate(cert) = e else {
+        return None;
+    };
+    Some(match cert {
+        rustls::CertificateError::UnknownIssuer => {
+            "the server's certificate is not signed by a certificate in sslrootcert: a wrong \
+             root certificate, or the server sends an incomplete chain"
+        }
+        rustls::CertificateError::NotValidForName
+        | rustls::CertificateError::NotValidForNameContext { .. } => {
+            "the server's certificate does not name the host connected to: connect with a \
+             host name the certificate lists, or use sslmode=verify-ca to check only the chain"
+        }
+        rustls::CertificateError::Expired | rustls::CertificateError::ExpiredContext { .. } => {
+            "the server's certificate has expired"
+        }
+        rustls::CertificateError::NotValidYet
+        | rustls::CertificateError::NotValidYetContext { .. } => {
+            "the server's certificate is not valid yet (check the clocks)"
+        }
+        rustls::CertificateError::InvalidPurpose
+        | rustls::CertificateError::InvalidPurposeContext { .. } => {
+            "the server's certificate is not meant for TLS servers"
+        }
+        rustls::CertificateError::Other(other)
+            if matches!(
+                other.0.downcast_ref::<webpki::Error>(),
+                Some(webpki::Error::UnsupportedCertVersion)
+            ) =>
+        {
+            "the server's certificate is X.509 version 1 (as the one Citus makes), which \
+             verify-ca and verify-full cannot check: give the server a version 3 certificate \
+             (with extensions, such as subjectAltName), or use sslmode=require to encrypt \
+             without checking"
+        }
+        _ => return None,
+    })
 }
 
 #[cfg(test)]

@@ -3,7 +3,7 @@
 //! rows. A retry after an unheard commit, or a replay of a batch that was in
 //! fact committed, finds its key there and is not written twice.
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime};
 
 use tokio_postgres::types::Type;
 
@@ -56,17 +56,7 @@ impl KeySource {
 
 /// A random instance id (positive, so it reads well in SQL).
 pub(crate) fn random_instance() -> i64 {
-    let mut bytes = [0u8; 8];
-    let from_urandom = std::fs::File::open("/dev/urandom")
-        .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut bytes))
-        .is_ok();
-    if !from_urandom {
-        let nanos = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.as_nanos() as u64);
-        bytes = (nanos ^ u64::from(std::process::id()).rotate_left(32)).to_le_bytes();
-    }
-    (u64::from_le_bytes(bytes) >> 1) as i64
+    (crate::random::id() >> 1) as i64
 }
 
 /// The ledger's SQL for one Log table. Each statement runs as the unnamed

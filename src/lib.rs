@@ -44,6 +44,7 @@ mod duration;
 pub mod embedded;
 mod error;
 mod fields;
+mod hex;
 #[cfg(feature = "tracing-layer")]
 mod layer;
 mod ledger;
@@ -54,6 +55,7 @@ mod micros;
 mod overflow;
 mod partitions;
 mod queue_budget;
+mod random;
 mod record;
 mod rejected;
 mod report;

@@ -112,26 +112,6 @@ pub(crate) async fn table_shape(pool: &Pool, table: &TableName) -> Result<Shape,
         .map_err(|e| Error::database(context.as_str(), e))
 }
 
-/// An index left invalid by an interrupted `CREATE INDEX CONCURRENTLY` is
-/// dropped so that it is built again.
-pub(crate) async fn drop_if_invalid(
-    client: &Object,
-    index: &TableName,
-) -> Result<(), tokio_postgres::Error> {
-    let invalid = client
-        .query_typed(
-            "SELECT 1 FROM pg_index WHERE indexrelid = to_regclass($1) AND NOT indisvalid",
-            &[(&index.quoted(), Type::TEXT)],
-        )
-        .await?;
-    if !invalid.is_empty() {
-        client
-            .batch_execute(&format!("DROP INDEX CONCURRENTLY {}", index.quoted()))
-            .await?;
-    }
-    Ok(())
-}
-
 /// The script that distributes the Log table on Citus, as shipped in
 /// `sql/distribute.sql`.
 pub const DISTRIBUTE_SQL: &str = include_str!("../sql/distribute.sql");

@@ -514,65 +514,6 @@ impl<'a> Der<'a> {
     }
 }
 
-/// The TLS error in a connection error's chain of causes, if there is one.
-/// tokio-rustls hands rustls' errors over inside an `io::Error`.
-pub(crate) fn tls_error<'a>(e: &'a (dyn std::error::Error + 'static)) -> Option<&'a rustls::Error> {
-    let mut source = Some(e);
-    while let Some(s) = source {
-        if let Some(tls) = s.downcast_ref::<rustls::Error>() {
-            return Some(tls);
-        }
-        if let Some(tls) = s
-            .downcast_ref::<std::io::Error>()
-            .and_then(|io| io.get_ref())
-            .and_then(|inner| inner.downcast_ref::<rustls::Error>())
-        {
-            return Some(tls);
-        }
-        source = s.source();
-    }
-    None
-}
-
-/// What a certificate error means for the person who configured the
-/// connection, when rustls' own words are terse.
-pub(crate) fn explain(e: &rustls::Error) -> Option<&'static str> {
-    let rustls::Error::InvalidCertificate(cert) = e else {
-        return None;
-    };
-    Some(match cert {
-        CertificateError::UnknownIssuer => {
-            "the server's certificate is not signed by a certificate in sslrootcert: a wrong \
-             root certificate, or the server sends an incomplete chain"
-        }
-        CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. } => {
-            "the server's certificate does not name the host connected to: connect with a \
-             host name the certificate lists, or use sslmode=verify-ca to check only the chain"
-        }
-        CertificateError::Expired | CertificateError::ExpiredContext { .. } => {
-            "the server's certificate has expired"
-        }
-        CertificateError::NotValidYet | CertificateError::NotValidYetContext { .. } => {
-            "the server's certificate is not valid yet (check the clocks)"
-        }
-        CertificateError::InvalidPurpose | CertificateError::InvalidPurposeContext { .. } => {
-            "the server's certificate is not meant for TLS servers"
-        }
-        CertificateError::Other(other)
-            if matches!(
-                other.0.downcast_ref::<webpki::Error>(),
-                Some(webpki::Error::UnsupportedCertVersion)
-            ) =>
-        {
-            "the server's certificate is X.509 version 1 (as the one Citus makes), which \
-             verify-ca and verify-full cannot check: give the server a version 3 certificate \
-             (with extensions, such as subjectAltName), or use sslmode=require to encrypt \
-             without checking"
-        }
-        _ => return None,
-    })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -664,7 +605,7 @@ msjk08Xhf1Ud
             "rustls parses v1 now"
         );
         let key = SubjectPublicKey::of(&cert).unwrap();
-        let hex: String = key.info.iter().map(|b| format!("{b:02x}")).collect();
+        let hex = crate::hex::encode(key.info);
         assert_eq!(hex, V1_SPKI_HEX);
         assert_eq!(
             key.algorithm,

@@ -20,10 +20,11 @@ use deadpool_postgres::{Object, Pool};
 use tokio_postgres::types::Type;
 
 use crate::database::connection;
+use crate::maintain::drop_if_invalid;
 use crate::maintain::Maintenance;
 use crate::micros::now_unix_micros;
 use crate::partitions::{id_sequence, sql_timestamp, utc_text, Shape};
-use crate::schema::{create_missing, drop_if_invalid, schema_script, table_shape};
+use crate::schema::{create_missing, schema_script, table_shape};
 use crate::table::{quote_identifier, TableName};
 use crate::Error;
 

@@ -6,7 +6,6 @@ pub(crate) mod diagnostics;
 pub(crate) mod failure;
 pub(crate) mod flag_values;
 pub(crate) mod health;
-pub(crate) mod hex;
 pub(crate) mod http;
 pub(crate) mod ingest;
 pub(crate) mod load;

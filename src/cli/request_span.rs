@@ -9,7 +9,7 @@
 use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::OnceLock;
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::time::Instant;
 
 use axum::extract::Request;
 use axum::http::{HeaderMap, HeaderValue};
@@ -62,17 +62,7 @@ fn is_acceptable(id: &str) -> bool {
 /// `SystemRandom`); where that fails, the process id and start time mixed.
 fn process_prefix() -> &'static str {
     static PREFIX: OnceLock<String> = OnceLock::new();
-    PREFIX.get_or_init(|| {
-        let random = ring::rand::generate::<[u8; 8]>(&ring::rand::SystemRandom::new())
-            .map(|bytes| u64::from_le_bytes(bytes.expose()));
-        let bits = random.unwrap_or_else(|_| {
-            let nanos = SystemTime::now()
-                .duration_since(UNIX_EPOCH)
-                .map_or(0, |d| d.as_nanos() as u64);
-            (nanos ^ (u64::from(std::process::id()) << 32)).wrapping_mul(0x9e37_79b9_7f4a_7c15)
-        });
-        format!("{:012x}", bits & 0xffff_ffff_ffff)
-    })
+    PREFIX.get_or_init(|| format!("{:012x}", pglogsink::admin::random::id() & 0xffff_ffff_ffff))
 }
 
 /// Paths polled by probes and scrapers: logged at `debug`, so that they do

@@ -11,13 +11,14 @@ pub(crate) const SPAN_ID_BYTES: usize = 8;
 /// `bytes` as lowercase hex when they are a valid id of `len` bytes (the
 /// right length, not all zeros); `None` otherwise.
 pub(crate) fn id_text(bytes: &[u8], len: usize) -> Option<String> {
-    (bytes.len() == len && bytes.iter().any(|&b| b != 0)).then(|| crate::cli::hex::encode(bytes))
+    (bytes.len() == len && bytes.iter().any(|&b| b != 0))
+        .then(|| pglogsink::admin::hex::encode(bytes))
 }
 
 /// A trace id as a user writes it: 32 hex digits in either case, not all
 /// zeros; stored lowercase.
 pub(crate) fn parse_trace_id(s: &str) -> Result<String, String> {
-    crate::cli::hex::decode(s.trim())
+    pglogsink::admin::hex::decode(s.trim())
         .and_then(|bytes| id_text(&bytes, TRACE_ID_BYTES))
         .ok_or_else(|| {
             "expected a trace id of 32 hex digits, e.g. 5b8efff798038103d269b633813fc60c".to_owned()

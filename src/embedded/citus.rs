@@ -16,10 +16,10 @@ use std::time::{Duration, Instant};
 use super::binaries::find_binaries;
 use super::cluster::on_private_runtime;
 use super::connection_file::ConnectionFile;
+use super::files::CONNECTION_FILE;
 use super::handle::EmbeddedPostgres;
 use super::pid_file::running_server;
 use super::process::{children, pid_alive};
-use super::CONNECTION_FILE;
 use crate::Error;
 
 /// How long a killed worker may take to start again (its orphaned backends
@@ -255,7 +255,7 @@ fn set_password(node: &mut EmbeddedPostgres, password: &str) -> Result<(), Error
         "setting the cluster's shared password",
         vec![format!(
             "ALTER ROLE {} PASSWORD '{}'",
-            super::cluster::quote_ident(&node.user),
+            crate::table::quote_identifier(&node.user),
             password.replace('\'', "''")
         )],
     )?;

@@ -97,7 +97,7 @@ mod tests {
     use std::os::unix::fs::PermissionsExt;
 
     use super::super::cluster::random_hex;
-    use super::super::CONNECTION_FILE;
+    use super::super::files::CONNECTION_FILE;
     use super::*;
 
     #[test]

@@ -8,6 +8,16 @@ use std::path::{Path, PathBuf};
 
 use crate::Error;
 
+// The layout of a data directory (see the `embedded` module's docs).
+/// Name of the connection settings file inside the data directory.
+pub(super) const CONNECTION_FILE: &str = "connection.conf";
+/// Name of the lock file inside the data directory.
+pub(super) const LOCK_FILE: &str = "start.lock";
+/// Name of the cluster directory inside the data directory.
+pub(super) const PGDATA: &str = "pgdata";
+/// Name of the server log inside the cluster directory.
+pub(super) const SERVER_LOG: &str = "server.log";
+
 pub(super) fn absolute(path: &Path) -> Result<PathBuf, Error> {
     if path.as_os_str().is_empty() {
         return Err(Error::embedded(

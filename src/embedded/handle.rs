@@ -6,17 +6,18 @@ use std::fs;
 use std::io;
 use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use super::binaries::find_binaries;
-use super::cluster::{launch, random_hex};
+use super::cluster::{free_port, on_private_runtime, random_hex, USER};
 use super::connection_file::ConnectionFile;
 use super::files::{absolute, canonical, create_dir_all_0755, set_mode};
+use super::files::{CONNECTION_FILE, LOCK_FILE, PGDATA};
 use super::os_user::{check_reachable, server_user, ReachHint};
 use super::pid_file::{running_server, wait_for_settled_server};
 use super::runner::{Runner, StartOutcome};
 use super::start_lock::LockFile;
 use super::supervise::Supervisor;
-use super::{CONNECTION_FILE, LOCK_FILE, PGDATA};
 use crate::Error;
 
 /// A PostgreSQL server running on a private data directory.
@@ -355,6 +356,123 @@ fn percent_encode(s: &str) -> String {
         }
     }
     out
+}
+
+/// The database created after the first start.
+const DBNAME: &str = "pglogsink";
+/// How many times a start is tried (with a new port) when the port was taken.
+const START_ATTEMPTS: usize = 3;
+
+/// Initialise the cluster in `data_dir/pgdata` if needed, start it, create the
+/// database on first start and record the connection settings.
+///
+/// `data_dir` exists (and is canonical); for a persistent directory the
+/// caller holds the start lock.
+pub(super) fn launch(
+    data_dir: PathBuf,
+    runner: Runner,
+    temporary: bool,
+) -> Result<EmbeddedPostgres, Error> {
+    let pgdata = data_dir.join(PGDATA);
+    let conn_path = data_dir.join(CONNECTION_FILE);
+
+    let mut conn = if pgdata.join("PG_VERSION").exists() {
+        match ConnectionFile::read(&conn_path)? {
+            Some(conn) => conn,
+            None => {
+                return Err(Error::embedded(format!(
+                    "the PostgreSQL cluster in {} has no connection file {}, so its password is \
+                     unknown; remove the directory {} to start afresh (this deletes its data), \
+                     or choose another --data-dir.",
+                    pgdata.display(),
+                    conn_path.display(),
+                    data_dir.display()
+                )))
+            }
+        }
+    } else {
+        let conn = ConnectionFile {
+            port: None,
+            user: USER.to_owned(),
+            password: random_hex(12)?,
+            dbname: DBNAME.to_owned(),
+            database_created: false,
+        };
+        // Written before initdb: a cluster never exists without its password.
+        conn.write(&conn_path)?;
+        runner.initdb(&data_dir, &pgdata, &conn.password, temporary)?;
+        conn
+    };
+
+    let mut last_failure = String::new();
+    let mut port = None;
+    for _ in 0..START_ATTEMPTS {
+        let candidate = free_port()?;
+        match runner.start(&pgdata, candidate)? {
+            StartOutcome::Started => {
+                port = Some(candidate);
+                break;
+            }
+            StartOutcome::PortTaken(message) => last_failure = message,
+            StartOutcome::Failed(message) => return Err(Error::embedded(message)),
+        }
+    }
+    let Some(port) = port else {
+        return Err(Error::embedded(last_failure));
+    };
+
+    let handle = EmbeddedPostgres {
+        data_dir,
+        pgdata,
+        port,
+        user: conn.user.clone(),
+        password: conn.password.clone(),
+        dbname: conn.dbname.clone(),
+        owns: true,
+        temporary,
+        runner: Some(runner),
+        finished: false,
+    };
+    // From here on, an error drops `handle`, which stops the server (and
+    // removes a temporary directory).
+    if !conn.database_created {
+        create_database(&handle)?;
+        conn.database_created = true;
+    }
+    conn.port = Some(port);
+    conn.write(&conn_path)?;
+    Ok(handle)
+}
+
+/// Create the `dbname` database of `handle` if it does not exist, connecting
+/// to the `postgres` database.
+pub(super) fn create_database(handle: &EmbeddedPostgres) -> Result<(), Error> {
+    let mut config = handle.config();
+    config
+        .dbname("postgres")
+        .connect_timeout(Duration::from_secs(10));
+    let dbname = handle.dbname.clone();
+    let context = format!(
+        "creating database `{dbname}` in the embedded PostgreSQL server ({})",
+        handle.data_dir.display()
+    );
+    on_private_runtime(&context, config, move |client, context| async move {
+        let exists = client
+            .query_opt("SELECT 1 FROM pg_database WHERE datname = $1", &[&dbname])
+            .await
+            .map_err(|e| Error::database(context.clone(), e))?
+            .is_some();
+        if !exists {
+            client
+                .batch_execute(&format!(
+                    "CREATE DATABASE {}",
+                    crate::table::quote_identifier(&dbname)
+                ))
+                .await
+                .map_err(|e| Error::database(context, e))?;
+        }
+        Ok(())
+    })
 }
 
 #[cfg(test)]

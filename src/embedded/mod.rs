@@ -88,13 +88,3 @@ pub use citus::CitusCluster;
 pub use handle::EmbeddedPostgres;
 pub use os_user::server_user_can_reach;
 pub use supervise::{RestartPolicy, Supervisor};
-
-// The layout of a data directory (see above).
-/// Name of the connection settings file inside the data directory.
-const CONNECTION_FILE: &str = "connection.conf";
-/// Name of the lock file inside the data directory.
-const LOCK_FILE: &str = "start.lock";
-/// Name of the cluster directory inside the data directory.
-const PGDATA: &str = "pgdata";
-/// Name of the server log inside the cluster directory.
-const SERVER_LOG: &str = "server.log";

@@ -5,8 +5,8 @@ use std::io;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
+use super::files::SERVER_LOG;
 use super::process::pid_alive;
-use super::SERVER_LOG;
 use crate::Error;
 
 pub(super) struct PidFile {

@@ -12,11 +12,11 @@ use std::time::{Duration, Instant};
 
 use super::binaries::Binaries;
 use super::cluster::USER;
+use super::files::SERVER_LOG;
 use super::files::{set_mode, write_private_file};
 use super::os_user::{OsUser, SERVER_OS_USER};
 use super::pid_file::running_server;
 use super::process::pid_alive;
-use super::SERVER_LOG;
 use crate::Error;
 
 /// How many lines of the server log go into a start error.

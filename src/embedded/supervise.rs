@@ -6,11 +6,11 @@ use std::time::{Duration, Instant};
 
 use tokio_util::sync::CancellationToken;
 
+use super::files::{LOCK_FILE, SERVER_LOG};
 use super::pid_file::running_server;
 use super::process::{pid_alive, pid_exists, serves, Postmaster};
 use super::runner::{Runner, StartOutcome};
 use super::start_lock::LockFile;
-use super::{LOCK_FILE, SERVER_LOG};
 use crate::Error;
 
 /// When and how often the [`Supervisor`] looks and starts again.

@@ -401,7 +401,7 @@ async fn build_search_indexes(
         .await?;
     for partition in partitions {
         let index = partition.name.sibling("_message_trgm");
-        crate::schema::drop_if_invalid(client, &index).await?;
+        drop_if_invalid(client, &index).await?;
         let exists = client
             .query_typed(
                 "SELECT 1 FROM pg_class WHERE oid = to_regclass($1)",
@@ -466,6 +466,26 @@ fn lock_key(table: &TableName) -> i64 {
     name.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
         (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
     }) as i64
+}
+
+/// An index left invalid by an interrupted `CREATE INDEX CONCURRENTLY` is
+/// dropped so that it is built again.
+pub(crate) async fn drop_if_invalid(
+    client: &Object,
+    index: &TableName,
+) -> Result<(), tokio_postgres::Error> {
+    let invalid = client
+        .query_typed(
+            "SELECT 1 FROM pg_index WHERE indexrelid = to_regclass($1) AND NOT indisvalid",
+            &[(&index.quoted(), Type::TEXT)],
+        )
+        .await?;
+    if !invalid.is_empty() {
+        client
+            .batch_execute(&format!("DROP INDEX CONCURRENTLY {}", index.quoted()))
+            .await?;
+    }
+    Ok(())
 }
 
 #[cfg(test)]

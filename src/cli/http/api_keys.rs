@@ -206,7 +206,7 @@ fn parse(text: &str) -> Result<Vec<Digest>, String> {
 }
 
 fn from_hex(hex: &str) -> Option<Digest> {
-    crate::cli::hex::decode(hex)?.try_into().ok()
+    pglogsink::admin::hex::decode(hex)?.try_into().ok()
 }
 
 fn sha256(bytes: &[u8]) -> Digest {
@@ -238,7 +238,7 @@ mod tests {
         // printf %s k3y-0123456789abcdef | sha256sum
         let hashed = format!(
             "sha256:{}",
-            crate::cli::hex::encode(&sha256(b"another-key-0123456789"))
+            pglogsink::admin::hex::encode(&sha256(b"another-key-0123456789"))
         );
         let (keys, path) = keys(&format!("# ops team\n{KEY}\n\n  {hashed}  \n"));
         assert!(keys.accepts(KEY));

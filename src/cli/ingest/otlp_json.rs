@@ -344,7 +344,7 @@ fn severity<'de, D: Deserializer<'de>>(deserializer: D) -> Result<i32, D::Error>
 /// A trace or span id: hex, in either case (empty for none).
 fn hex_id<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Vec<u8>, D::Error> {
     let text = Option::<String>::deserialize(deserializer)?.unwrap_or_default();
-    crate::cli::hex::decode(&text)
+    pglogsink::admin::hex::decode(&text)
         .ok_or_else(|| de::Error::custom(format!("{text:?} is not an id in hexadecimal")))
 }
 

@@ -1,10 +1,11 @@
-//! Bytes as hexadecimal text and back: OTLP's trace and span ids, and the
-//! `sha256:` digests of the API key file.
+//! Bytes as hexadecimal text and back: OTLP's trace and span ids, the
+//! `sha256:` digests of the API key file, a private cluster's password, a
+//! certificate's key in an error.
 
 use std::fmt::Write as _;
 
 /// Lowercase hexadecimal digits, two per byte.
-pub(crate) fn encode(bytes: &[u8]) -> String {
+pub fn encode(bytes: &[u8]) -> String {
     let mut text = String::with_capacity(2 * bytes.len());
     for b in bytes {
         // Writing to a String cannot fail.
@@ -15,7 +16,7 @@ pub(crate) fn encode(bytes: &[u8]) -> String {
 
 /// Hexadecimal digits, in either case, as bytes; `None` for anything else
 /// (an odd count, a sign, a space).
-pub(crate) fn decode(text: &str) -> Option<Vec<u8>> {
+pub fn decode(text: &str) -> Option<Vec<u8>> {
     if text.len() % 2 != 0 {
         return None;
     }

@@ -2,7 +2,7 @@
 //! connection pool with sane timeouts and, where asked for, TLS.
 
 use std::fmt;
-use std::ops::{Deref, DerefMut};
+use std::ops::Deref;
 use std::time::Duration;
 
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
@@ -77,9 +77,40 @@ impl ConnectConfig {
         self
     }
 
-    /// The driver's settings.
+    /// The driver's settings, to read (TLS is [`ConnectConfig::tls_mode`]'s:
+    /// the driver's own `ssl_mode` is not used).
     pub fn postgres(&self) -> &tokio_postgres::Config {
         &self.postgres
+    }
+
+    /// Connect as `user`.
+    pub fn set_user(&mut self, user: &str) -> &mut ConnectConfig {
+        self.postgres.user(user);
+        self
+    }
+
+    /// Authenticate with `password`.
+    pub fn set_password(&mut self, password: impl AsRef<[u8]>) -> &mut ConnectConfig {
+        self.postgres.password(password);
+        self
+    }
+
+    /// Connect to the database `dbname`.
+    pub fn set_dbname(&mut self, dbname: &str) -> &mut ConnectConfig {
+        self.postgres.dbname(dbname);
+        self
+    }
+
+    /// Name the connections in `pg_stat_activity` (`application_name`).
+    pub fn set_application_name(&mut self, name: &str) -> &mut ConnectConfig {
+        self.postgres.application_name(name);
+        self
+    }
+
+    /// Give up on a connection attempt after `timeout`.
+    pub fn set_connect_timeout(&mut self, timeout: std::time::Duration) -> &mut ConnectConfig {
+        self.postgres.connect_timeout(timeout);
+        self
     }
 }
 
@@ -98,12 +129,6 @@ impl Deref for ConnectConfig {
 
     fn deref(&self) -> &tokio_postgres::Config {
         &self.postgres
-    }
-}
-
-impl DerefMut for ConnectConfig {
-    fn deref_mut(&mut self) -> &mut tokio_postgres::Config {
-        &mut self.postgres
     }
 }
 

@@ -28,10 +28,9 @@ const RESTART_WITHIN: Duration = Duration::from_secs(60);
 
 /// A coordinator and workers on 127.0.0.1, removed when stopped or dropped.
 ///
-/// Not part of the API: the integration tests and `benches/pipeline.rs`
-/// start one. Connect through [`url`](Self::url), which leaves `sslmode` at
-/// its default, as an operator's URL would.
-#[doc(hidden)]
+/// For the integration tests and `benches/pipeline.rs` (feature
+/// `test-hooks`). Connect through [`url`](Self::url), which leaves
+/// `sslmode` at its default, as an operator's URL would.
 pub struct CitusCluster {
     coordinator: EmbeddedPostgres,
     workers: Vec<EmbeddedPostgres>,

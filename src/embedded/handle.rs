@@ -244,21 +244,21 @@ impl EmbeddedPostgres {
         ))
     }
 
-    /// Not part of the API: for fault-injection tests and benchmarks. Stop
-    /// the server now (fast shutdown) but keep the handle;
+    /// For fault-injection tests and benchmarks (feature `test-hooks`):
+    /// stop the server now (fast shutdown) but keep the handle;
     /// [`start_server`](Self::start_server) starts it again on the same port.
     /// Only for a handle that owns its server.
-    #[doc(hidden)]
+    #[cfg(feature = "test-hooks")]
     pub fn stop_server(&self) -> Result<(), Error> {
         let runner = self.owned_runner("stop")?;
         runner.stop(&self.pgdata)
     }
 
-    /// Not part of the API: for fault-injection tests and benchmarks. Start
-    /// the server again after [`stop_server`](Self::stop_server), on the
-    /// same port. Does nothing if it is already running. Only for a handle
-    /// that owns its server.
-    #[doc(hidden)]
+    /// For fault-injection tests and benchmarks (feature `test-hooks`):
+    /// start the server again after [`stop_server`](Self::stop_server), on
+    /// the same port. Does nothing if it is already running. Only for a
+    /// handle that owns its server.
+    #[cfg(feature = "test-hooks")]
     pub fn start_server(&self) -> Result<(), Error> {
         let runner = self.owned_runner("start")?;
         if running_server(&self.pgdata)?.is_some() {
@@ -449,8 +449,8 @@ pub(super) fn launch(
 pub(super) fn create_database(handle: &EmbeddedPostgres) -> Result<(), Error> {
     let mut config = handle.config();
     config
-        .dbname("postgres")
-        .connect_timeout(Duration::from_secs(10));
+        .set_dbname("postgres")
+        .set_connect_timeout(Duration::from_secs(10));
     let dbname = handle.dbname.clone();
     let context = format!(
         "creating database `{dbname}` in the embedded PostgreSQL server ({})",

@@ -22,8 +22,10 @@
 //! attach, a temporary cluster, how to connect, stop, a supervisor),
 //! [`Supervisor`] and its [`RestartPolicy`], and [`server_user_can_reach`].
 //! The module is public because the `pglogsink` binary is a crate of its own;
-//! `EmbeddedPostgres::stop_server` and `start_server` are hidden from the
-//! docs: they exist for fault-injection tests and benchmarks, not for users.
+//! With the `test-hooks` feature (the integration tests and benchmarks turn
+//! it on; users have no need of it), `EmbeddedPostgres::stop_server` and
+//! `start_server` stop and start a server by hand, and `CitusCluster` runs a
+//! coordinator and workers as private clusters.
 //! Everything else (running `pg_ctl`, the pid and connection files, the start
 //! lock) is private to this module.
 //!
@@ -71,6 +73,7 @@
 //! first), `/usr/local/pgsql/bin`.
 
 mod binaries;
+#[cfg(feature = "test-hooks")]
 mod citus;
 mod cluster;
 mod connection_file;
@@ -83,7 +86,7 @@ mod runner;
 mod start_lock;
 mod supervise;
 
-#[doc(hidden)]
+#[cfg(feature = "test-hooks")]
 pub use citus::CitusCluster;
 pub use handle::EmbeddedPostgres;
 pub use os_user::server_user_can_reach;

@@ -141,6 +141,7 @@ pub(super) fn serves(pid: i32, pgdata: &Path) -> bool {
 
 /// The live processes whose parent is `pid` (a postmaster's backends and
 /// auxiliary processes), read from `/proc`.
+#[cfg(feature = "test-hooks")]
 pub(super) fn children(pid: i32) -> Vec<i32> {
     let Ok(entries) = fs::read_dir("/proc") else {
         return Vec::new();

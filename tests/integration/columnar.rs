@@ -489,7 +489,7 @@ async fn no_long_lock_waits() -> Result<(), Failed> {
     // The sink on connections of its own, named in the server log.
     let app = format!("sink_{}", table.name());
     let mut sink_config = config;
-    sink_config.application_name(&app);
+    sink_config.set_application_name(&app);
     let sink_pool = pglogsink::pool(sink_config, 3)?;
     let (logger, worker) = pglogsink::spawn(
         sink_pool,

@@ -263,7 +263,7 @@ async fn terminated_backends() -> Result<(), Failed> {
     pglogsink::migrate(&pool, &table).await?;
     let mut sink_config = crate::common::config()?;
     let app = format!("pglogsink-{}", table.name());
-    sink_config.application_name(&app);
+    sink_config.set_application_name(&app);
     let (logger, worker) = pglogsink::spawn(
         pglogsink::pool(sink_config, 2)?,
         &SinkConfig {
@@ -511,7 +511,7 @@ async fn fatal_stop_spools_then_replays() -> Result<(), Failed> {
         ))
         .await?;
     let mut as_role = crate::common::config()?;
-    as_role.user(&role).password("pw");
+    as_role.set_user(&role).set_password("pw");
     let spool = spool_dir("fatal");
 
     // The operator revokes INSERT: the sink stops, spooling what it holds.

@@ -671,7 +671,7 @@ fn least_privilege() -> Result<(), Failed> {
         Ok(())
     })?;
     let mut as_role = config()?;
-    as_role.user(&role).password("pw");
+    as_role.set_user(&role).set_password("pw");
     let host = match &as_role.get_hosts()[0] {
         tokio_postgres::config::Host::Tcp(h) => h.clone(),
         tokio_postgres::config::Host::Unix(p) => p.display().to_string(),

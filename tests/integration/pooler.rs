@@ -252,7 +252,7 @@ fn pgbouncer_errors() -> Result<(), Failed> {
         // connection for a moment, which would count as a retry).
         let roomy = PgBouncer::start_with(&direct, 5)?;
         let mut wrong = pglogsink::parse_url(&roomy.url(&direct))?;
-        wrong.password("not-the-password");
+        wrong.set_password("not-the-password");
         let token = CancellationToken::new();
         let (logger, worker) =
             pglogsink::spawn(pglogsink::pool(wrong, 1)?, &config, token.clone())?;

@@ -351,7 +351,7 @@ async fn missing_privilege_is_fatal() -> Result<(), Failed> {
         ))
         .await?;
     let mut cfg = crate::common::config()?;
-    cfg.user(&role).password("pw");
+    cfg.set_user(&role).set_password("pw");
     let weak = pglogsink::pool(cfg, 2)?;
     let token = CancellationToken::new();
     let (logger, worker) = pglogsink::spawn(weak, &config(&table), token.clone())?;

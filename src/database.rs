@@ -22,10 +22,12 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// [`tokio_postgres::Config`] cannot hold (it knows only `disable`,
 /// `prefer` and `require`, and no root certificate).
 ///
-/// It dereferences to the [`tokio_postgres::Config`], so its getters and
-/// setters work as they are; TLS is decided by [`tls_mode`](Self::tls_mode)
-/// and [`root_cert`](Self::root_cert) alone (the driver's own `ssl_mode` is
-/// set from them when the pool is built). `Debug` never shows the password.
+/// It dereferences to the [`tokio_postgres::Config`] for reading (its
+/// getters work as they are); it is changed through its own setters, so
+/// that TLS stays decided by [`tls_mode`](Self::tls_mode) and
+/// [`root_cert`](Self::root_cert) alone (the driver's own `ssl_mode` is set
+/// from them when the pool is built, and cannot be set around them).
+/// `Debug` never shows the password.
 ///
 /// ```
 /// # fn demo() -> Result<(), pglogsink::Error> {
@@ -36,7 +38,8 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// )?;
 /// assert_eq!(config.tls_mode(), SslMode::VerifyFull);
 /// assert_eq!(config.root_cert(), Some(&RootCert::File("/etc/ssl/db-ca.pem".into())));
-/// config.application_name("billing"); // a tokio_postgres::Config setter
+/// config.set_application_name("billing").set_user("billing");
+/// assert_eq!(config.get_user(), Some("billing")); // a tokio_postgres::Config getter
 ///
 /// // Code that builds a tokio_postgres::Config keeps working: its
 /// // disable/prefer/require carry over, without a root certificate.

@@ -320,7 +320,7 @@ impl Batch<'_> {
             Err(refusal) => {
                 state.queue.release(bytes_out(&record));
                 let mut records = std::mem::take(&mut self.records);
-                self.release(&records, false);
+                self.release(&records);
                 records.push(record);
                 state.count_refused(refusal, records.len() as u64);
                 Err(SendError::new(refusal, records))
@@ -344,7 +344,7 @@ impl Batch<'_> {
             Err(refusal) => {
                 queue.release(bytes);
                 let records = std::mem::take(&mut self.records);
-                self.release(&records, false);
+                self.release(&records);
                 self.logger
                     .state
                     .count_refused(refusal, records.len() as u64);
@@ -357,6 +357,11 @@ impl Batch<'_> {
     /// [`Batch::hold`] took).
     pub fn bytes(&self) -> u64 {
         self.bytes
+    }
+
+    /// Of [`Batch::bytes`], what [`Batch::hold`] took.
+    pub fn held(&self) -> u64 {
+        self.held
     }
 
     /// Records pushed so far.
@@ -373,7 +378,8 @@ impl Batch<'_> {
     /// took).
     pub fn send(mut self) -> Result<(), SendError<Vec<Record>>> {
         let records = std::mem::take(&mut self.records);
-        self.release(&[], true);
+        // The records keep their room: they are being queued.
+        self.release(&[]);
         #[cfg(test)]
         tests::pause_after_admission();
         let queue = &self.logger.state.queue;
@@ -393,15 +399,10 @@ impl Batch<'_> {
         Ok(())
     }
 
-    /// Give back what the batch holds: the room of `records` (taken out
-    /// of it) and what [`Batch::hold`] took; with `queued`, the records
-    /// keep their room, as they are about to be queued.
-    fn release(&mut self, records: &[Record], queued: bool) {
-        let records_bytes: u64 = if queued {
-            0
-        } else {
-            records.iter().map(bytes_out).sum()
-        };
+    /// Give back the room of `records` (taken out of the batch) and what
+    /// [`Batch::hold`] took.
+    fn release(&mut self, records: &[Record]) {
+        let records_bytes: u64 = records.iter().map(bytes_out).sum();
         self.logger.state.queue.release(records_bytes + self.held);
         self.bytes = 0;
         self.held = 0;
@@ -411,7 +412,7 @@ impl Batch<'_> {
 impl Drop for Batch<'_> {
     fn drop(&mut self) {
         let records = std::mem::take(&mut self.records);
-        self.release(&records, false);
+        self.release(&records);
     }
 }
 

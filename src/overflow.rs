@@ -80,7 +80,7 @@ impl Overflow {
         if queued <= queue.budget() && !queue.refused_since_last_look() {
             return false;
         }
-        let (spilled, room) = self.spill_queue(reader, encoder, true);
+        let (spilled, room) = self.spill_queue(reader, encoder);
         self.flush();
         tracing::warn!(
             target: "pglogsink",
@@ -131,14 +131,11 @@ impl Overflow {
         &mut self,
         reader: &QueueReader,
         encoder: &mut BatchEncoder,
-        until_full: bool,
     ) -> (u64, Result<(), String>) {
         let mut taken = 0;
         loop {
-            if until_full {
-                if let Some(Err(why)) = self.spool.as_ref().map(Spool::room) {
-                    return (taken, Err(why));
-                }
+            if let Some(Err(why)) = self.spool.as_ref().map(Spool::room) {
+                return (taken, Err(why));
             }
             let mut records = Vec::new();
             reader.take_batch(&mut records);

@@ -30,10 +30,6 @@ pub(crate) fn check_records(records: usize, max: usize) -> Result<(), Rejection>
 /// queues nothing and gives the room back.
 pub(crate) struct Handover<'a> {
     batch: Batch<'a>,
-    /// Bytes held for the request's own memory.
-    held: u64,
-    /// Records pushed so far.
-    pushed: usize,
     /// Records the request holds, once known.
     expected: Option<usize>,
     queue_budget: u64,
@@ -84,8 +80,6 @@ impl<'a> Handover<'a> {
     pub(crate) fn new(state: &'a IngestState) -> Handover<'a> {
         Handover {
             batch: state.logger.batch(),
-            held: 0,
-            pushed: 0,
             expected: None,
             queue_budget: state.queue_budget,
         }
@@ -97,15 +91,8 @@ impl<'a> Handover<'a> {
     pub(crate) fn hold(&mut self, bytes: usize) -> Result<(), Rejection> {
         let before = self.batch.bytes();
         match self.batch.hold(bytes) {
-            Ok(()) => {
-                self.held += bytes as u64;
-                Ok(())
-            }
-            Err(e) if e.is_closed() => {
-                // The batch gave back all it held.
-                self.held = 0;
-                Ok(())
-            }
+            Ok(()) => Ok(()),
+            Err(e) if e.is_closed() => Ok(()),
             Err(e) => Err(self.refused(&e, before + bytes as u64)),
         }
     }
@@ -119,25 +106,19 @@ impl<'a> Handover<'a> {
     /// Add a record; refused (and the request with it) when the sink has
     /// no room for it.
     pub(crate) fn push(&mut self, record: Record) -> Result<(), Rejection> {
-        let before = self.batch.bytes();
-        match self.batch.push(record) {
-            Ok(()) => {
-                self.pushed += 1;
-                Ok(())
-            }
-            Err(e) => {
-                // What the whole request would hold, at the same cost per
-                // record as the records so far.
-                let per_record = before.saturating_sub(self.held) / (self.pushed as u64).max(1);
-                let left = self.expected.unwrap_or(0).saturating_sub(self.pushed) as u64;
-                Err(self.refused(&e, before + per_record * left))
-            }
-        }
+        let (before, held, pushed) = (self.batch.bytes(), self.batch.held(), self.batch.len());
+        self.batch.push(record).map_err(|e| {
+            // What the whole request would hold, at the same cost per
+            // record as the records so far.
+            let per_record = (before - held) / (pushed as u64).max(1);
+            let left = self.expected.unwrap_or(0).saturating_sub(pushed) as u64;
+            self.refused(&e, before + per_record * left)
+        })
     }
 
     /// Queue the records pushed.
     pub(crate) fn send(self) -> Queued {
-        let total = self.pushed;
+        let total = self.batch.len();
         match self.batch.send() {
             Ok(()) => Queued {
                 accepted: total,
